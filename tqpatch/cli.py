@@ -1,0 +1,69 @@
+"""The `tqpatch` command: a thin click layer over the pipeline stages.
+
+Each subcommand lives in tqpatch/commands/<name>.py and is imported only when
+used, so `tqpatch --help` stays fast and one broken stage cannot hide others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from . import __version__
+
+# name -> module under tqpatch.commands exposing `command`; order is the
+# pipeline order shown by --help.
+COMMANDS = {
+    "codebook": "Generate or check Lloyd-Max codebooks.",
+    "fetch": "Download and verify the pinned llama.cpp source.",
+    "render": "Render kernel sources from templates and codebooks.",
+    "apply": "Lay the turbo patches and rendered files onto a llama.cpp tree.",
+    "status": "Say whether a tree is pristine, applied or drifted.",
+    "revert": "Undo `tqpatch apply` on a tree.",
+    "build": "Build llama.cpp binaries for one backend.",
+    "doctor": "List what each backend needs and what was found.",
+    "verify": "Check built kernels against the NumPy reference.",
+    "model": "Fetch the default test model (Gemma 3 270M Q4_K_M).",
+    "eval": "Measure PPL / KLD of K/V cache configurations.",
+    "plan": "KV-cache memory per K/V configuration for a GGUF model.",
+    "synth-model": "Write a random-weight GGUF with a chosen attention shape.",
+    "bench": "Speed of turbo K/V against f16 and q8_0 (prints a table).",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [n for n in COMMANDS if _module_exists(n)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not _module_exists(name):
+            return None
+        module = importlib.import_module(_module_name(name))
+        return module.command
+
+
+def _module_name(name: str) -> str:
+    return "tqpatch.commands." + name.replace("-", "_")
+
+
+def _module_exists(name: str) -> bool:
+    return importlib.util.find_spec(_module_name(name)) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tqpatch")
+def main():
+    """TurboQuant KV-cache compression for llama.cpp, on your GPU.
+
+    \b
+    The pipeline, one stage per command (each reads the last one's output):
+      codebook -> render -> fetch -> apply -> build -> verify -> eval
+    \b
+    Typical use:
+      tqpatch build --backend cpu          # fetch, apply, build in one go
+      tqpatch verify --backend cpu         # prove the built kernels right
+      llama-server -m M.gguf -ctk q8_0 -ctv turbo3
+    """
+

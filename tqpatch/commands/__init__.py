@@ -1,0 +1,1 @@
+"""One module per `tqpatch` subcommand; each exposes a click `command`."""
