@@ -71,3 +71,8 @@ def templates_dir() -> Path:
 
 def patches_dir() -> Path:
     return _repo_dir("patches")
+
+
+def generated_dir() -> Path:
+    """Committed render output: generated/<path in the llama.cpp tree>."""
+    return REPO_ROOT / "generated"
