@@ -67,3 +67,5 @@ def main():
       llama-server -m M.gguf -ctk q8_0 -ctv turbo3
     """
 
+if __name__ == "__main__":
+    main()

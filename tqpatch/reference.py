@@ -1,0 +1,300 @@
+"""NumPy reference for the KV-cache types: the bytes every backend must produce.
+
+Public API
+----------
+type_info(name)                     block size, bytes per block, bits per value
+quantize_rows(x, name)              float32 (n, k) -> uint8 (n, row_bytes): the C block structs
+dequantize_rows(data, name, k)      uint8 (n, row_bytes) -> float32 (n, k)
+roundtrip(x, name)                  dequantize_rows(quantize_rows(x)) in one call
+boundary_margin(x, name)            per value: distance of the pre-quantization value to the
+                                    nearest decision boundary (for counting boundary cases)
+dot_rows(q, k, type_k)              float64 q . dequant(quant(k)) for every pair of rows
+attention(q, k, v, type_k, type_v)  float64 softmax(q k^T * scale) v over quantized K and V
+
+Formats (little-endian, packed, no padding):
+  f16     one IEEE half per value (round to nearest even)
+  q8_0    {fp16 d; int8 qs[32]}: d = max|x|/127, qs = round-half-away(x * (1/d))  (upstream)
+  q4_0    {fp16 d; uint8 qs[16]}: upstream's reference quantizer
+  turbo2  {fp16 d; uint8 qs[32]}           128 values, 2-bit indices, 4 per byte, low bits first
+  turbo3  {fp16 d; uint8 qs[32]; uint8 qh[16]}  128 values: low 2 bits of each index as in
+          turbo2, the third bit in qh (8 per byte, value j in bit j%8 of qh[j/8])
+  turbo4  {fp16 d; uint8 qs[32]}           64 values, 4-bit indices, value 2j in the low nibble
+The turbo algorithm is in tqpatch.formats.
+
+Non-finite input: quantize_rows raises by default (nonfinite="error"). Kernels
+cannot raise, so they poison the block instead: a block holding any NaN or inf
+is written with d = NaN (0x7E00) and all indices 0, and dequantizes to NaN,
+the way an f16 cache would carry the NaN. `nonfinite="poison"` gives those
+bytes here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import formats
+from .errors import TqpatchError
+from .formats import type_info  # noqa: F401  (public API)
+
+F16_NAN_BITS = 0x7E00
+
+
+class QuantInputError(TqpatchError):
+    """Bad input to the reference (shape, dtype, values)."""
+
+
+def _codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    from . import codebook
+
+    cb = codebook.load_shipped(formats.TURBO_FORMATS[name].codebook)
+    return (np.asarray(cb.centroids, dtype=np.float32),
+            np.asarray(cb.boundaries, dtype=np.float32))
+
+
+_CODEBOOK_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, boundaries) as float32 for a turbo type; exactly the kernel constants."""
+    if name not in _CODEBOOK_CACHE:
+        _CODEBOOK_CACHE[name] = _codebook_arrays(name)
+    return _CODEBOOK_CACHE[name]
+
+
+def _check_rows(x, name: str) -> np.ndarray:
+    info = type_info(name)
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise QuantInputError(f"expected a 2-D array (rows, k), got shape {x.shape}")
+    if x.shape[1] % info.block_size:
+        raise QuantInputError(
+            f"row length {x.shape[1]} is not a multiple of {name}'s block of {info.block_size}"
+        )
+    return x.astype(np.float32, copy=False)
+
+
+def _nonfinite_blocks(xb: np.ndarray, nonfinite: str, name: str) -> np.ndarray:
+    bad = ~np.isfinite(xb).all(axis=1)
+    if bad.any() and nonfinite == "error":
+        flat = np.argwhere(~np.isfinite(xb))[0]
+        raise QuantInputError(
+            f"non-finite value in input to {name} (block {flat[0]}, position {flat[1]}); "
+            "pass nonfinite='poison' to get the bytes kernels write for such blocks"
+        )
+    if nonfinite not in ("error", "poison"):
+        raise QuantInputError(f"nonfinite must be 'error' or 'poison', not {nonfinite!r}")
+    return bad
+
+
+# ---------------------------------------------------------------- turbo
+
+def _turbo_indices(xb: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u = x * (1/max|x|) in float32 and idx = #boundaries strictly below u."""
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        r = np.abs(xb).max(axis=1)
+        inv = np.where(r > 0, np.float32(1.0) / np.where(r > 0, r, 1), np.float32(0))
+        u = xb * inv.astype(np.float32)[:, None]
+    idx = np.searchsorted(bounds, u, side="left").astype(np.uint8)
+    return u, idx
+
+
+def _pack(idx: np.ndarray, bits: int) -> np.ndarray:
+    """Pack indices (nb, B) into little-endian bit fields, `8 // bits` per byte."""
+    per = 8 // bits
+    g = idx.reshape(idx.shape[0], -1, per).astype(np.uint8)
+    out = np.zeros(g.shape[:2], dtype=np.uint8)
+    for t in range(per):
+        out |= (g[:, :, t] << (bits * t)).astype(np.uint8)
+    return out
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    parts = [(packed >> (bits * t)) & mask for t in range(per)]
+    return np.stack(parts, axis=-1).reshape(packed.shape[0], -1)
+
+
+def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+    fmt = formats.TURBO_FORMATS[name]
+    cent, bounds = codebook_arrays(name)
+    xb = x.reshape(-1, fmt.block)
+    bad = _nonfinite_blocks(xb, nonfinite, name)
+    _, idx = _turbo_indices(xb, bounds)
+    idx[bad] = 0
+    c = cent[idx].astype(np.float64)
+    x64 = xb.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        s = (x64 * c).sum(axis=1) / (c * c).sum(axis=1)
+    d = s.astype(np.float32).astype(np.float16).view(np.uint16)
+    d[bad] = F16_NAN_BITS
+    if fmt.bits == 3:
+        payload = [_pack(idx & 3, 2), _pack(idx >> 2, 1)]
+    else:
+        payload = [_pack(idx, fmt.bits)]
+    blocks = np.concatenate([d.astype("<u2").view(np.uint8).reshape(-1, 2), *payload], axis=1)
+    return blocks.reshape(x.shape[0], -1)
+
+
+def _turbo_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
+    fmt = formats.TURBO_FORMATS[name]
+    cent, _ = codebook_arrays(name)
+    blocks = data.reshape(-1, fmt.block_bytes)
+    d = blocks[:, :2].copy().view("<f2").astype(np.float32)  # (nb, 1)
+    if fmt.bits == 3:
+        lo = _unpack(blocks[:, 2:2 + fmt.block // 4], 2)
+        hi = _unpack(blocks[:, 2 + fmt.block // 4:], 1)
+        idx = lo | (hi << 2)
+    else:
+        idx = _unpack(blocks[:, 2:], fmt.bits)
+    y = d * cent[idx]
+    return y.reshape(data.shape[0], k).astype(np.float32)
+
+
+# ---------------------------------------------------------------- upstream types
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    # C roundf(): halves away from zero; float64 keeps |v| + 0.5 exact.
+    v64 = v.astype(np.float64)
+    return np.sign(v64) * np.floor(np.abs(v64) + 0.5)
+
+
+def _q8_0_quantize(x: np.ndarray, nonfinite: str) -> np.ndarray:
+    xb = x.reshape(-1, 32)
+    _nonfinite_blocks(xb, nonfinite if nonfinite == "error" else "poison", "q8_0")
+    amax = np.abs(xb).max(axis=1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = _round_half_away(xb * inv[:, None]).astype(np.int8)
+    dh = d.astype(np.float16).astype("<f2").view(np.uint8).reshape(-1, 2)
+    return np.concatenate([dh, q.view(np.uint8)], axis=1).reshape(x.shape[0], -1)
+
+
+def _q8_0_dequantize(data: np.ndarray, k: int) -> np.ndarray:
+    blocks = data.reshape(-1, 34)
+    d = blocks[:, :2].copy().view("<f2").astype(np.float32)
+    q = blocks[:, 2:].view(np.int8).astype(np.float32)
+    return (d * q).reshape(data.shape[0], k)
+
+
+def _q4_0_quantize(x: np.ndarray, nonfinite: str) -> np.ndarray:
+    # upstream quantize_row_q4_0_ref: d = max/-8 (signed max), q = trunc(x/d + 8.5) clipped
+    xb = x.reshape(-1, 32)
+    _nonfinite_blocks(xb, nonfinite if nonfinite == "error" else "poison", "q4_0")
+    pos = np.abs(xb).argmax(axis=1)
+    mx = xb[np.arange(xb.shape[0]), pos]
+    d = (mx / np.float32(-8)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = (xb * inv[:, None]).astype(np.float32) + np.float32(8.5)
+    q = np.minimum(np.trunc(v), 15).astype(np.uint8)
+    packed = q[:, :16] | (q[:, 16:] << 4)
+    dh = d.astype(np.float16).astype("<f2").view(np.uint8).reshape(-1, 2)
+    return np.concatenate([dh, packed.astype(np.uint8)], axis=1).reshape(x.shape[0], -1)
+
+
+def _q4_0_dequantize(data: np.ndarray, k: int) -> np.ndarray:
+    blocks = data.reshape(-1, 18)
+    d = blocks[:, :2].copy().view("<f2").astype(np.float32)
+    qs = blocks[:, 2:]
+    q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float32) - 8
+    return (d * q).reshape(data.shape[0], k)
+
+
+# ---------------------------------------------------------------- public API
+
+def quantize_rows(x, name: str, nonfinite: str = "error") -> np.ndarray:
+    """Quantize float32 rows (n, k) into the exact bytes of the C block structs."""
+    x = _check_rows(x, name)
+    if name in formats.TURBO_FORMATS:
+        return _turbo_quantize(x, name, nonfinite)
+    if name == "q8_0":
+        return _q8_0_quantize(x, nonfinite)
+    if name == "q4_0":
+        return _q4_0_quantize(x, nonfinite)
+    if name in ("f16", "f32"):
+        if nonfinite == "error":
+            _nonfinite_blocks(x, "error", name)
+        dtype = "<f2" if name == "f16" else "<f4"
+        return np.ascontiguousarray(x.astype(dtype)).view(np.uint8)
+    raise AssertionError(name)  # type_info() already rejected unknown names
+
+
+def dequantize_rows(data, name: str, k: int) -> np.ndarray:
+    """Decode rows of block structs back to float32 (n, k)."""
+    info = type_info(name)
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim == 1:
+        data = data[None, :]
+    if k % info.block_size:
+        raise QuantInputError(f"k={k} is not a multiple of {name}'s block of {info.block_size}")
+    row_bytes = k // info.block_size * info.block_bytes
+    if data.ndim != 2 or data.shape[1] != row_bytes:
+        raise QuantInputError(
+            f"{name} rows of {k} values take {row_bytes} bytes; got array of shape {data.shape}"
+        )
+    if name in formats.TURBO_FORMATS:
+        return _turbo_dequantize(data, name, k)
+    if name == "q8_0":
+        return _q8_0_dequantize(data, k)
+    if name == "q4_0":
+        return _q4_0_dequantize(data, k)
+    dtype = "<f2" if name == "f16" else "<f4"
+    return np.ascontiguousarray(data).view(dtype).astype(np.float32)
+
+
+def roundtrip(x, name: str) -> np.ndarray:
+    x = _check_rows(x, name)
+    return dequantize_rows(quantize_rows(x, name), name, x.shape[1])
+
+
+def boundary_margin(x, name: str) -> np.ndarray:
+    """Distance of each pre-quantization value to its nearest decision boundary.
+
+    In the units the decision is taken in (u = x/max|x| for turbo types, x/d
+    for q8_0 (boundaries at half-integers)); f16 has none (inf).
+    """
+    x = _check_rows(x, name)
+    if name in formats.TURBO_FORMATS:
+        fmt = formats.TURBO_FORMATS[name]
+        _, bounds = codebook_arrays(name)
+        u, _ = _turbo_indices(x.reshape(-1, fmt.block), bounds)
+        m = np.abs(u[..., None].astype(np.float64) - bounds.astype(np.float64)).min(axis=-1)
+        return m.reshape(x.shape)
+    if name == "q8_0":
+        xb = x.reshape(-1, 32)
+        d = np.abs(xb).max(axis=1) / np.float32(127)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            v = np.where(d[:, None] > 0, xb / d[:, None], 0).astype(np.float64)
+        return np.abs(np.abs(v) - np.floor(np.abs(v)) - 0.5).reshape(x.shape)
+    return np.full(x.shape, np.inf)
+
+
+def dot_rows(q, k, type_k: str) -> np.ndarray:
+    """float64 dot products of every q row with every (quantized) k row: (nq, nk)."""
+    kd = roundtrip(k, type_k).astype(np.float64)
+    return np.asarray(q, dtype=np.float64) @ kd.T
+
+
+def attention(q, k, v, type_k: str, type_v: str, scale: float | None = None,
+              mask=None) -> np.ndarray:
+    """Reference attention softmax(q k^T * scale + mask) v in float64.
+
+    q: (nq, dk), k: (nkv, dk), v: (nkv, dv); K and V go through their cache
+    type (quantize -> dequantize) first, any K type with any V type. Returns
+    (nq, dv) float64.
+    """
+    q = np.asarray(q, dtype=np.float64)
+    if scale is None:
+        scale = 1.0 / np.sqrt(q.shape[1])
+    s = dot_rows(q, k, type_k) * scale
+    if mask is not None:
+        s = s + np.asarray(mask, dtype=np.float64)
+    s -= s.max(axis=1, keepdims=True)
+    w = np.exp(s)
+    w /= w.sum(axis=1, keepdims=True)
+    vd = roundtrip(v, type_v).astype(np.float64)
+    return w @ vd
