@@ -1,0 +1,573 @@
+"""tqpatch.plan: GGUF metadata, KV byte arithmetic, recommendation, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import gguf
+
+from tqpatch.cli import main
+from tqpatch.errors import TqpatchError
+from tqpatch.plan import (
+    GIB,
+    MIB,
+    budget_for_kv,
+    kv_bytes,
+    kv_caches,
+    max_ctx,
+    parse_kv_sizes,
+    plan_rows,
+    read_model,
+    recommend,
+    support,
+)
+
+# ---------------------------------------------------------------------------
+# tiny GGUFs
+
+
+def write_gguf(path, arch="llama", *, n_layer=4, n_embd=256, n_head=4, n_head_kv=None,
+               key_length=None, value_length=None, sliding_window=None, swa_pattern=None,
+               ctx_train=8192, file_type=15, tokenizer=True, tensor_elems=64,
+               hparams=True, drop=()):
+    w = gguf.GGUFWriter(str(path), arch)
+    if hparams:
+        w.add_block_count(n_layer)
+        w.add_context_length(ctx_train)
+        w.add_embedding_length(n_embd)
+        w.add_feed_forward_length(4 * n_embd)
+        w.add_head_count(n_head)
+        if n_head_kv is not None:
+            w.add_head_count_kv(n_head_kv)
+        if key_length is not None:
+            w.add_key_length(key_length)
+        if value_length is not None:
+            w.add_value_length(value_length)
+        if sliding_window is not None:
+            w.add_sliding_window(sliding_window)
+        if swa_pattern is not None:
+            key = f"{arch}.attention.sliding_window_pattern"
+            if isinstance(swa_pattern, list):
+                w.add_array(key, swa_pattern)
+            else:
+                w.add_uint32(key, swa_pattern)
+        w.add_layer_norm_rms_eps(1e-6)
+    if file_type is not None:
+        w.add_file_type(file_type)
+    if tokenizer:
+        w.add_tokenizer_model("llama")
+        w.add_token_list(["<unk>", "<s>", "</s>", "a"])
+        w.add_token_scores([0.0, 0.0, 0.0, -1.0])
+        w.add_token_types([2, 3, 3, 1])
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    for key in drop:
+        del w.kv_data[0][key]
+    if tensor_elems:
+        w.add_tensor("token_embd.weight", np.zeros((tensor_elems // 16, 16), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture
+def llama_mha(tmp_path):  # no GQA: 4 heads of 64, 4 KV heads
+    return read_model(write_gguf(tmp_path / "mha.gguf", n_head_kv=4))
+
+
+@pytest.fixture
+def llama_gqa(tmp_path):  # Llama-3-8B attention: 32 layers, 32 q / 8 kv heads of 128
+    return read_model(write_gguf(tmp_path / "gqa.gguf", n_layer=32, n_embd=4096,
+                                 n_head=32, n_head_kv=8, ctx_train=131072))
+
+
+@pytest.fixture
+def gemma3(tmp_path):  # Gemma 3 270M attention: 18 layers, 4 q / 1 kv of 256, window 512
+    return read_model(write_gguf(tmp_path / "g3.gguf", "gemma3", n_layer=18, n_embd=640,
+                                 n_head=4, n_head_kv=1, key_length=256, value_length=256,
+                                 sliding_window=512, ctx_train=32768))
+
+
+# ---------------------------------------------------------------------------
+# metadata
+
+
+def test_read_model_llama(llama_gqa):
+    info = llama_gqa
+    assert info.arch == "llama" and info.n_layer == 32
+    assert info.n_head == [32] * 32 and info.n_head_kv == [8] * 32
+    assert info.head_k == info.head_v == 128  # n_embd / n_head
+    assert not info.uses_swa and info.notes == []
+    assert info.ctx_train == 131072
+    assert info.file_type_name == "Q4_K_M"
+    assert info.weight_bytes == 64 * 2
+    assert info.n_vocab == 4
+
+
+def test_read_model_gemma3_pattern(gemma3):
+    # llama.cpp's gemma3: set_swa_pattern(6): layer il is SWA iff il % 6 < 5
+    assert gemma3.uses_swa and gemma3.n_swa == 512 and gemma3.swa_type == "standard"
+    assert [il for il, s in enumerate(gemma3.is_swa) if not s] == [5, 11, 17]
+    assert gemma3.n_swa_layers == 15
+
+
+def test_gemma3_without_window_is_global(tmp_path):
+    info = read_model(write_gguf(tmp_path / "g.gguf", "gemma3", n_layer=6, n_embd=256,
+                                 n_head=2, n_head_kv=1, key_length=128, value_length=128))
+    assert not info.uses_swa
+
+
+def test_gemma2_default_window_and_pattern(tmp_path):
+    info = read_model(write_gguf(tmp_path / "g2.gguf", "gemma2", n_layer=4, n_embd=256,
+                                 n_head=2, n_head_kv=1, key_length=128, value_length=128))
+    assert info.n_swa == 4096  # gemma2's default
+    assert info.is_swa == [True, False, True, False]  # pattern 2: il % 2 < 1
+
+
+def test_swa_pattern_metadata_overrides(tmp_path):
+    info = read_model(write_gguf(tmp_path / "a.gguf", "gemma3", n_layer=6, n_embd=256,
+                                 n_head=2, n_head_kv=1, key_length=128, sliding_window=256,
+                                 swa_pattern=[True, False, True, True, False, False]))
+    assert info.is_swa == [True, False, True, True, False, False]
+    info = read_model(write_gguf(tmp_path / "s.gguf", "gemma3", n_layer=6, n_embd=256,
+                                 n_head=2, n_head_kv=1, key_length=128, sliding_window=256,
+                                 swa_pattern=3))
+    assert info.is_swa == [True, True, False, True, True, False]
+
+
+def test_unknown_arch_is_global_and_says_so(tmp_path):
+    info = read_model(write_gguf(tmp_path / "u.gguf", "frobnicator", n_head_kv=2,
+                                 sliding_window=128))
+    assert not info.uses_swa and not info.arch_known
+    assert any("unknown architecture 'frobnicator'" in n and "global" in n for n in info.notes)
+
+
+def test_file_type_guessed_from_tensors(tmp_path):
+    info = read_model(write_gguf(tmp_path / "g.gguf", file_type=None))
+    assert info.file_type_name == "F16 (guessed)"
+
+
+# ---------------------------------------------------------------------------
+# KV byte arithmetic (hand-computed)
+
+
+def test_kv_bytes_mha(llama_mha):
+    # -c 1000 pads to 1024 cells; K row f16 = 4 heads * 64 * 2 B = 512 B; 4 layers, K+V
+    assert kv_bytes(llama_mha, 1000, "f16", "f16") == 512 * 1024 * 4 * 2
+    # q8_0 row = 256 / 32 * 34 = 272 B
+    assert kv_bytes(llama_mha, 1024, "q8_0", "q8_0") == 272 * 1024 * 4 * 2
+    # turbo4 row = 256 / 64 * 34 = 136 B (block of 64: 2 B scale + 32 B of 4-bit indices)
+    assert kv_bytes(llama_mha, 1024, "q8_0", "turbo4") == (272 + 136) * 1024 * 4
+
+
+def test_kv_bytes_gqa(llama_gqa):
+    # Llama-3-8B at 8192 tokens with f16 K/V: exactly 1 GiB
+    assert kv_bytes(llama_gqa, 8192, "f16", "f16") == GIB
+    # K q8_0 row: 1024/32*34 = 1088 B; V turbo3 row: 1024/128*50 = 400 B
+    assert kv_bytes(llama_gqa, 8192, "q8_0", "turbo3") == (1088 + 400) * 8192 * 32
+    # turbo2 row: 1024/128*34 = 272 B
+    assert kv_bytes(llama_gqa, 8192, "turbo2", "turbo2") == 2 * 272 * 8192 * 32
+    # -c 0 means the trained context
+    assert kv_bytes(llama_gqa, 0, "f16", "f16") == 16 * GIB
+
+
+def test_kv_bytes_parallel(llama_gqa):
+    per_cell = 32 * 2 * 2048
+    # unified (default): one stream of PAD(N, 256) cells shared by the slots
+    assert kv_bytes(llama_gqa, 1000, "f16", "f16", parallel=4) == per_cell * 1024
+    # one stream per slot: PAD(PAD(N,256) / P, 256) cells each
+    assert kv_bytes(llama_gqa, 1000, "f16", "f16", parallel=4, unified=False) == per_cell * 256 * 4
+    assert kv_bytes(llama_gqa, 1000, "f16", "f16", parallel=3, unified=False) == per_cell * 512 * 3
+    # each slot gets at least 256 cells: -c 256 -np 2 allocates 2 x 256
+    assert kv_bytes(llama_gqa, 256, "f16", "f16", parallel=2, unified=False) == per_cell * 256 * 2
+    with pytest.raises(TqpatchError, match="parallel"):
+        kv_bytes(llama_gqa, 4096, "f16", "f16", parallel=257)
+
+
+def test_kv_bytes_gemma3_swa(gemma3):
+    row = 256 * 2  # 1 kv head * 256 * f16
+    caches = kv_caches(gemma3, 4096, "f16", "f16")
+    assert [(c.kind, c.cells, c.layers) for c in caches] == [("global", 4096, 3), ("swa", 1024, 15)]
+    # SWA cells: PAD(min(4096, 512 * 1 + 512), 256) = 1024
+    assert kv_bytes(gemma3, 4096, "f16", "f16") == 2 * row * (3 * 4096 + 15 * 1024)
+    assert caches[0].k_bytes == 6 * MIB and caches[1].k_bytes == 7.5 * MIB
+    # unified, 2 slots: window counts per slot: PAD(min(4096, 512*2 + 512), 256) = 1536
+    assert kv_bytes(gemma3, 4096, "f16", "f16", parallel=2) == 2 * row * (3 * 4096 + 15 * 1536)
+    # per-slot streams: 2 x 2048 global cells, 2 x PAD(min(2048, 512 + 512), 256) SWA cells
+    assert kv_bytes(gemma3, 4096, "f16", "f16", parallel=2, unified=False) == \
+        2 * row * 2 * (3 * 2048 + 15 * 1024)
+    # small context: n_ubatch = min(300, 512) = 300; SWA cells PAD(min(512, 812), 256) = 512
+    assert kv_bytes(gemma3, 300, "f16", "f16") == 2 * row * 18 * 512
+    # --swa-full: SWA layers get the full context
+    assert kv_bytes(gemma3, 4096, "f16", "f16", swa_full=True) == 2 * row * 18 * 4096
+    # a long context: only the 3 global layers grow
+    assert kv_bytes(gemma3, 32768, "q8_0", "q8_0") == 2 * 272 * (3 * 32768 + 15 * 1024)
+
+
+def test_kv_bytes_per_layer_kv_heads(tmp_path):
+    info = read_model(write_gguf(tmp_path / "pl.gguf", n_layer=4, n_embd=512, n_head=8,
+                                 n_head_kv=[8, 4, 0, 2]))
+    assert info.n_head_kv == [8, 4, 0, 2] and info.head_k == 64
+    assert kv_bytes(info, 256, "f16", "f16") == (8 + 4 + 0 + 2) * 64 * 2 * 256 * 2
+    # without flash attention llama.cpp pads every V row to the largest layer's
+    assert kv_bytes(info, 256, "f16", "f16", flash_attn=False) == \
+        (8 + 4 + 0 + 2) * 64 * 2 * 256 + 4 * 8 * 64 * 2 * 256
+
+
+def test_key_length_differs_from_value_length(tmp_path):
+    info = read_model(write_gguf(tmp_path / "kv.gguf", n_layer=2, n_embd=512, n_head=4,
+                                 n_head_kv=2, key_length=192, value_length=128))
+    assert kv_bytes(info, 256, "f16", "f16") == 2 * 256 * 2 * 2 * (192 + 128)
+    assert "K head size 192" in support(info, "turbo3", "turbo3")
+    assert support(info, "q8_0", "turbo3") is None
+
+
+# ---------------------------------------------------------------------------
+# unsupported head sizes
+
+
+@pytest.mark.parametrize("head,bad", [
+    (64, {"turbo3", "turbo2"}),
+    (96, {"turbo4", "turbo3", "turbo2"}),
+    (192, {"turbo3", "turbo2"}),
+    (256, set()),
+    (80, {"q8_0", "q4_0", "turbo4", "turbo3", "turbo2"}),
+])
+def test_unsupported_head_sizes(tmp_path, head, bad):
+    info = read_model(write_gguf(tmp_path / "h.gguf", n_layer=2, n_embd=head * 4, n_head=4,
+                                 n_head_kv=2))
+    assert info.head_k == head
+    rows = {r.label: r for r in plan_rows(info, 1024)}
+    for label, r in rows.items():
+        k, v = label.split("/")
+        expect_bad = k in bad or v in bad
+        assert r.supported is not expect_bad, label
+        if expect_bad:
+            assert "not a multiple" in r.reason and r.kv_bytes is None
+            with pytest.raises(TqpatchError, match="cannot serve"):
+                kv_bytes(info, 1024, k, v)
+
+
+def test_no_turbo_head_recommends_upstream(tmp_path):
+    info = read_model(write_gguf(tmp_path / "h96.gguf", n_layer=2, n_embd=384, n_head=4,
+                                 n_head_kv=2))
+    rec = recommend(info, 4096)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "q8_0")
+    assert any("turbo types cannot serve" in r for r in rec.reasons)
+    assert "-ctk q8_0 -ctv q8_0" in rec.flags
+
+
+# ---------------------------------------------------------------------------
+# recommendation
+
+
+def test_recommend_q4_k_m(tmp_path):
+    path = write_gguf(tmp_path / "q4.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
+                      file_type=15)
+    rec = recommend(read_model(path), 8192)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
+    assert rec.flags == f"llama-server -m {path} -c 8192 -ctk q8_0 -ctv turbo4 -fa on"
+    text = " ".join(rec.reasons)
+    assert "K precision dominates" in text and "Q4_K_M" in text
+    assert any("-ctv turbo3" in a and "tight" in a for a in rec.alternatives)
+    assert not any("-ctk turbo" in a for a in rec.alternatives)  # never symmetric on Q4_K_M
+
+
+def test_recommend_q8_0_allows_symmetric(tmp_path):
+    path = write_gguf(tmp_path / "q8.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
+                      file_type=7)
+    rec = recommend(read_model(path), 8192)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
+    assert any("symmetric turbo4/turbo4 also works" in r for r in rec.reasons)
+    assert any("-ctk turbo4 -ctv turbo4" in a for a in rec.alternatives)
+
+
+def test_recommend_qwen_stays_asymmetric(tmp_path):
+    path = write_gguf(tmp_path / "qw.gguf", "qwen2", n_layer=4, n_embd=1024, n_head=8,
+                      n_head_kv=2, file_type=7)
+    rec = recommend(read_model(path), 8192)
+    assert rec.type_k == "q8_0"
+    assert not any("-ctk turbo" in a for a in rec.alternatives)
+    assert any("Qwen" in r for r in rec.reasons)
+
+
+def test_recommend_memory_tight(llama_gqa):
+    info = llama_gqa
+    ctx = 32768
+    need4 = kv_bytes(info, ctx, "q8_0", "turbo4")
+    need3 = kv_bytes(info, ctx, "q8_0", "turbo3")
+    overhead = 0
+    # budget between q8_0/turbo3 and q8_0/turbo4: V drops to turbo3
+    vram = (info.weight_bytes + (need3 + need4) // 2) / GIB
+    rec = recommend(info, ctx, vram_gib=vram, overhead_mib=overhead)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo3")
+    assert any("memory is tight" in r for r in rec.reasons)
+    # Q4_K_M and nothing fits: the smallest asymmetric one, with the context that fits
+    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + 1) / GIB, overhead_mib=0)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo2")
+    assert any("largest context that fits" in r or "do not fit" in r for r in rec.reasons)
+
+
+def test_recommend_memory_tight_q8_weights_goes_symmetric(tmp_path):
+    info = read_model(write_gguf(tmp_path / "q8.gguf", n_layer=32, n_embd=4096, n_head=32,
+                                 n_head_kv=8, file_type=7, ctx_train=131072))
+    ctx = 32768
+    need = kv_bytes(info, ctx, "turbo4", "turbo4")
+    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need) / GIB, overhead_mib=0)
+    assert (rec.type_k, rec.type_v) == ("turbo4", "turbo4")
+
+
+def test_max_ctx(llama_gqa):
+    # f16: 131072 B per token; 1 GiB holds exactly 8192 tokens
+    assert max_ctx(llama_gqa, "f16", "f16", GIB) == 8192
+    assert max_ctx(llama_gqa, "f16", "f16", GIB - 1) == 8192 - 256
+    assert max_ctx(llama_gqa, "f16", "f16", 10**15) == llama_gqa.ctx_train
+    assert max_ctx(llama_gqa, "f16", "f16", 0) == 0
+    rows = {r.label: r for r in plan_rows(llama_gqa, 8192, vram_gib=2 + llama_gqa.weight_bytes / GIB,
+                                          overhead_mib=1024)}
+    assert rows["f16/f16"].max_ctx == 8192
+    assert budget_for_kv(llama_gqa, 2.0, 1024) == GIB - llama_gqa.weight_bytes
+
+
+def test_compression_column(llama_gqa):
+    rows = {r.label: r for r in plan_rows(llama_gqa, 8192)}
+    assert rows["f16/f16"].compression == 1.0
+    assert rows["q8_0/q8_0"].compression == pytest.approx(16 / 8.5)
+    assert rows["turbo3/turbo3"].compression == pytest.approx(16 / 3.125)
+    assert rows["q8_0/turbo4"].bpv_v == 4.25
+
+
+# ---------------------------------------------------------------------------
+# bad inputs
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(TqpatchError, match="no such file"):
+        read_model(tmp_path / "nope.gguf")
+
+
+def test_random_bytes(tmp_path):
+    p = tmp_path / "rand.gguf"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(TqpatchError, match="not a GGUF file"):
+        read_model(p)
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "empty.gguf"
+    p.write_bytes(b"")
+    with pytest.raises(TqpatchError, match="not a GGUF file"):
+        read_model(p)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated(tmp_path, keep):
+    src = write_gguf(tmp_path / "full.gguf", tensor_elems=4096)
+    data = src.read_bytes()
+    p = tmp_path / "trunc.gguf"
+    p.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(TqpatchError, match="truncated"):
+        read_model(p)
+
+
+def test_tokenizer_only_gguf(tmp_path):
+    p = write_gguf(tmp_path / "vocab.gguf", hparams=False, file_type=None, tensor_elems=0)
+    with pytest.raises(TqpatchError, match=r"not an LLM GGUF: missing llama\.block_count"):
+        read_model(p)
+    p = write_gguf(tmp_path / "noarch.gguf", hparams=False, file_type=None, tensor_elems=0,
+                   drop=["general.architecture"])
+    with pytest.raises(TqpatchError, match="not an LLM GGUF: missing general.architecture"):
+        read_model(p)
+
+
+def test_no_attention_metadata(tmp_path):
+    p = write_gguf(tmp_path / "na.gguf", drop=["llama.attention.head_count"])
+    with pytest.raises(TqpatchError, match=r"missing llama\.attention\.head_count"):
+        read_model(p)
+    p = write_gguf(tmp_path / "h0.gguf", n_head=0)
+    with pytest.raises(TqpatchError, match="not an LLM GGUF"):
+        read_model(p)
+
+
+def test_embedding_arch(tmp_path):
+    p = write_gguf(tmp_path / "bert.gguf", "bert")
+    with pytest.raises(TqpatchError, match="no KV cache"):
+        read_model(p)
+
+
+def test_fast_reader_matches_stock_reader(tmp_path):
+    from tqpatch.plan import _field_value, _fast_reader_class
+
+    w = gguf.GGUFWriter(str(tmp_path / "big.gguf"), "llama")
+    w.add_token_list([f"t{i}" for i in range(3000)])
+    w.add_token_scores([float(-i) for i in range(3000)])
+    w.add_token_types([1] * 3000)
+    w.add_head_count_kv([8, 4, 2])
+    w.add_array("general.tags", ["a", "bc"])
+    w.add_tensor("x", np.arange(64, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    fast = _fast_reader_class()(str(tmp_path / "big.gguf"))
+    stock = gguf.GGUFReader(str(tmp_path / "big.gguf"))
+    assert list(fast.fields) == list(stock.fields)
+    for k, f in fast.fields.items():
+        assert int(f.parts[4][0]) == 3000 if k == "tokenizer.ggml.tokens" else True
+        if k == "tokenizer.ggml.tokens":
+            continue
+        assert _field_value(f) == _field_value(stock.fields[k]), k
+    assert [(t.name, t.data_offset, t.n_bytes) for t in fast.tensors] == \
+        [(t.name, t.data_offset, t.n_bytes) for t in stock.tensors]
+
+
+# ---------------------------------------------------------------------------
+# llama.cpp log parsing
+
+REAL_LINE = ("llama_kv_cache: size =   18.00 MiB (  4096 cells,  18 layers,  1/1 seqs), "
+             "K (f16):    9.00 MiB, V (f16):    9.00 MiB")
+
+
+def test_parse_kv_sizes_line():
+    assert parse_kv_sizes(REAL_LINE) == [{
+        "size_mib": 18.0, "cells": 4096, "layers": 18, "n_seq_max": 1, "n_stream": 1,
+        "type_k": "f16", "k_mib": 9.0, "type_v": "f16", "v_mib": 9.0,
+    }]
+
+
+def test_parse_kv_sizes_iswa_log():
+    log = "\n".join([
+        "llama_context: n_ctx         = 4096",
+        "llama_kv_cache_iswa: creating non-SWA KV cache, size = 4096 cells",
+        "llama_kv_cache:        CPU KV buffer size =     9.00 MiB",
+        "llama_kv_cache: size =    9.00 MiB (  4096 cells,   3 layers,  4/1 seqs), "
+        "K (q8_0):    3.19 MiB, V (turbo3):    1.17 MiB",
+        "llama_kv_cache_iswa: creating     SWA KV cache, size = 1536 cells",
+        "llama_kv_cache: size =   11.25 MiB (  1536 cells,  15 layers,  4/4 seqs), "
+        "K (f16):    5.62 MiB, V (f16):    5.62 MiB",
+    ])
+    got = parse_kv_sizes(log)
+    assert [(g["cells"], g["layers"], g["n_seq_max"], g["n_stream"]) for g in got] == \
+        [(4096, 3, 4, 1), (1536, 15, 4, 4)]
+    assert got[0]["type_k"] == "q8_0" and got[0]["type_v"] == "turbo3" and got[0]["v_mib"] == 1.17
+    assert parse_kv_sizes("llama_kv_cache: CPU KV buffer size = 9.00 MiB") == []
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_plan_text(tmp_path):
+    p = write_gguf(tmp_path / "g3.gguf", "gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1,
+                   key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--vram", "1"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "15 sliding-window of 512 tokens, 3 global" in out
+    assert "global layers 4096 cells, swa layers 1024 cells" in out
+    for label in ("f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3",
+                  "q8_0/turbo2", "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2"):
+        assert label in out
+    assert "27.00" in out  # f16 MiB: 2 * 512 B * (3*4096 + 15*1024)
+    assert "max ctx" in out and "compute allowance" in out
+    assert f"llama-server -m {p} -c 4096 -ctk q8_0 -ctv turbo4 -fa on" in out
+
+
+def test_cli_plan_json_and_unsupported(tmp_path):
+    p = write_gguf(tmp_path / "h64.gguf", n_layer=2, n_embd=512, n_head=8, n_head_kv=2)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "2048", "--json", "-np", "2"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.output)
+    rows = {c["label"]: c for c in d["configs"]}
+    assert rows["q8_0/turbo3"]["supported"] is False
+    assert "turbo3's block of 128" in rows["q8_0/turbo3"]["reason"]
+    assert rows["f16/f16"]["kv_bytes"] == 2 * 2 * 128 * 2 * 2048
+    assert d["recommendation"]["flags"].endswith("-np 2 -kvu")
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda d: d / "missing.gguf", "no such file"),
+    (lambda d: (d / "r.bin").write_bytes(b"\x00" * 100) and d / "r.bin", "not a GGUF"),
+])
+def test_cli_plan_errors(tmp_path, make, msg):
+    path = make(tmp_path)
+    res = CliRunner().invoke(main, ["plan", str(path), "--ctx", "4096"])
+    assert res.exit_code == 1
+    assert msg in res.output and "Traceback" not in res.output
+    assert isinstance(res.exception, SystemExit)
+
+
+# ---------------------------------------------------------------------------
+# against llama.cpp itself (slow: needs a built llama-cli)
+
+
+def _llama_cli():
+    try:
+        from tqpatch.build import find_binary
+    except ImportError as exc:
+        pytest.skip(f"llama-cli has not been built (tqpatch.build unavailable: {exc})")
+    try:
+        path = find_binary("llama-cli", "cpu")
+    except TqpatchError as exc:
+        pytest.skip(f"llama-cli has not been built: {exc}")
+    if not path or not shutil.os.path.exists(str(path)):
+        pytest.skip("llama-cli has not been built (tqpatch build --backend cpu)")
+    return str(path)
+
+
+def _gemma_path():
+    from tqpatch import paths
+
+    p = paths.models_dir() / "gemma-3-270m-Q4_K_M.gguf"
+    if p.exists():
+        return p
+    from tqpatch import model
+
+    return model.ensure_model(None, None, quiet=True)
+
+
+def _run_llama_cli(binary, model, ctx, type_k, type_v):
+    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
+           "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
+           "--no-warmup", "-t", "2"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=600)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["gemma3-270m", "synthetic"])
+@pytest.mark.parametrize("types", [("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "q4_0")])
+def test_kv_bytes_match_llama_cpp(tmp_path, which, types):
+    binary = _llama_cli()
+    if which == "synthetic":
+        from tqpatch.synth import SynthShape, synth_model
+
+        model = tmp_path / "synth.gguf"
+        synth_model(model, SynthShape(layers=3, n_embd=512, n_head=8, n_head_kv=2, head_dim=64,
+                                      ff=256, vocab=512, ctx_train=8192), seed=1)
+        ctx = 3000
+    else:
+        model = _gemma_path()
+        ctx = 4096
+    info = read_model(model)
+    expected = kv_caches(info, ctx, *types)
+    log = _run_llama_cli(binary, model, ctx, *types)
+    got = parse_kv_sizes(log)
+    assert len(got) >= len(expected), log[-4000:]
+    got = got[-len(expected):]
+    for e, g in zip(expected, got):
+        assert (g["cells"], g["layers"], g["type_k"], g["type_v"]) == \
+            (e.cells, e.layers, types[0], types[1])
+        assert g["k_mib"] == pytest.approx(e.k_bytes / MIB, abs=0.006)
+        assert g["v_mib"] == pytest.approx(e.v_bytes / MIB, abs=0.006)
+        assert g["size_mib"] == pytest.approx(e.total / MIB, abs=0.006)
+    assert sum(e.total for e in expected) == kv_bytes(info, ctx, *types)

@@ -1,0 +1,47 @@
+"""`tqpatch plan`: KV-cache memory per K/V configuration for a GGUF model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..plan import DEFAULT_OVERHEAD_MIB
+
+
+@click.command("plan")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-c", "--ctx", type=click.IntRange(min=0), required=True,
+              help="Context size, as llama.cpp's -c (0 = the model's trained context).")
+@click.option("--vram", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="GiB", help="GPU memory budget: also show the largest context that fits.")
+@click.option("-np", "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parallel sequences (llama-server slots), as llama.cpp's -np.")
+@click.option("--kv-unified/--no-kv-unified", "unified", default=True, show_default=True,
+              help="One KV buffer shared by all slots (llama.cpp -kvu) or one stream per slot.")
+@click.option("--overhead", type=click.FloatRange(min=0), default=DEFAULT_OVERHEAD_MIB,
+              show_default=True, metavar="MiB",
+              help="Fixed allowance for compute buffers and context with --vram.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def command(model, ctx, vram, parallel, unified, overhead, as_json):
+    """KV-cache memory of MODEL (a GGUF) at -c CTX for each K/V cache type.
+
+    \b
+    Sizes are computed exactly as the pinned llama.cpp allocates them
+    (cell counts padded to 256, sliding-window layers in their own smaller
+    cache, flash attention on), followed by a recommendation: keep K at
+    q8_0 and compress V, since K precision dominates attention quality.
+    With --vram the budget is: weights (all layers on the GPU) + KV cache
+    + a fixed compute allowance (--overhead, default 1024 MiB).
+    """
+    from .. import plan
+
+    info = plan.read_model(model)
+    rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified)
+    rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified)
+    if as_json:
+        click.echo(json.dumps(plan.plan_json(info, ctx, rows, rec, parallel, vram, overhead, unified),
+                              indent=2))
+    else:
+        click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified))

@@ -1,0 +1,52 @@
+"""`tqpatch synth-model`: write a random-weight GGUF with a chosen attention shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("synth-model")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Transformer blocks (every one global attention).")
+@click.option("--ff", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Feed-forward width (small keeps the weights small).")
+@click.option("--vocab", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Vocabulary size (at least 260: <unk>, <s>, </s>, 256 byte tokens, 1 piece).")
+@click.option("--ctx-train", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Trained context length written to the metadata.")
+@click.option("--embd", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="n_embd.")
+@click.option("--heads", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Query heads.")
+@click.option("--kv-heads", type=click.IntRange(min=1), default=8, show_default=True,
+              help="KV heads (GQA).")
+@click.option("--head-dim", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Head size of K and V.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
+@click.option("--type", "wtype", type=click.Choice(["f16", "q8_0"]), default="f16",
+              show_default=True, help="Weight type of the matrices (norms stay f32).")
+def command(out, layers, ff, vocab, ctx_train, embd, heads, kv_heads, head_dim, seed, wtype):
+    """Write a random-weight llama GGUF to OUT for speed benchmarks.
+
+    \b
+    The default attention shape is a mainstream 8B model's (32 query heads,
+    8 KV heads, head size 128, n_embd 4096, RoPE, all layers global) with a
+    small feed-forward and vocabulary, so that KV-cache bandwidth dominates
+    decode at depth. Output text is meaningless; the numbers are real.
+    """
+    from ..synth import SynthShape, synth_model
+
+    shape = SynthShape(layers=layers, n_embd=embd, n_head=heads, n_head_kv=kv_heads,
+                       head_dim=head_dim, ff=ff, vocab=vocab, ctx_train=ctx_train)
+    res = synth_model(out, shape, seed=seed, wtype=wtype)
+    for n in res["notes"]:
+        click.echo(f"note: {n}")
+    s = res["shape"]
+    click.echo(f"wrote {res['path']}: {res['file_bytes'] / 2**20:.1f} MiB "
+               f"({res['n_tensors']} tensors, {res['weight_type']} weights)")
+    click.echo(f"shape: llama, {s.layers} layers, n_embd {s.n_embd}, {s.n_head} q heads, "
+               f"{s.n_head_kv} kv heads, head size {s.head_dim}, ff {s.ff}, vocab {s.vocab}, "
+               f"ctx_train {s.ctx_train}, seed {seed}")
