@@ -1,0 +1,62 @@
+"""Metal backend (Apple GPUs): macOS only; the Metal library is embedded (GGML_METAL_EMBED_LIBRARY)."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import TqpatchError
+from ..toolchain import Requirement, run_capture
+
+name = "metal"
+ggml_backend_name = "MTL0"
+
+
+def default_arch() -> str | None:
+    return None
+
+
+def normalize_arch(arch: str | None) -> str | None:
+    if arch is None or arch.strip().lower() in ("", "native"):
+        return None
+    raise TqpatchError(
+        f"--arch {arch!r} does not apply to the metal backend (kernels are compiled for the "
+        "device at run time); accepted: no --arch, or 'native'"
+    )
+
+
+def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+    normalize_arch(arch)
+    return ["-DGGML_METAL=ON"]
+
+
+def requirements() -> list[Requirement]:
+    return [
+        Requirement(
+            "xcrun", "Xcode command line tools (Metal and Foundation frameworks)",
+            programs=("xcrun",), version_args=("--version",),
+            vendor="run `xcode-select --install` (Apple Xcode command line tools)",
+        ),
+    ]
+
+
+def hardware() -> str | None:
+    if sys.platform != "darwin":
+        return None
+    out = run_capture(["system_profiler", "SPDisplaysDataType"], timeout=20)
+    if out:
+        names = [line.split(":", 1)[1].strip() for line in out.splitlines()
+                 if line.strip().startswith("Chipset Model:")]
+        if names:
+            return ", ".join(names)
+    brand = run_capture(["sysctl", "-n", "machdep.cpu.brand_string"])
+    return brand.strip() if brand else "Apple GPU"
+
+
+def unsupported_reason() -> str | None:
+    if sys.platform != "darwin":
+        return "Metal builds need macOS (this is " + sys.platform + ")"
+    return None
+
+
+def notes() -> list[str]:
+    return []

@@ -1,0 +1,86 @@
+"""Vulkan backend: shaders compiled by glslc; needs the Vulkan headers/loader and SPIR-V headers."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import TqpatchError
+from ..toolchain import Requirement, read_file_version, run_capture
+
+name = "vulkan"
+ggml_backend_name = "Vulkan0"
+
+_LIB_DIRS = ("/usr/lib/*", "/usr/lib", "/usr/lib64", "/usr/local/lib", "$VULKAN_SDK/lib")
+
+
+def default_arch() -> str | None:
+    return None
+
+
+def normalize_arch(arch: str | None) -> str | None:
+    if arch is None or arch.strip().lower() in ("", "native"):
+        return None
+    raise TqpatchError(
+        f"--arch {arch!r} does not apply to the vulkan backend (SPIR-V runs on any device); "
+        "accepted: no --arch, or 'native'"
+    )
+
+
+def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+    normalize_arch(arch)
+    return ["-DGGML_VULKAN=ON"]
+
+
+def requirements() -> list[Requirement]:
+    return [
+        Requirement(
+            "glslc", "compiles the GLSL compute shaders to SPIR-V",
+            programs=("glslc",), files=("$VULKAN_SDK/bin/glslc",),
+            version_re=r"shaderc v?(\d+\.\d+(?:\.\d+)?)", debian="glslc",
+            vendor="https://vulkan.lunarg.com/sdk/home",
+        ),
+        Requirement(
+            "Vulkan headers", "vulkan/vulkan.h",
+            files=("/usr/include/vulkan/vulkan_core.h", "/usr/local/include/vulkan/vulkan_core.h",
+                   "$VULKAN_SDK/include/vulkan/vulkan_core.h"),
+            version_fn=read_file_version([
+                r"VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_API_VERSION\(\s*0\s*,\s*(\d+)",
+                r"VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_API_VERSION\(\s*0\s*,\s*\d+\s*,\s*(\d+)",
+                r"#define\s+VK_HEADER_VERSION\s+(\d+)",
+            ]),
+            min_version="1.2", debian="libvulkan-dev", vendor="https://vulkan.lunarg.com/sdk/home",
+        ),
+        Requirement(
+            "Vulkan loader", "libvulkan.so to link against",
+            files=tuple(f"{d}/libvulkan.so" for d in _LIB_DIRS) + ("/usr/local/lib/libvulkan.dylib",),
+            version_args=(), debian="libvulkan-dev", vendor="https://vulkan.lunarg.com/sdk/home",
+        ),
+        Requirement(
+            "SPIR-V headers", "spirv/unified1/spirv.hpp (CMake package SPIRV-Headers)",
+            files=("/usr/include/spirv/unified1/spirv.hpp",
+                   "/usr/local/include/spirv/unified1/spirv.hpp",
+                   "$VULKAN_SDK/include/spirv/unified1/spirv.hpp"),
+            version_args=(), debian="spirv-headers", vendor="https://vulkan.lunarg.com/sdk/home",
+        ),
+    ]
+
+
+def hardware() -> str | None:
+    out = run_capture(["vulkaninfo", "--summary"], timeout=20)
+    if not out:
+        return None
+    devices = []
+    for m in re.finditer(r"deviceName\s*=\s*(.+)", out):
+        dev = m.group(1).strip()
+        if "llvmpipe" in dev.lower() or "lavapipe" in dev.lower():
+            dev += " (CPU Vulkan driver)"
+        devices.append(dev)
+    return ", ".join(devices) or None
+
+
+def unsupported_reason() -> str | None:
+    return None
+
+
+def notes() -> list[str]:
+    return []

@@ -1,0 +1,453 @@
+"""Configure and build a patched llama.cpp tree for one backend (cmake + Ninja).
+
+A build is a short list of named steps, each shown as it runs:
+
+  check    toolchain and backend requirements (one error naming what to install)
+  apply    make sure the tree carries the turbo patches (tqpatch.apply)
+  config   cmake -G Ninja, only when the cmake arguments changed (kept in the build dir)
+  compile  cmake --build --target ..., ninja's [n/m] lines shown as a progress bar
+  record   tqpatch-build.json in the build dir: what was built, how, with what
+
+The full output goes to <build-dir>/tqpatch-build.log; on failure the last lines
+and the log's path are printed. Later stages find binaries with find_binary().
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence, TextIO
+
+import click
+
+from . import __version__, backends, paths, toolchain
+from .errors import TqpatchError
+
+LOG_NAME = "tqpatch-build.log"
+RECORD_NAME = "tqpatch-build.json"
+ARGS_NAME = "tqpatch-cmake-args.json"
+
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "llama-server", "llama-cli", "llama-perplexity", "llama-bench",
+    "test-backend-ops", "test-quantize-fns", "tqpatch-verify",
+)
+# Targets a tree may lack: skipped with a note instead of failing the build.
+OPTIONAL_TARGETS = frozenset({"tqpatch-verify"})
+
+# Checked against the pinned tree's CMakeLists (llama.cpp 0c1e57098). LLAMA_CURL is
+# left out on purpose: at the pin it is deprecated and ignored (a configure warning).
+# LLAMA_USE_PREBUILT_UI=OFF keeps the build offline (it would fetch the web UI).
+COMMON_CMAKE_ARGS: tuple[str, ...] = (
+    "-DLLAMA_BUILD_TESTS=ON",
+    "-DLLAMA_BUILD_TOOLS=ON",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+)
+
+TAIL_LINES = 40
+_PROGRESS_RE = re.compile(r"^\s*\[(\d+)/(\d+)\]")
+
+
+# --------------------------------------------------------------------------
+# pure pieces (unit-tested)
+
+
+def cmake_args(
+    backend: str,
+    arch: str | None = None,
+    *,
+    build_type: str = "Release",
+    all_fa_quants: bool = False,
+    ccache: bool = False,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The full cmake configure options (without -S/-B) for one backend."""
+    if build_type not in ("Release", "Debug", "RelWithDebInfo"):
+        raise TqpatchError(f"unknown build type {build_type!r}: use Release or Debug")
+    b = backends.get(backend)
+    return [
+        "-G", "Ninja",
+        f"-DCMAKE_BUILD_TYPE={build_type}",
+        *COMMON_CMAKE_ARGS,
+        f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
+        *b.cmake_args(arch, all_fa_quants),
+        *extra,
+    ]
+
+
+def parse_progress(line: str) -> tuple[int, int] | None:
+    """ninja's '[12/345] Building CXX object ...' -> (12, 345); None for other lines."""
+    m = _PROGRESS_RE.match(line)
+    if not m:
+        return None
+    done, total = int(m.group(1)), int(m.group(2))
+    return (done, total) if total > 0 else None
+
+
+def parse_targets(text: str) -> set[str]:
+    """Names from `ninja -t targets all` ('bin/llama-cli: CXX_EXECUTABLE_LINKER...')."""
+    names = set()
+    for line in text.splitlines():
+        if ": " in line:
+            names.add(line.rsplit(": ", 1)[0].strip())
+    return names
+
+
+def _args_file(build_dir: Path) -> Path:
+    return build_dir / ARGS_NAME
+
+
+def _configured_with(tree: Path, args: Sequence[str]) -> dict:
+    return {"tree": str(Path(tree).resolve()), "args": list(args)}
+
+
+def needs_configure(build_dir: Path, tree: Path, args: Sequence[str]) -> bool:
+    """True unless build_dir was configured from this tree with exactly these args."""
+    build_dir = Path(build_dir)
+    if not (build_dir / "CMakeCache.txt").is_file() or not (build_dir / "build.ninja").is_file():
+        return True
+    try:
+        stored = json.loads(_args_file(build_dir).read_text())
+    except (OSError, ValueError):
+        return True
+    return stored != _configured_with(tree, args)
+
+
+def remember_configure(build_dir: Path, tree: Path, args: Sequence[str]) -> None:
+    _args_file(build_dir).write_text(json.dumps(_configured_with(tree, args), indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------
+# progress
+
+
+class BuildProgress:
+    """Feed it output lines; shows a click bar on a TTY, a line every ~10% otherwise."""
+
+    def __init__(self, label: str = "compile", tty: bool | None = None,
+                 echo: Callable[[str], None] = click.echo):
+        self.label = label
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.echo = echo
+        self.done = 0
+        self.total = 0
+        self._bar = None
+        self._last_decile = -1
+
+    def feed(self, line: str) -> None:
+        parsed = parse_progress(line)
+        if parsed is None:
+            return
+        done, total = parsed
+        if self.tty:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label=self.label)
+                self._bar.__enter__()
+            self._bar.length = total
+            if done > self.done:
+                self._bar.update(done - self.done)
+        else:
+            decile = 10 * done // total
+            if decile > self._last_decile:
+                self._last_decile = decile
+                self.echo(f"  {self.label}: {100 * done // total}% ({done}/{total})")
+        self.done, self.total = done, total
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+# --------------------------------------------------------------------------
+# running commands (tests replace _stream and _capture)
+
+
+def _stream(cmd: Sequence[str], log: TextIO, on_line: Callable[[str], None] | None = None,
+            env: dict | None = None) -> int:
+    """Run cmd, copying its merged output to log line by line; the exit status."""
+    log.write("$ " + " ".join(_quote(c) for c in cmd) + "\n")
+    log.flush()
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", bufsize=1,
+                                env={**os.environ, **(env or {})})
+    except OSError as exc:
+        log.write(f"cannot run {cmd[0]}: {exc}\n")
+        return 127
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.write(line)
+            if on_line is not None:
+                on_line(line)
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        raise
+    rc = proc.wait()
+    log.write(f"[exit {rc}]\n")
+    log.flush()
+    return rc
+
+
+def _capture(cmd: Sequence[str]) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace")
+    except OSError as exc:
+        return 127, str(exc)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def _quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[\w@%+=:,./;-]+", arg) else repr(arg)
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _fail(step: str, log: TextIO, log_path: Path, rc: int,
+          echo: Callable[..., None]) -> TqpatchError:
+    log.flush()
+    echo(f"--- last {TAIL_LINES} lines of {log_path} ---", err=True)
+    echo(_tail(log_path), err=True)
+    echo("---", err=True)
+    return TqpatchError(f"{step} failed (exit {rc}); full log: {log_path}")
+
+
+def _cache_value(build_dir: Path, key: str) -> str | None:
+    try:
+        text = (build_dir / "CMakeCache.txt").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(rf"^{re.escape(key)}:[A-Z]+=(.*)$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def available_targets(build_dir: Path, ninja: str) -> set[str] | None:
+    """Targets of a configured build dir (None when ninja cannot list them)."""
+    program = _cache_value(build_dir, "CMAKE_MAKE_PROGRAM") or ninja
+    rc, out = _capture([program, "-C", str(build_dir), "-t", "targets", "all"])
+    return parse_targets(out) if rc == 0 else None
+
+
+def _ensure_applied(tree: Path | None) -> Path:
+    try:
+        from . import apply
+    except ImportError:
+        raise TqpatchError("tqpatch.apply (the patch stage) is missing from this checkout; "
+                           "update it, or apply the tree yourself and pass --tree") from None
+    return Path(apply.ensure_applied(tree))
+
+
+# --------------------------------------------------------------------------
+# the build
+
+
+@dataclass
+class BuildRequest:
+    backend: str
+    arch: str | None = None
+    targets: Sequence[str] | None = None
+    jobs: int | None = None
+    build_dir: Path | None = None
+    build_type: str = "Release"
+    tree: Path | None = None
+    all_fa_quants: bool = False
+    extra_cmake_args: Sequence[str] = field(default_factory=tuple)
+
+
+def _check(backend: backends.Backend, echo) -> tuple[toolchain.Toolchain, list[toolchain.Probe]]:
+    reason = backend.unsupported_reason()
+    if reason:
+        raise TqpatchError(f"cannot build the {backend.name} backend here: {reason}")
+    tc = toolchain.find_toolchain()
+    reqs = backend.requirements()
+    probes = [r.probe() for r in reqs]
+    if any(p.blocking for p in probes):
+        raise TqpatchError(toolchain.missing_message(
+            probes, f"{backend.name} build requirements", reqs))
+    for note in backend.notes():
+        echo(f"warning: {note}", err=True)
+    return tc, probes
+
+
+def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
+    """Run the whole build; returns the record written to <build-dir>/tqpatch-build.json."""
+    started = time.monotonic()
+    backend = backends.get(req.backend)
+    arch = backend.normalize_arch(req.arch)  # reject a bad --arch before any work
+    targets = list(dict.fromkeys(req.targets or DEFAULT_TARGETS))
+    jobs = req.jobs or os.cpu_count() or 1
+    build_dir = Path(req.build_dir or paths.default_build_dir(backend.name)).expanduser().resolve()
+
+    echo(f"[1/5] check: toolchain and {backend.name} requirements")
+    tc, backend_probes = _check(backend, echo)
+    effective_arch = arch if arch is not None else backend.default_arch()
+
+    echo("[2/5] apply: turbo patches on the llama.cpp tree")
+    tree = _ensure_applied(req.tree).resolve()
+    echo(f"  tree: {tree}")
+
+    args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
+                      all_fa_quants=req.all_fa_quants, ccache=tc.ccache.ok,
+                      extra=tuple(req.extra_cmake_args))
+    build_dir.mkdir(parents=True, exist_ok=True)
+    log_path = build_dir / LOG_NAME
+    with open(log_path, "w", errors="replace") as log:
+        log.write(f"tqpatch {__version__} build --backend {backend.name} "
+                  f"({_dt.datetime.now().isoformat(timespec='seconds')})\n")
+        if needs_configure(build_dir, tree, args):
+            echo(f"[3/5] config: cmake {' '.join(args)}")
+            (build_dir / "CMakeCache.txt").unlink(missing_ok=True)  # changed args: start fresh
+            _args_file(build_dir).unlink(missing_ok=True)
+            rc = _stream([tc.cmake.path or "cmake", "-S", str(tree), "-B", str(build_dir), *args],
+                         log)
+            if rc != 0:
+                raise _fail("cmake configure", log, log_path, rc, echo)
+            remember_configure(build_dir, tree, args)
+        else:
+            echo("[3/5] config: up to date (cmake arguments unchanged)")
+            # The tree's CMakeLists may have changed since (a new patch): let ninja
+            # re-run cmake now so the target list below is current.
+            rc = _stream([tc.cmake.path or "cmake", "--build", str(build_dir),
+                          "--target", "build.ninja"], log)
+            if rc != 0:
+                raise _fail("cmake regenerate", log, log_path, rc, echo)
+
+        known = available_targets(build_dir, tc.ninja.path or "ninja")
+        skipped: list[str] = []
+        if known is not None:
+            unknown = [t for t in targets if t not in known]
+            for t in unknown:
+                if t in OPTIONAL_TARGETS:
+                    echo(f"  note: this tree has no {t} target; skipping it")
+                    skipped.append(t)
+            bad = [t for t in unknown if t not in OPTIONAL_TARGETS]
+            if bad:
+                hints = []
+                for t in bad:
+                    close = difflib.get_close_matches(t, sorted(known), n=3)
+                    hints.append(f"{t}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+                raise TqpatchError(f"unknown build target(s) in {build_dir}: {'; '.join(hints)}")
+            targets = [t for t in targets if t not in skipped]
+        if not targets:
+            raise TqpatchError("nothing to build: every requested target was skipped")
+
+        echo(f"[4/5] compile: {', '.join(targets)} with {jobs} jobs")
+        progress = BuildProgress("compile", echo=echo)
+        try:
+            rc = _stream([tc.cmake.path or "cmake", "--build", str(build_dir), "--target", *targets,
+                          "-j", str(jobs)], log, progress.feed, env={"NINJA_STATUS": "[%f/%t] "})
+        finally:
+            progress.close()
+        if rc != 0:
+            raise _fail("build", log, log_path, rc, echo)
+
+    seconds = round(time.monotonic() - started, 1)
+    record = {
+        "backend": backend.name,
+        "ggml_backend_name": backend.ggml_backend_name,
+        "arch": effective_arch,
+        "build_type": req.build_type,
+        "tree": str(tree),
+        "build_dir": str(build_dir),
+        "bin_dir": str(build_dir / "bin"),
+        "targets": targets,
+        "skipped_targets": skipped,
+        "cmake_args": args,
+        "tools": {p.name: {"path": p.path, "version": p.version}
+                  for p in [*tc.all(), *backend_probes] if p.path},
+        "seconds": seconds,
+        "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "tqpatch_version": __version__,
+    }
+    echo("[5/5] record: " + str(build_dir / RECORD_NAME))
+    (build_dir / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+
+    bin_dir = build_dir / "bin"
+    built = [t for t in targets if _exe(bin_dir / t).exists()]
+    echo(f"built in {seconds:.0f} s; binaries in {bin_dir}:")
+    for t in built:
+        echo(f"  {_exe(bin_dir / t)}")
+    default_dir = paths.default_build_dir(backend.name).expanduser().resolve()
+    extra = "" if build_dir == default_dir else f" --build-dir {build_dir}"
+    echo(f"next: tqpatch verify --backend {backend.name}{extra}")
+    return record
+
+
+def _exe(path: Path) -> Path:
+    if sys.platform == "win32" and not path.suffix:
+        return path.with_suffix(".exe")
+    return path
+
+
+# --------------------------------------------------------------------------
+# for later stages
+
+
+def _build_hint(backend: str, build_dir: Path, target: str | None = None) -> str:
+    cmd = f"tqpatch build --backend {backend}"
+    if build_dir != paths.default_build_dir(backend).expanduser().resolve():
+        cmd += f" --build-dir {build_dir}"
+    if target:
+        cmd += f" --targets {target}"
+    return f"`{cmd}`"
+
+
+def load_record(backend: str, build_dir: Path | None = None) -> dict:
+    """The tqpatch-build.json of a finished build; TqpatchError saying how to make one."""
+    backends.get(backend)
+    build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
+    record_path = build_dir / RECORD_NAME
+    if not record_path.is_file():
+        raise TqpatchError(f"no finished {backend} build in {build_dir}: run "
+                           f"{_build_hint(backend, build_dir)} first")
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TqpatchError(f"{record_path} is unreadable ({exc}): run "
+                           f"{_build_hint(backend, build_dir)} again") from None
+    if record.get("backend") != backend:
+        raise TqpatchError(f"{build_dir} holds a {record.get('backend')!r} build, not {backend}: "
+                           f"run {_build_hint(backend, build_dir)} or pass the right --build-dir")
+    return record
+
+
+def find_binary(name: str, backend: str, build_dir: Path | None = None) -> Path:
+    """Path of a built binary (e.g. 'llama-perplexity') for backend; clear error if absent."""
+    build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
+    record = load_record(backend, build_dir)
+    path = _exe(build_dir / "bin" / name)
+    if not path.is_file():
+        built = ", ".join(record.get("targets") or []) or "none"
+        skipped = record.get("skipped_targets") or []
+        why = (f"the tree had no {name} target when it was built (apply the patches that add it)"
+               if name in skipped else f"it was not built (built: {built})")
+        raise TqpatchError(f"{path} is missing: {why}; run "
+                           f"{_build_hint(backend, build_dir, name)}")
+    return path
+
+
+def built_backends(names: Iterable[str] | None = None) -> list[str]:
+    """Backends with a finished build in their default build dir."""
+    out = []
+    for name in names or backends.BACKENDS:
+        if (paths.default_build_dir(name) / RECORD_NAME).is_file():
+            out.append(name)
+    return out

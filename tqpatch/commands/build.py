@@ -1,0 +1,61 @@
+"""`tqpatch build`: configure and build the patched llama.cpp tree for one backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..backends import BACKENDS
+
+
+def _split_targets(ctx, param, value):
+    if value is None:
+        return None
+    targets = [t.strip() for t in value.replace(";", ",").split(",") if t.strip()]
+    if not targets:
+        raise click.BadParameter("give at least one target, e.g. --targets llama-cli,llama-bench")
+    return targets
+
+
+@click.command("build")
+@click.option("--backend", "-b", required=True, type=click.Choice(list(BACKENDS)),
+              help="Which ggml backend to build.")
+@click.option("--arch", default=None,
+              help="GPU architecture(s): CUDA 90 | 89;86 | 86,89 | sm_90 | native; HIP gfx1100. "
+                   "Default: the GPUs found here.")
+@click.option("--targets", callback=_split_targets, default=None,
+              help="Comma-separated cmake targets (default: llama-server, llama-cli, "
+                   "llama-perplexity, llama-bench, test-backend-ops, test-quantize-fns, "
+                   "tqpatch-verify).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Parallel compile jobs (default: all CPUs).")
+@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build directory (default: the tqpatch cache's build/<backend>).")
+@click.option("--release/--debug", default=True, help="CMAKE_BUILD_TYPE (default: Release).")
+@click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="llama.cpp tree to patch and build (default: the tqpatch work tree).")
+@click.option("--all-fa-quants", is_flag=True,
+              help="CUDA/HIP: compile FlashAttention for every K/V type pair "
+                   "(GGML_CUDA_FA_ALL_QUANTS; slow to build).")
+@click.option("--cmake-arg", "cmake_extra", multiple=True, metavar="X",
+              help="Extra cmake configure argument, e.g. --cmake-arg=-DGGML_NATIVE=OFF (repeatable).")
+def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quants, cmake_extra):
+    """Build llama.cpp binaries for one backend.
+
+    \b
+    Applies the turbo patches if needed, configures with cmake + Ninja (again
+    only when the cmake arguments change) and builds; binaries land in
+    <build-dir>/bin and the full log in <build-dir>/tqpatch-build.log.
+    \b
+    Examples:
+      tqpatch build --backend cpu
+      tqpatch build --backend cuda --arch 90 --targets llama-server,test-backend-ops
+    """
+    from .. import build as build_mod
+
+    build_mod.build(build_mod.BuildRequest(
+        backend=backend, arch=arch, targets=targets, jobs=jobs, build_dir=build_dir,
+        build_type="Release" if release else "Debug", tree=tree, all_fa_quants=all_fa_quants,
+        extra_cmake_args=tuple(cmake_extra),
+    ))

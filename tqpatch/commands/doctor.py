@@ -1,0 +1,113 @@
+"""`tqpatch doctor`: what each backend needs, what was found here, and what can be built."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def diagnose() -> dict:
+    """Everything doctor reports, as plain data (also the --json output)."""
+    from .. import toolchain
+    from ..backends import BACKENDS
+
+    tc_probes = toolchain.probe_all(toolchain.TOOLCHAIN)
+    tc_ok = not any(p.blocking for p in tc_probes)
+    report = {
+        "platform": sys.platform,
+        "toolchain": [p.to_json() for p in tc_probes],
+        "toolchain_ok": tc_ok,
+        "backends": {},
+    }
+    for name, backend in BACKENDS.items():
+        probes = [r.probe() for r in backend.requirements()]
+        reason = backend.unsupported_reason()
+        blocking = [p.name for p in probes if p.blocking]
+        if not tc_ok:
+            blocking = [p.name for p in tc_probes if p.blocking] + blocking
+        if reason:
+            why = reason
+        elif blocking:
+            why = "missing: " + ", ".join(blocking)
+        else:
+            why = None
+        try:
+            notes = backend.notes()
+        except Exception as exc:  # a probe must never break the report
+            notes = [f"could not check: {exc}"]
+        report["backends"][name] = {
+            "can_build": why is None,
+            "why_not": why,
+            "hardware": backend.hardware(),
+            "ggml_backend_name": backend.ggml_backend_name,
+            "default_arch": backend.default_arch(),
+            "requirements": [p.to_json() for p in probes],
+            "notes": notes,
+        }
+    return report
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    lines = [fmt.format(*header).rstrip(), fmt.format(*["-" * w for w in widths]).rstrip()]
+    lines += [fmt.format(*[str(c) for c in r]).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _status(p: dict) -> str:
+    if p["ok"]:
+        return "ok"
+    if p["path"] is None:
+        return "optional, missing" if p["optional"] else "MISSING"
+    return "TOO OLD" if "too old" in (p["problem"] or "") else "PROBLEM"
+
+
+def _found(p: dict) -> str:
+    if p["path"]:
+        return p["path"]
+    return p["problem"] or ""
+
+
+def render(report: dict) -> str:
+    out = []
+    rows = [[p["name"], _status(p), p["version"] or "-", _found(p)] for p in report["toolchain"]]
+    out.append("Common toolchain")
+    out.append(_table(rows, ["TOOL", "STATUS", "VERSION", "PATH / HOW TO GET"]))
+    out.append("")
+    rows = []
+    for name, b in report["backends"].items():
+        rows.append([name, "yes" if b["can_build"] else "no", b["hardware"] or "none found",
+                     b["ggml_backend_name"], b["why_not"] or ""])
+    out.append("Backends")
+    out.append(_table(rows, ["BACKEND", "BUILD HERE", "HARDWARE", "GGML NAME", "WHY NOT"]))
+    out.append("")
+    rows = []
+    for name, b in report["backends"].items():
+        for p in b["requirements"]:
+            rows.append([name, p["name"], _status(p), p["version"] or "-", _found(p)])
+    if rows:
+        out.append("Backend requirements")
+        out.append(_table(rows, ["BACKEND", "NEEDS", "STATUS", "VERSION", "PATH / HOW TO GET"]))
+    notes = [(n, note) for n, b in report["backends"].items() for note in b["notes"]]
+    if notes:
+        out.append("")
+        out.append("Notes")
+        out += [f"  {n}: {note}" for n, note in notes]
+    return "\n".join(out)
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def command(as_json):
+    """List what each backend needs, what was found here, and what can be built.
+
+    Always exits 0: it reports, it does not judge.
+    """
+    report = diagnose()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render(report))
