@@ -313,7 +313,15 @@ def test_recommend_memory_tight(llama_gqa):
     # Q4_K_M and nothing fits: the smallest asymmetric one, with the context that fits
     rec = recommend(info, ctx, vram_gib=(info.weight_bytes + 1) / GIB, overhead_mib=0)
     assert (rec.type_k, rec.type_v) == ("q8_0", "turbo2")
-    assert any("largest context that fits" in r or "do not fit" in r for r in rec.reasons)
+    assert any("not even 256 tokens fit" in r for r in rec.reasons)
+    best = max_ctx(info, "q8_0", "turbo2", need3 // 2)
+    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need3 // 2) / GIB, overhead_mib=0)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo2")
+    assert 0 < best < ctx and any(f"largest context that fits is -c {best}" in r for r in rec.reasons)
+    # the weights alone exceed the budget: KV types cannot help, say so
+    rec = recommend(info, ctx, vram_gib=0.5, overhead_mib=1024)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
+    assert any("already exceed" in r for r in rec.reasons)
 
 
 def test_recommend_memory_tight_q8_weights_goes_symmetric(tmp_path):

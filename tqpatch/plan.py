@@ -694,14 +694,21 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
     if not ladder:  # nothing quantized serves it; f16 always does
         ladder = [("f16", "f16")]
     choice = next((c for c in ladder if fits(*c)), None)
-    if choice is None:
+    if choice is None and budget <= 0:
+        choice = ladder[0]
+        reasons.append(
+            f"the weights ({_fmt_bytes(info.weight_bytes)}) plus the {overhead_mib:.0f} MiB compute "
+            f"allowance already exceed {vram_gib:g} GiB: no KV cache type makes this fit; offload "
+            "fewer layers (-ngl) or use smaller weights."
+        )
+    elif choice is None:
         choice = ladder[-1]
-        best = max_ctx(info, *choice, budget, parallel, unified=unified) if budget and budget > 0 else 0
+        best = max_ctx(info, *choice, budget, parallel, unified=unified)
         reasons.append(
             f"even {choice[0]}/{choice[1]} needs {need(*choice) / GIB:.2f} GiB of KV at -c {ctx}, "
-            f"more than the {max(budget, 0) / GIB:.2f} GiB left after weights and compute; "
+            f"more than the {budget / GIB:.2f} GiB left after weights and compute; "
             + (f"the largest context that fits is -c {best}." if best else
-               "the weights alone do not fit this budget.")
+               "not even 256 tokens fit.")
         )
     elif choice != ladder[0]:
         first = ladder[0]

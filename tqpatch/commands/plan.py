@@ -16,7 +16,7 @@ from ..plan import DEFAULT_OVERHEAD_MIB
               help="Context size, as llama.cpp's -c (0 = the model's trained context).")
 @click.option("--vram", type=click.FloatRange(min=0, min_open=True), default=None,
               metavar="GiB", help="GPU memory budget: also show the largest context that fits.")
-@click.option("-np", "--parallel", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("-np", "--parallel", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Parallel sequences (llama-server slots), as llama.cpp's -np.")
 @click.option("--kv-unified/--no-kv-unified", "unified", default=True, show_default=True,
               help="One KV buffer shared by all slots (llama.cpp -kvu) or one stream per slot.")
