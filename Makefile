@@ -13,7 +13,7 @@ install:
 test: install
 	$(PYTHON) -m tqpatch.cli render --check
 	$(PYTHON) -m pytest -q -m "not slow"
-	$(PYTHON) -m pytest -q -m slow -x --durations=15
+	$(PYTHON) -m pytest -q -m slow --durations=15
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
