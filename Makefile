@@ -11,14 +11,18 @@ install:
 # pinned llama.cpp, build it for the CPU, verify the turbo kernels and run
 # the real model.
 test: install
+	$(PYTHON) -m tqpatch.cli codebook --check
 	$(PYTHON) -m tqpatch.cli render --check
 	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTHON) -m tqpatch.cli build --backend cpu
+	$(PYTHON) -m tqpatch.cli model
 	$(PYTHON) -m pytest -q -m slow --durations=15
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
 render-check:
+	$(PYTHON) -m tqpatch.cli codebook --check
 	$(PYTHON) -m tqpatch.cli render --check
 
 clean:

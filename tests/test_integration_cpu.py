@@ -83,7 +83,7 @@ def test_unsupported_head_size_names_what_works(cpu_build, tmp_path):
     run([sys.executable, "-m", "tqpatch.cli", "synth-model", model, "--layers", "1", "--embd", "256",
          "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--ff", "64"])
     proc = run([cpu_build("llama-cli"), "-m", model, "-ctk", "turbo3", "-ctv", "turbo3", "-p", "hi",
-                "-n", "1", "-no-cnv", "--no-warmup", "-t", THREADS], check=False, timeout=300)
+                "-n", "1", "--no-warmup", "-t", THREADS], check=False, timeout=300, stdin=subprocess.DEVNULL)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "K cache type turbo3 with block size 128 does not divide n_embd_head_k=64" in log, log[-2000:]
