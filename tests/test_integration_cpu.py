@@ -119,8 +119,8 @@ def test_quality_bars_against_upstream_caches(ppl_table):
     inc = {cfg: ppl_table[cfg]["ppl"] / f16 - 1 for cfg in ppl_table}
     assert inc["q8_0/turbo4"] <= 0.012, inc
     assert inc["turbo4/turbo4"] <= 1.15 * inc["q4_0/q4_0"], inc
-    # every turbo configuration stays coherent (not the forks' garbage)
-    assert all(v < 1.0 for v in inc.values()), inc
+    # the recommended asymmetric configuration stays close to f16
+    assert inc["q8_0/turbo3"] <= 0.05, inc
 
 
 # ------------------------------------------------------------------ llama-server
