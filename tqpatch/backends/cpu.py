@@ -5,25 +5,18 @@ from __future__ import annotations
 import os
 import platform
 
-from ..errors import TqpatchError
+from . import _noarch
 from ..toolchain import Requirement
 
 name = "cpu"
 ggml_backend_name = "CPU"
 
-
-def default_arch() -> str | None:
-    return None
+default_arch = _noarch.default_arch
 
 
 def normalize_arch(arch: str | None) -> str | None:
-    if arch is None or arch.strip().lower() in ("", "native"):
-        return None
-    raise TqpatchError(
-        f"--arch {arch!r} does not apply to the cpu backend: it builds for this machine's CPU "
-        "(GGML_NATIVE); accepted: no --arch, or 'native'. Use --cmake-arg -DGGML_NATIVE=OFF "
-        "for a portable build"
-    )
+    return _noarch.reject_arch(name, arch, "(it builds for this machine's CPU with GGML_NATIVE; "
+                               "--cmake-arg -DGGML_NATIVE=OFF gives a portable build)")
 
 
 def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import TqpatchError
+from . import _noarch
 from ..toolchain import Requirement, run_capture
 
 name = "metal"
 ggml_backend_name = "MTL0"
 
-
-def default_arch() -> str | None:
-    return None
+default_arch = _noarch.default_arch
 
 
 def normalize_arch(arch: str | None) -> str | None:
-    if arch is None or arch.strip().lower() in ("", "native"):
-        return None
-    raise TqpatchError(
-        f"--arch {arch!r} does not apply to the metal backend (kernels are compiled for the "
-        "device at run time); accepted: no --arch, or 'native'"
-    )
+    return _noarch.reject_arch(name, arch, "(kernels are compiled for the device at run time)")
 
 
 def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:

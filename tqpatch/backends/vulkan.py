@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import TqpatchError
+from . import _noarch
 from ..toolchain import Requirement, read_file_version, run_capture
 
 name = "vulkan"
@@ -12,18 +12,11 @@ ggml_backend_name = "Vulkan0"
 
 _LIB_DIRS = ("/usr/lib/*", "/usr/lib", "/usr/lib64", "/usr/local/lib", "$VULKAN_SDK/lib")
 
-
-def default_arch() -> str | None:
-    return None
+default_arch = _noarch.default_arch
 
 
 def normalize_arch(arch: str | None) -> str | None:
-    if arch is None or arch.strip().lower() in ("", "native"):
-        return None
-    raise TqpatchError(
-        f"--arch {arch!r} does not apply to the vulkan backend (SPIR-V runs on any device); "
-        "accepted: no --arch, or 'native'"
-    )
+    return _noarch.reject_arch(name, arch, "(SPIR-V runs on any device)")
 
 
 def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
