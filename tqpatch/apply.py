@@ -195,6 +195,18 @@ def desired_state(inputs: Inputs, pristine_root: Path | None = None) -> dict[str
     return dict(sorted(state.items()))
 
 
+def _refuse_drift(tree: Path, manifest: dict, force: bool, advice: str) -> list:
+    """The hand-edited files tqpatch owns; an error naming them unless --force."""
+    drifted = _drift(tree, manifest)
+    if drifted and not force:
+        raise TqpatchError(
+            f"files tqpatch placed in {tree} were changed by hand since apply:\n"
+            + _format_paths([f"{r} ({o}, {how})" for r, o, how in drifted])
+            + "\n" + advice
+        )
+    return drifted
+
+
 def _drift(tree: Path, manifest: dict) -> list[tuple[str, str, str]]:
     """(path, origin, how) for every manifest file whose disk content changed since apply."""
     out = []
@@ -356,13 +368,8 @@ def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _ech
     desired = desired_state(inputs, pristine_root)  # may raise: nothing written yet
     targets = {rel: e.content for rel, e in desired.items()}
     if manifest is not None:
-        drifted = _drift(tree, manifest)
-        if drifted and not force:
-            raise TqpatchError(
-                f"files tqpatch placed in {tree} were changed by hand since apply:\n"
-                + _format_paths([f"{r} ({o}, {how})" for r, o, how in drifted])
-                + "\nkeep your edits elsewhere, or re-run with --force to overwrite them"
-            )
+        _refuse_drift(tree, manifest, force,
+                      "keep your edits elsewhere, or re-run with --force to overwrite them")
         # Files an older apply touched that the current inputs no longer do go back to pristine.
         for rel in manifest["files"]:
             if rel not in targets:
@@ -568,13 +575,8 @@ def revert(tree: Path | str | None = None, force: bool = False, echo: Echo = _ec
                                + "\nre-run with --force to restore them to pristine")
         writes = {rel: touched[rel] for rel in changed}
     else:
-        drifted = _drift(tree, manifest)
-        if drifted and not force:
-            raise TqpatchError(
-                f"files tqpatch placed in {tree} were changed by hand since apply:\n"
-                + _format_paths([f"{r} ({o}, {how})" for r, o, how in drifted])
-                + "\nsave your edits elsewhere, or re-run with --force to discard them"
-            )
+        _refuse_drift(tree, manifest, force,
+                      "save your edits elsewhere, or re-run with --force to discard them")
         pristine_root = fetch.ensure_pristine()
         writes = {}
         for rel, ent in sorted(manifest["files"].items()):
