@@ -4,10 +4,10 @@
 // source). Block formats and codebooks: ggml-turbo-common.h; the algorithm
 // and the bytes to match: the C reference, ggml-turbo.c.
 //
-// First, correct path: one thread quantizes one block, dequantizing is
-// ggml's QR=1 scheme (two neighbouring values per call). The flash-attention
-// kernels see turbo K/V converted to f16 (convert.cu); there are no turbo
-// vector kernels yet.
+// Quantize: one thread per block, bit-exact with the reference. Dequantize:
+// ggml's QR=1 scheme (two neighbouring values per call) for get_rows, cpy and
+// the f16 conversion the tensor-core flash-attention kernels use. The
+// flash-attention vector kernel's pieces are in fattn-turbo.cuh.
 
 #include "common.cuh"
 
@@ -272,7 +272,7 @@ static __device__ void cpy_blck_turbo4_f32(const char * cxi, char * cdsti) {
     case GGML_TYPE_TURBO3: return launcher<QK_TURBO3, 1, dequantize_turbo3>; \
     case GGML_TYPE_TURBO4: return launcher<QK_TURBO4, 1, dequantize_turbo4>;
 
-static inline bool ggml_cuda_type_is_turbo(const ggml_type type) {
+static constexpr __host__ __device__ bool ggml_cuda_type_is_turbo(const ggml_type type) {
     switch (type) {
         case GGML_TYPE_TURBO2:
         case GGML_TYPE_TURBO3:
