@@ -23,6 +23,12 @@ src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp):
 A model with sliding-window layers gets two caches (and llama.cpp prints two
 `llama_kv_cache: size = ...` lines): the global layers first, then the SWA
 layers.
+
+Boundary layers (patch 0010): with LLAMA_TURBO_BOUNDARY_K / _V = N (or the
+CMake default of the same name), a layer il whose requested K / V type is
+turbo2/3/4 gets q8_0 instead when il < N or il >= n_layer - N, in whichever
+cache (global or SWA) holds the layer. llama.cpp's size line still names the
+requested types; its MiB are the per-layer sums, as here.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TqpatchError
-from .formats import type_info
+from .formats import TURBO_FORMATS, type_info
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -44,6 +50,12 @@ DEFAULT_N_BATCH = 2048
 DEFAULT_N_UBATCH = 512
 CTX_PAD = 256  # llama-context.cpp and llama-kv-cache-iswa.cpp pad cell counts to 256
 LLAMA_MAX_SEQ = 256  # src/llama-cparams.h
+
+# Boundary layers (patch 0010): the type a promoted layer gets, and the switches.
+BOUNDARY_TYPE = "q8_0"
+ENV_BOUNDARY_K = "LLAMA_TURBO_BOUNDARY_K"
+ENV_BOUNDARY_V = "LLAMA_TURBO_BOUNDARY_V"
+MAX_BOUNDARY = 999_999  # the patched llama.cpp reads at most 6 digits
 
 # Fixed allowance for everything on the GPU that is neither weights nor KV:
 # llama.cpp's compute buffers (at n_ubatch 512 typically 0.3-1 GiB, more for
@@ -463,6 +475,44 @@ def row_size(type_name: str, n: int) -> int:
     return n // ti.block_size * ti.block_bytes
 
 
+def is_turbo(type_name: str) -> bool:
+    return type_name in TURBO_FORMATS
+
+
+def check_boundary(n, what: str = "boundary") -> int:
+    """A number of boundary layers: an int in 0..MAX_BOUNDARY, else TqpatchError."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_BOUNDARY:
+        raise TqpatchError(f"{what} must be a whole number of layers 0..{MAX_BOUNDARY} (got {n!r})")
+    return n
+
+
+def layer_type(type_name: str, il: int, n_layer: int, boundary: int) -> str:
+    """The cache type patch 0010 gives layer il of n_layer for a requested type."""
+    if boundary > 0 and is_turbo(type_name) and (il < boundary or il >= n_layer - boundary):
+        return BOUNDARY_TYPE
+    return type_name
+
+
+def boundary_env(type_k: str, type_v: str, boundary_k: int = 0, boundary_v: int = 0) -> dict:
+    """The environment settings that ask llama.cpp for these boundary layers (only those that act)."""
+    env = {}
+    if boundary_k and is_turbo(type_k):
+        env[ENV_BOUNDARY_K] = str(boundary_k)
+    if boundary_v and is_turbo(type_v):
+        env[ENV_BOUNDARY_V] = str(boundary_v)
+    return env
+
+
+def boundary_suffix(type_k: str, type_v: str, boundary_k: int = 0, boundary_v: int = 0) -> str:
+    """':bkN:bvM' for the boundary settings that act on these types ('' for none)."""
+    out = ""
+    if boundary_k and is_turbo(type_k):
+        out += f":bk{boundary_k}"
+    if boundary_v and is_turbo(type_v):
+        out += f":bv{boundary_v}"
+    return out
+
+
 def support(info: ModelInfo, type_k: str, type_v: str) -> str | None:
     """None if the K/V types can serve every layer's head size, else the reason."""
     reasons = []
@@ -497,8 +547,14 @@ class KVCache:
 def kv_caches(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int = 1, *,
               unified: bool = True, n_batch: int = DEFAULT_N_BATCH,
               n_ubatch: int = DEFAULT_N_UBATCH, swa_full: bool = False,
-              flash_attn: bool = True) -> list[KVCache]:
-    """The KV caches llama.cpp allocates for `-c ctx -np parallel` (see module doc)."""
+              flash_attn: bool = True, boundary_k: int = 0,
+              boundary_v: int = 0) -> list[KVCache]:
+    """The KV caches llama.cpp allocates for `-c ctx -np parallel` (see module doc).
+
+    boundary_k / boundary_v: LLAMA_TURBO_BOUNDARY_K / _V (patch 0010).
+    """
+    check_boundary(boundary_k, "boundary K")
+    check_boundary(boundary_v, "boundary V")
     if not 1 <= parallel <= LLAMA_MAX_SEQ:
         raise TqpatchError(f"--parallel must be 1..{LLAMA_MAX_SEQ} (got {parallel})")
     if ctx < 0:
@@ -519,9 +575,11 @@ def kv_caches(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int
     def build(kind: str, cells: int, layers: list[int]) -> KVCache:
         k = v = 0
         for il in layers:
-            k += row_size(type_k, info.n_embd_k_gqa(il)) * cells * n_stream
+            tk = layer_type(type_k, il, info.n_layer, boundary_k)
+            tv = layer_type(type_v, il, info.n_layer, boundary_v)
+            k += row_size(tk, info.n_embd_k_gqa(il)) * cells * n_stream
             nv = info.n_embd_v_gqa(il) if flash_attn else v_rows_max
-            v += row_size(type_v, nv) * cells * n_stream
+            v += row_size(tv, nv) * cells * n_stream
         return KVCache(kind, cells, len(layers), parallel, n_stream, k, v)
 
     if not info.uses_swa:
@@ -538,6 +596,25 @@ def kv_bytes(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int 
              **kw) -> int:
     """Total K+V cache bytes llama.cpp allocates for `-c ctx -np parallel`."""
     return sum(c.total for c in kv_caches(info, ctx, type_k, type_v, parallel, **kw))
+
+
+def effective_bpv(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int = 1,
+                  **kw) -> tuple[float, float]:
+    """Bits per cached K value and V value, over all layers as llama.cpp allocates them.
+
+    The type's own bits per value, unless boundary layers mix in q8_0: then the
+    average weighted by how many values each layer caches (SWA layers may hold
+    fewer cells than global ones).
+    """
+    caches = kv_caches(info, ctx, type_k, type_v, parallel, **kw)
+    plain = {k: v for k, v in kw.items() if k not in ("boundary_k", "boundary_v")}
+    f16 = kv_caches(info, ctx, "f16", "f16", parallel, **plain)
+    k16 = sum(c.k_bytes for c in f16)
+    v16 = sum(c.v_bytes for c in f16)
+    if not k16 or not v16:
+        return type_info(type_k).bits_per_value, type_info(type_v).bits_per_value
+    return (16.0 * sum(c.k_bytes for c in caches) / k16,
+            16.0 * sum(c.v_bytes for c in caches) / v16)
 
 
 def max_ctx(info: ModelInfo, type_k: str, type_v: str, budget_bytes: int,
@@ -574,10 +651,13 @@ class ConfigRow:
     kv_bytes: int | None = None
     compression: float | None = None      # f16 KV bytes / these KV bytes
     max_ctx: int | None = None            # with --vram: largest -c that fits
+    boundary_k: int = 0                   # boundary layers kept at q8_0 (turbo types only)
+    boundary_v: int = 0
 
     @property
     def label(self) -> str:
-        return f"{self.type_k}/{self.type_v}"
+        return (f"{self.type_k}/{self.type_v}"
+                + boundary_suffix(self.type_k, self.type_v, self.boundary_k, self.boundary_v))
 
     @property
     def kv_mib(self) -> float | None:
@@ -594,12 +674,15 @@ def plan_rows(info: ModelInfo, ctx: int, parallel: int = 1, vram_gib: float | No
     f16 = kv_bytes(info, ctx, "f16", "f16", parallel, **kw)
     budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
     rows = []
+    bk, bv = kw.get("boundary_k", 0), kw.get("boundary_v", 0)
     for k, v in configs:
-        row = ConfigRow(k, v, type_info(k).bits_per_value, type_info(v).bits_per_value, True)
+        row = ConfigRow(k, v, type_info(k).bits_per_value, type_info(v).bits_per_value, True,
+                        boundary_k=bk if is_turbo(k) else 0, boundary_v=bv if is_turbo(v) else 0)
         reason = support(info, k, v)
         if reason:
             row.supported, row.reason = False, reason
         else:
+            row.bpv_k, row.bpv_v = effective_bpv(info, ctx, k, v, parallel, **kw)
             row.kv_bytes = kv_bytes(info, ctx, k, v, parallel, **kw)
             row.compression = f16 / row.kv_bytes if row.kv_bytes else None
             if budget is not None:
@@ -620,8 +703,11 @@ class Recommendation:
         return asdict(self)
 
 
-def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unified: bool) -> str:
-    flags = f"llama-server -m {info.path} -c {ctx} -ctk {k} -ctv {v} -fa on"
+def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unified: bool,
+                  boundary_k: int = 0, boundary_v: int = 0) -> str:
+    env = boundary_env(k, v, boundary_k, boundary_v)
+    flags = "".join(f"{name}={val} " for name, val in env.items())
+    flags += f"llama-server -m {info.path} -c {ctx} -ctk {k} -ctv {v} -fa on"
     if parallel > 1:
         flags += f" -np {parallel}" + (" -kvu" if unified else "")
     return flags
@@ -629,8 +715,13 @@ def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unif
 
 def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
               vram_gib: float | None = None, overhead_mib: float = DEFAULT_OVERHEAD_MIB,
-              unified: bool = True) -> Recommendation:
-    """A K/V configuration following the asymmetric K/V findings, with the flags."""
+              unified: bool = True, boundary_k: int = 0, boundary_v: int = 0) -> Recommendation:
+    """A K/V configuration following the asymmetric K/V findings, with the flags.
+
+    boundary_k / boundary_v: the boundary layers the user runs with (sizes and
+    flags account for them).
+    """
+    bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
     ctx = ctx or info.ctx_train
     wclass = weight_class(info.file_type_name)
     budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
@@ -640,7 +731,7 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
         return support(info, k, v) is None
 
     def need(k, v):
-        return kv_bytes(info, ctx, k, v, parallel, unified=unified)
+        return kv_bytes(info, ctx, k, v, parallel, unified=unified, **bkw)
 
     def fits(k, v):
         return budget is None or need(k, v) <= budget
@@ -703,7 +794,7 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
         )
     elif choice is None:
         choice = ladder[-1]
-        best = max_ctx(info, *choice, budget, parallel, unified=unified)
+        best = max_ctx(info, *choice, budget, parallel, unified=unified, **bkw)
         reasons.append(
             f"even {choice[0]}/{choice[1]} needs {need(*choice) / GIB:.2f} GiB of KV at -c {ctx}, "
             f"more than the {budget / GIB:.2f} GiB left after weights and compute; "
@@ -730,10 +821,10 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
             ("f16", "f16"): "uncompressed",
         }.get(c, "")
         alternatives.append(
-            f"{_server_flags(info, ctx, c[0], c[1], parallel, unified)}   # {note}".rstrip(" #")
+            f"{_server_flags(info, ctx, c[0], c[1], parallel, unified, **bkw)}   # {note}".rstrip(" #")
         )
     return Recommendation(choice[0], choice[1],
-                          _server_flags(info, ctx, choice[0], choice[1], parallel, unified),
+                          _server_flags(info, ctx, choice[0], choice[1], parallel, unified, **bkw),
                           reasons, alternatives)
 
 
@@ -805,7 +896,7 @@ def describe_model(info: ModelInfo) -> list[str]:
 
 def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommendation,
                 parallel: int, vram_gib: float | None, overhead_mib: float,
-                unified: bool) -> str:
+                unified: bool, boundary_k: int = 0, boundary_v: int = 0) -> str:
     ctx = ctx or info.ctx_train
     out = describe_model(info)
     caches = kv_caches(info, ctx, "f16", "f16", parallel, unified=unified)
@@ -817,15 +908,20 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
     out.append(f"KV cache at -c {ctx} -np {parallel} "
                f"({'unified' if unified or parallel == 1 else 'one stream per slot'}, "
                f"flash attention): {layout}")
-    header = f"  {'K/V':<15} {'K bpv':>6} {'V bpv':>6} {'KV MiB':>10} {'vs f16':>7}"
+    if boundary_k or boundary_v:
+        out.append(f"boundary layers: the first and last {boundary_k} (K) / {boundary_v} (V) "
+                   f"layers of a turbo cache at {BOUNDARY_TYPE} ({ENV_BOUNDARY_K}={boundary_k} "
+                   f"{ENV_BOUNDARY_V}={boundary_v}); bpv is the average over all layers")
+    w = max([15] + [len(r.label) for r in rows])
+    header = f"  {'K/V':<{w}} {'K bpv':>6} {'V bpv':>6} {'KV MiB':>10} {'vs f16':>7}"
     if vram_gib is not None:
         header += f"  {'max ctx':>9}"
     out.append(header)
     for r in rows:
         if not r.supported:
-            out.append(f"  {r.label:<15} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f}  unsupported: {r.reason}")
+            out.append(f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f}  unsupported: {r.reason}")
             continue
-        line = f"  {r.label:<15} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f} {r.kv_mib:>10.2f} {r.compression:>6.2f}x"
+        line = f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f} {r.kv_mib:>10.2f} {r.compression:>6.2f}x"
         if vram_gib is not None:
             mc = r.max_ctx or 0
             line += f"  {mc:>9}" + (" (full)" if mc >= info.ctx_train else "")
@@ -851,7 +947,8 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
 
 
 def plan_json(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommendation,
-              parallel: int, vram_gib: float | None, overhead_mib: float, unified: bool) -> dict:
+              parallel: int, vram_gib: float | None, overhead_mib: float, unified: bool,
+              boundary_k: int = 0, boundary_v: int = 0) -> dict:
     ctx = ctx or info.ctx_train
     caches = kv_caches(info, ctx, "f16", "f16", parallel, unified=unified)
     return {
@@ -859,6 +956,8 @@ def plan_json(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommendat
         "ctx": ctx,
         "parallel": parallel,
         "unified": unified,
+        "boundary_k": boundary_k,
+        "boundary_v": boundary_v,
         "cells": {c.kind: c.cells for c in caches},
         "n_stream": caches[0].n_stream,
         "vram_gib": vram_gib,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..plan import DEFAULT_OVERHEAD_MIB
+from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
 
 
 @click.command("plan")
@@ -23,8 +23,16 @@ from ..plan import DEFAULT_OVERHEAD_MIB
 @click.option("--overhead", type=click.FloatRange(min=0), default=DEFAULT_OVERHEAD_MIB,
               show_default=True, metavar="MiB",
               help="Fixed allowance for compute buffers and context with --vram.")
+@click.option("--boundary-k", type=click.IntRange(min=0, max=MAX_BOUNDARY), default=0,
+              show_default=True, metavar="N",
+              help="Keep the first and last N layers of a turbo K cache at q8_0 "
+                   "(LLAMA_TURBO_BOUNDARY_K=N).")
+@click.option("--boundary-v", type=click.IntRange(min=0, max=MAX_BOUNDARY), default=0,
+              show_default=True, metavar="N",
+              help="Keep the first and last N layers of a turbo V cache at q8_0 "
+                   "(LLAMA_TURBO_BOUNDARY_V=N).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def command(model, ctx, vram, parallel, unified, overhead, as_json):
+def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_v, as_json):
     """KV-cache memory of MODEL (a GGUF) at -c CTX for each K/V cache type.
 
     \b
@@ -34,14 +42,17 @@ def command(model, ctx, vram, parallel, unified, overhead, as_json):
     q8_0 and compress V, since K precision dominates attention quality.
     With --vram the budget is: weights (all layers on the GPU) + KV cache
     + a fixed compute allowance (--overhead, default 1024 MiB).
+    With --boundary-k/--boundary-v the turbo rows count the first and last
+    N layers at q8_0 (bits per value: the average over all layers).
     """
     from .. import plan
 
     info = plan.read_model(model)
-    rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified)
-    rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified)
+    bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
+    rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified, **bkw)
+    rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified, **bkw)
     if as_json:
-        click.echo(json.dumps(plan.plan_json(info, ctx, rows, rec, parallel, vram, overhead, unified),
-                              indent=2))
+        click.echo(json.dumps(plan.plan_json(info, ctx, rows, rec, parallel, vram, overhead, unified,
+                                             **bkw), indent=2))
     else:
-        click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified))
+        click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified, **bkw))
