@@ -22,6 +22,16 @@ A configuration whose run fails (nonzero exit, an error line, no PPL, or a
 non-finite PPL) is reported FAILED with the last lines of its log; the others
 still run.
 
+Boundary-layer variants (patch 0010) are written after the pair:
+`q8_0/turbo2:bv2` keeps the first and last 2 layers' V cache at q8_0,
+`turbo3/turbo3:bk2:bv2` does so for K and V. Every run of a configuration with
+a turbo type sets LLAMA_TURBO_BOUNDARY_K and LLAMA_TURBO_BOUNDARY_V explicitly
+(0 where the label names none), so neither the caller's environment nor a
+build-time default changes what a label means; the command lines show them.
+Bits per value of a variant are the average over the model's layers as the
+pinned llama.cpp allocates them (tqpatch.plan's layer model, SWA layers
+included), for the run's context.
+
 The default text is `tools/server/README.md` of the pinned llama.cpp tree
 (commit 0c1e57098, 107,765 bytes, ~27k Gemma 3 tokens): it ships with every
 copy of the pin, so any two machines measure the same tokens. 20 chunks of 512
@@ -74,17 +84,28 @@ def known_types() -> tuple[str, ...]:
     return tuple(formats.KV_TYPES) + rest
 
 
+_RE_VARIANT = re.compile(r"(bk|bv)(\d+)")
+VARIANT_HINT = ("write :bkN / :bvN after the pair to keep the first and last N layers' "
+                "K / V cache at q8_0, e.g. q8_0/turbo2:bv2 or turbo3/turbo3:bk2:bv2")
+
+
 @dataclass(frozen=True)
 class Config:
-    """One K/V cache type pair, written K/V as in `q8_0/turbo3`."""
+    """One K/V cache type pair, written K/V as in `q8_0/turbo3`, with optional
+    boundary layers (`q8_0/turbo2:bv2`: the first and last 2 layers' V at q8_0)."""
 
     k: str
     v: str
+    bk: int = 0
+    bv: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "Config":
+        from .plan import MAX_BOUNDARY, is_turbo
+
         raw = text
         text = text.strip().lower()
+        text, *variants = text.split(":")
         parts = text.split("/")
         if len(parts) != 2 or not all(p.strip() for p in parts):
             raise TqpatchError(
@@ -99,17 +120,62 @@ class Config:
                     f"unknown cache type {name!r} for {role} in {raw!r}; known cache types: "
                     + ", ".join(known)
                 )
-        return cls(k, v)
+        bound = {}
+        for var in (x.strip() for x in variants):
+            m = _RE_VARIANT.fullmatch(var)
+            if not m:
+                raise TqpatchError(f"unknown variant {var!r} in {raw!r}: {VARIANT_HINT}")
+            side, n = m.group(1), int(m.group(2))
+            if side in bound:
+                raise TqpatchError(f"{side} given twice in {raw!r}: {VARIANT_HINT}")
+            if n > MAX_BOUNDARY:
+                raise TqpatchError(f"{var} in {raw!r}: at most {MAX_BOUNDARY} boundary layers")
+            typ = k if side == "bk" else v
+            if n and not is_turbo(typ):
+                raise TqpatchError(
+                    f"{var} in {raw!r}: boundary layers apply to turbo2/turbo3/turbo4 caches "
+                    f"only, and {'K' if side == 'bk' else 'V'} is {typ}")
+            bound[side] = n
+        return cls(k, v, bound.get("bk", 0), bound.get("bv", 0))
 
     @property
     def label(self) -> str:
+        from .plan import boundary_suffix
+
+        return f"{self.k}/{self.v}" + boundary_suffix(self.k, self.v, self.bk, self.bv)
+
+    @property
+    def pair(self) -> str:
         return f"{self.k}/{self.v}"
+
+    @property
+    def has_turbo(self) -> bool:
+        from .plan import is_turbo
+
+        return is_turbo(self.k) or is_turbo(self.v)
+
+    def env(self) -> dict[str, str]:
+        """Environment of this configuration's run: both boundary switches, explicit,
+        for any configuration with a turbo type (none otherwise)."""
+        from .plan import ENV_BOUNDARY_K, ENV_BOUNDARY_V
+
+        if not self.has_turbo:
+            return {}
+        return {ENV_BOUNDARY_K: str(self.bk), ENV_BOUNDARY_V: str(self.bv)}
+
+    def layer_bpv(self, info, ctx: int, parallel: int = 1, **kw) -> tuple[float, float]:
+        """(bpv K, bpv V) over all layers of a tqpatch.plan ModelInfo at this context."""
+        from .plan import effective_bpv
+
+        return effective_bpv(info, ctx, self.k, self.v, parallel, boundary_k=self.bk,
+                             boundary_v=self.bv, **kw)
 
     def __str__(self) -> str:
         return self.label
 
     @property
     def bpv_k(self) -> float:
+        """Bits per value of the K type (without boundary layers; see layer_bpv)."""
         return formats.type_info(self.k).bits_per_value
 
     @property
@@ -161,6 +227,8 @@ _RE_KV = re.compile(
     r"llama_kv_cache: size =\s*" + _NUM + r" MiB \(.*?\), K \((\w+)\):\s*" + _NUM
     + r" MiB, V \((\w+)\):\s*" + _NUM + r" MiB"
 )
+# patch 0010: "llama_kv_cache: turbo boundary layers: K 0, V 2 -> q8_0 layers K none, V 0,1,16"
+_RE_BOUNDARY = re.compile(r"turbo boundary layers: K (\d+), V (\d+) -> q8_0 layers K (\S+), V (\S+)")
 # Log lines at error level ("0.01.234.567 E msg"), llama.cpp's "error: ..." and
 # argument errors ("Error while handling argument ...: Unsupported cache type").
 _RE_ERROR = re.compile(
@@ -253,6 +321,9 @@ class Result:
     base_command: list[str] | None = None  # the f16 base-logits run this one compared against
     error: str | None = None
     log_tail: str = ""
+    env: dict[str, str] = field(default_factory=dict)  # environment settings of the run
+    bpv_k: float | None = None  # over all layers (boundary layers included); None: the type's
+    bpv_v: float | None = None
 
     @property
     def k(self) -> str:
@@ -266,18 +337,32 @@ class Result:
     def label(self) -> str:
         return self.config.label
 
+    @property
+    def eff_bpv_k(self) -> float:
+        return self.config.bpv_k if self.bpv_k is None else self.bpv_k
+
+    @property
+    def eff_bpv_v(self) -> float:
+        return self.config.bpv_v if self.bpv_v is None else self.bpv_v
+
+    @property
+    def avg_bpv(self) -> float:
+        return (self.eff_bpv_k + self.eff_bpv_v) / 2
+
     def to_dict(self) -> dict:
         return {
             "config": self.label, "k": self.k, "v": self.v,
-            "bpv_k": self.config.bpv_k, "bpv_v": self.config.bpv_v,
-            "avg_bpv": self.config.avg_bpv,
+            "boundary_k": self.config.bk, "boundary_v": self.config.bv,
+            "bpv_k": self.eff_bpv_k, "bpv_v": self.eff_bpv_v,
+            "avg_bpv": self.avg_bpv,
             "ok": self.ok, "ppl": self.ppl, "ppl_err": self.ppl_err,
             "delta_ppl_pct": self.delta_ppl_pct,
             "kld_mean": self.kld_mean, "kld_err": self.kld_err, "kld_p99": self.kld_p99,
             "top1_pct": self.top1, "top1_err": self.top1_err,
             "kv_mib": self.kv_mib, "k_mib": self.k_mib, "v_mib": self.v_mib,
             "seconds": round(self.seconds, 2), "returncode": self.returncode,
-            "command": shlex.join(self.command) if self.command else None,
+            "command": command_line(self.command, self.env) if self.command else None,
+            "env": dict(self.env) or None,
             "base_command": shlex.join(self.base_command) if self.base_command else None,
             "error": self.error, "log_tail": self.log_tail if not self.ok else None,
         }
@@ -303,6 +388,10 @@ def _judge(result: Result, rc: int, text: str) -> Result:
             result.config.k, result.config.v):
         problem = (f"llama.cpp allocated a K ({parsed['k_type']}) / V ({parsed['v_type']}) "
                    f"cache, not the {result.config.label} that was asked for")
+    elif result.label != result.config.pair and _RE_BOUNDARY.search(text) is None:
+        problem = ("llama.cpp did not report boundary layers (no 'turbo boundary layers' "
+                   f"line) for {result.label}: this build lacks patch 0010; rebuild with "
+                   "`tqpatch build`")
     if problem:
         if parsed["errors"] and rc != 0:
             problem += f": {parsed['errors'][0]}"
@@ -384,11 +473,19 @@ def build_command(binary: Path, model: Path, text: Path, config: Config, *, ctx:
     return cmd + list(extra_args)
 
 
-def _run(cmd: Sequence[str]) -> tuple[int, str, float]:
+def command_line(cmd: Sequence[str], env: dict[str, str] | None = None) -> str:
+    """A shell line: the environment settings, then the command."""
+    pre = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+    return pre + shlex.join(cmd)
+
+
+def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
     t0 = time.monotonic()
+    full_env = {**os.environ, **env} if env else None
     try:
         proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, errors="replace", stdin=subprocess.DEVNULL)
+                              text=True, errors="replace", stdin=subprocess.DEVNULL,
+                              env=full_env)
     except OSError as exc:
         return 127, f"cannot run {cmd[0]}: {exc}", time.monotonic() - t0
     return proc.returncode, proc.stdout or "", time.monotonic() - t0
@@ -461,10 +558,12 @@ def evaluate(
                            f"`tqpatch build --backend {backend}`")
 
     common = dict(ctx=ctx, chunks=chunks, threads=threads, extra_args=extra_args)
+    bpv = layer_bpvs(configs, model, ctx)
     results: list[Result] = []
     if not kld:
         for i, cfg in enumerate(configs, 1):
-            results.append(_one(binary, model, text, cfg, i, len(configs), progress, common))
+            results.append(_one(binary, model, text, cfg, i, len(configs), progress, common,
+                                bpv=bpv.get(cfg)))
         fill_deltas(results)
         return results
 
@@ -499,7 +598,7 @@ def evaluate(
             return results
         for i, cfg in enumerate(configs, 1):
             r = _one(binary, model, text, cfg, i, total, progress,
-                     {**common, "kld_base": base_file, "kld": True})
+                     {**common, "kld_base": base_file, "kld": True}, bpv=bpv.get(cfg))
             r.base_command = base.command
             results.append(r)
         fill_deltas(results, base_ppl=base.ppl)
@@ -508,13 +607,40 @@ def evaluate(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def perplexity_layout(ctx: int, n_batch: int = 2048) -> tuple[int, int]:
+    """(n_ctx, n_parallel) of a llama-perplexity PPL/KLD run at -c ctx: it scores
+    n_batch // ctx chunks at once, one sequence (stream) each."""
+    n_par = max(1, n_batch // ctx)
+    return n_par * ctx, n_par
+
+
+def layer_bpvs(configs: Sequence[Config], model: Path, ctx: int) -> dict:
+    """Config -> (bpv K, bpv V) over the model's layers, for the configurations with
+    boundary layers; {} where the model cannot be read (then the types' bpv stand)."""
+    todo = [c for c in configs if c.label != c.pair]
+    if not todo:
+        return {}
+    from . import plan
+
+    try:
+        info = plan.read_model(model)
+        n_ctx, n_par = perplexity_layout(ctx)
+        return {c: c.layer_bpv(info, n_ctx, n_par, unified=False) for c in todo}
+    except TqpatchError:
+        return {}
+
+
 def _one(binary: Path, model: Path, text: Path, cfg: Config, index: int, total: int,
-         progress: Progress, opts: dict, what: str = "") -> Result:
+         progress: Progress, opts: dict, what: str = "",
+         bpv: tuple[float, float] | None = None) -> Result:
     cmd = build_command(binary, model, text, cfg, **opts)
+    env = cfg.env()
     progress.start(index, total, cfg, what)
-    rc, out, seconds = _run(cmd)
-    result = _judge(Result(cfg, command=cmd), rc, out)
+    rc, out, seconds = _run(cmd, env)
+    result = _judge(Result(cfg, command=cmd, env=env), rc, out)
     result.seconds = seconds
+    if bpv is not None:
+        result.bpv_k, result.bpv_v = bpv
     progress.finish(index, total, result, what)
     return result
 
@@ -567,10 +693,15 @@ HEADERS = ("K", "V", "bpv K", "bpv V", "PPL", "ΔPPL %", "mean KLD", "KLD p99",
            "top-1 %", "KV MiB", "time s")
 
 
+def _variant(cfg: Config) -> str:
+    """The boundary part of a label (':bk2:bv2'), shown after V in tables."""
+    return cfg.label[len(cfg.pair):]
+
+
 def table_rows(results: Sequence[Result]) -> list[list[str]]:
     rows = []
     for r in results:
-        base = [r.k, r.v, f"{r.config.bpv_k:.3f}", f"{r.config.bpv_v:.3f}"]
+        base = [r.k, r.v + _variant(r.config), f"{r.eff_bpv_k:.3f}", f"{r.eff_bpv_v:.3f}"]
         if not r.ok:
             rows.append(base + ["FAILED", "-", "-", "-", "-", "-", f"{r.seconds:.1f}"])
             continue
@@ -642,7 +773,8 @@ def render_markdown(results: Sequence[Result], meta: dict) -> str:
         out.append("| " + " | ".join(_md_escape(c) for c in row) + " |")
     out.append("")
     kld = meta.get("kld", any(r.kld_mean is not None for r in results))
-    notes = ["bpv: bits per value of the cache type",
+    notes = ["bpv: bits per value of the cache type (with boundary layers :bkN / :bvN, the "
+             "first and last N layers' K / V at q8_0, the average over all layers)",
              "ΔPPL %: PPL change against f16/f16"]
     if kld:
         notes += ["mean KLD / KLD p99: KL divergence of the token distribution from the "
@@ -691,9 +823,9 @@ def command_lines(results: Sequence[Result]) -> list[str]:
     """The exact command lines that were run, in order (base-logits run first), once each."""
     out: list[str] = []
     for r in results:
-        for cmd in (r.base_command, r.command):
+        for cmd, env in ((r.base_command, None), (r.command, r.env)):
             if cmd:
-                line = shlex.join(cmd)
+                line = command_line(cmd, env)
                 if line not in out:
                     out.append(line)
     return out
@@ -726,7 +858,7 @@ def plot(results: Sequence[Result], out: Path | str) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (title, kind) in zip(axes[0], panels):
         rows = with_kld if kind == "kld" else with_dppl
-        xs = [r.config.avg_bpv for r in rows]
+        xs = [r.avg_bpv for r in rows]
         ys = [r.kld_mean if kind == "kld" else r.delta_ppl_pct for r in rows]
         ax.scatter(xs, ys, color=["tab:red" if "turbo" in r.label else "tab:blue" for r in rows])
         for x, y, r in zip(xs, ys, rows):

@@ -46,8 +46,9 @@ class _CliProgress(ev.Progress):
 
     def start(self, index, total, config, what):
         name = what or config.label
-        self._line(f"{self._tag(index, total)} {name}: running llama-perplexity -ctk {config.k} "
-                   f"-ctv {config.v} ...")
+        env = "".join(f"{k}={v} " for k, v in config.env().items()) if config.label != config.pair else ""
+        self._line(f"{self._tag(index, total)} {name}: running {env}llama-perplexity "
+                   f"-ctk {config.k} -ctv {config.v} ...")
 
     def finish(self, index, total, result, what):
         name = what or result.label
@@ -88,6 +89,10 @@ fetched with the tree if needed), {ev.DEFAULT_CHUNKS} chunks x {ev.DEFAULT_CTX} 
 configurations {', '.join(ev.DEFAULT_CONFIGS[:5])},
 {', '.join(ev.DEFAULT_CONFIGS[5:])}.
 \b
+Boundary layers: `q8_0/turbo2:bv2` keeps the first and last 2 layers' V
+cache at q8_0 (LLAMA_TURBO_BOUNDARY_V=2), `turbo3/turbo3:bk2:bv2` K and V;
+their bits per value are the average over the model's layers.
+\b
 The base logits are large (about 512 KB per scored token with Gemma's 262k
 vocabulary, ~2.7 GB for 20 x 512); they go to a temporary folder in the
 tqpatch cache and are deleted afterwards. --no-kld runs plain PPL only.
@@ -97,6 +102,7 @@ others still run, and the exit status is then 1.
 Examples:
   tqpatch eval
   tqpatch eval --configs f16/f16,q8_0/turbo3 --chunks 5 --markdown eval.md
+  tqpatch eval --configs q8_0/turbo2,q8_0/turbo2:bv2,turbo3/turbo3:bk2:bv2
   tqpatch eval --backend cuda --extra-arg=-ngl --extra-arg=99 --plot eval.png
 """
 
@@ -106,8 +112,9 @@ Examples:
               help="GGUF model (default: the Gemma 3 270M test model, fetched if needed).")
 @click.option("--text", "-f", "text", type=click.Path(path_type=Path), default=None,
               help=f"Text to score (default: {ev.DEFAULT_TEXT_REL} of the pinned llama.cpp tree).")
-@click.option("--configs", "configs", callback=_configs, default=None, metavar="K/V,...",
-              help="Comma-separated K/V cache type pairs (default: "
+@click.option("--configs", "configs", callback=_configs, default=None, metavar="K/V[:bkN][:bvN],...",
+              help="Comma-separated K/V cache type pairs, optionally with boundary layers "
+                   "(:bkN / :bvN: the first and last N layers' K / V at q8_0) (default: "
                    + ",".join(ev.DEFAULT_CONFIGS) + ").")
 @click.option("--backend", "-b", type=click.Choice(list(BACKENDS)), default="cpu",
               show_default=True, help="Which build's llama-perplexity to run.")
