@@ -32,6 +32,21 @@ def no_gpus(monkeypatch):
         monkeypatch.setattr(mod, "run_capture", _fake_capture({}))
 
 
+NVCC13_ARCHS = (75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121)  # nvcc 13.0 --list-gpu-arch
+
+
+@pytest.fixture(autouse=True)
+def nvcc13(monkeypatch):
+    """cmake_args asks nvcc which archs it supports: pretend nvcc 13.0, whatever is installed."""
+    monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: NVCC13_ARCHS)
+    real_version = cuda.NVCC.__class__.version
+    monkeypatch.setattr(cuda.NVCC.__class__, "version",
+                        lambda self, path: "13.0" if self.name == "nvcc" else real_version(self, path))
+
+
+DEFAULT_FA = "-DGGML_CUDA_FA_QUANTS=" + ",".join(cuda.DEFAULT_FA_PAIRS)
+
+
 def test_registry_has_every_backend_behind_one_interface():
     assert list(backends.BACKENDS) == ["cpu", "cuda", "hip", "metal", "vulkan"]
     for name, b in backends.BACKENDS.items():
@@ -82,9 +97,11 @@ def test_cpu_rejects_gpu_arch():
     ("90,90,sm_90", "90"),
     ("all-major", "all-major"),
 ])
-def test_cuda_arch_forms(arch, expected):
+def test_cuda_arch_forms(arch, expected, monkeypatch):
+    monkeypatch.setattr(cuda, "detected_archs", lambda: ["90"])  # 'native' needs a GPU
     assert cuda.normalize_arch(arch) == expected
-    assert cuda.cmake_args(arch, False) == ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={expected}"]
+    assert cuda.cmake_args(arch, False) == ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={expected}",
+                                            DEFAULT_FA]
 
 
 @pytest.mark.parametrize("arch", ["foo", "9", "sm90", "sm_9x", "90;bar", "", ";", "native;90",
@@ -98,22 +115,144 @@ def test_cuda_rejects_garbage_with_accepted_forms(arch):
         assert form in msg
 
 
-def test_cuda_all_fa_quants():
-    assert cuda.cmake_args("90", True) == [
-        "-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_FA_ALL_QUANTS=ON"]
-    assert "-DGGML_CUDA_FA_ALL_QUANTS=ON" not in cuda.cmake_args("90", False)
+# ---------------------------------------------------------------- FlashAttention K/V pairs
+
+
+def test_default_fa_pairs_cover_every_cache_type_pair_plus_upstream_defaults():
+    pairs = cuda.fa_pairs(None)
+    assert len(pairs) == 27 == len(set(pairs))
+    types = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
+    assert {f"{k}-{v}" for k in types for v in types} <= set(pairs)
+    assert set(cuda.UPSTREAM_DEFAULT_FA) <= set(pairs)  # what upstream builds by default stays
+    assert cuda.fa_pairs(False) == cuda.fa_pairs("default") == cuda.fa_pairs(" Default ") == pairs
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, ",".join(cuda.DEFAULT_FA_PAIRS)),
+    ("default", ",".join(cuda.DEFAULT_FA_PAIRS)),
+    (True, "all"),
+    ("all", "all"),
+    ("ALL", "all"),
+    ("q8_0-turbo3", "q8_0-turbo3"),
+    ("q8_0-turbo3;turbo3-turbo3", "q8_0-turbo3,turbo3-turbo3"),
+    ("q8_0-turbo3, turbo3-turbo3,q8_0-turbo3", "q8_0-turbo3,turbo3-turbo3"),
+    ("Q4_1-BF16 q5_0-q5_1", "q4_1-bf16,q5_0-q5_1"),
+    ("default,q4_0-q8_0", ",".join(cuda.DEFAULT_FA_PAIRS) + ",q4_0-q8_0"),
+])
+def test_fa_quants_values(value, expected):
+    assert cuda.fa_quants_value(value) == expected
+
+
+@pytest.mark.parametrize("value, words", [
+    ("q6_k-f16", ["unknown cache type 'q6_k'", "turbo3", "q8_0", "bf16"]),
+    ("turbo5-turbo3", ["unknown cache type 'turbo5'"]),
+    ("q8_0", ["not a <K type>-<V type>", "default", "all", "q8_0-turbo3"]),
+    ("q8_0-turbo3-f16", ["not a <K type>-<V type>"]),
+    ("all,q8_0-q8_0", ["'all' cannot be combined"]),
+    (" ; ", ["no FlashAttention K/V pairs"]),
+])
+def test_fa_quants_rejects_with_clear_error(value, words):
+    with pytest.raises(TqpatchError) as exc:
+        cuda.fa_quants_value(value)
+    for w in words:
+        assert w in str(exc.value)
+    with pytest.raises(TqpatchError):
+        cuda.cmake_args("90", value)
+    with pytest.raises(TqpatchError):
+        hip.cmake_args("gfx1100", value)
+
+
+def test_cuda_fa_quants_in_cmake_args():
+    assert cuda.cmake_args("90", "all") == [
+        "-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_FA_QUANTS=all"]
+    assert cuda.cmake_args("90", True)[-1] == "-DGGML_CUDA_FA_QUANTS=all"  # old --all-fa-quants
+    assert cuda.cmake_args("90", "q8_0-turbo3")[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
+    assert cuda.cmake_args("90", False)[-1] == DEFAULT_FA
+    # the deprecated upstream switch is never passed (it would override the selection)
+    for sel in (None, True, "all", "q8_0-q8_0"):
+        assert not any("FA_ALL_QUANTS" in a for a in cuda.cmake_args("90", sel))
+
+
+TREE_COMMON = """\
+function(ggml_cuda_fattn_vec_instances DIR OUT_SRCS)
+    set(FA_TYPES q4_0 q4_1 q5_0 q5_1 q8_0 bf16 f16{extra})
+endfunction()
+"""
+
+
+def test_fa_quants_for_tree_drops_types_the_tree_lacks(tmp_path):
+    (tmp_path / "ggml" / "cmake").mkdir(parents=True)
+    common = tmp_path / "ggml" / "cmake" / "common.cmake"
+    common.write_text(TREE_COMMON.format(extra=""))
+    assert cuda.tree_fa_types(tmp_path) == ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
+    assert cuda.fa_quants_for_tree(None, tmp_path) == (
+        "f16-f16,f16-q8_0,q8_0-f16,q8_0-q8_0,q4_0-q4_0,bf16-bf16")
+    assert cuda.fa_quants_for_tree("turbo3-turbo3", tmp_path) == "f16-f16"
+    assert cuda.fa_quants_for_tree("all", tmp_path) == "all"
+    common.write_text(TREE_COMMON.format(extra=" turbo2 turbo3 turbo4"))
+    assert cuda.fa_quants_for_tree(None, tmp_path) == cuda.fa_quants_value(None)
+    assert cuda.tree_fa_types(tmp_path / "nowhere") is None
+    assert cuda.fa_quants_for_tree(None, tmp_path / "nowhere") == cuda.fa_quants_value(None)
+
+
+# ---------------------------------------------------------------- CUDA arch vs nvcc
+
+
+@pytest.mark.parametrize("arch, bad", [("35", "35"), ("52", "52"), ("70;90", "70"),
+                                       ("sm_61", "61"), ("130", "130"), ("91", "91")])
+def test_cuda_arch_nvcc_cannot_build_is_clear(arch, bad, monkeypatch):
+    monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/bin/nvcc")
+    with pytest.raises(TqpatchError) as exc:
+        cuda.cmake_args(arch, None)
+    msg = str(exc.value)
+    assert f"cannot compile for --arch {bad}" in msg
+    assert "nvcc 13.0" in msg and "75 80 86" in msg and "--list-gpu-arch" in msg
+    if int(bad) < 75:
+        assert "older CUDA toolkit" in msg
+    elif int(bad) > 121:
+        assert "newer CUDA toolkit" in msg
+
+
+@pytest.mark.parametrize("arch", ["90", "90a", "100f", "120a-real", "86;89", "75-virtual", "all",
+                                  "all-major"])
+def test_cuda_arch_nvcc_can_build(arch, monkeypatch):
+    monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/bin/nvcc")
+    assert cuda.cmake_args(arch, None)[0] == "-DGGML_CUDA=ON"
+
+
+def test_cuda_arch_check_skipped_without_nvcc(monkeypatch):
+    monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: None)
+    assert "-DCMAKE_CUDA_ARCHITECTURES=35" in cuda.cmake_args("35", None)
+
+
+def test_nvcc_gpu_archs_parses_list_gpu_arch(monkeypatch):
+    monkeypatch.undo()  # the real function, with a fake nvcc
+    cuda._list_gpu_arch.cache_clear()
+    monkeypatch.setattr(cuda, "run_capture", _fake_capture({
+        "/x/nvcc --list-gpu-arch": "compute_75\ncompute_80\ncompute_90\ncompute_100\ncompute_120\n",
+        "/old/nvcc --list-gpu-arch": None}))
+    assert cuda.nvcc_gpu_archs("/x/nvcc") == (75, 80, 90, 100, 120)
+    assert cuda.nvcc_gpu_archs("/old/nvcc") is None
+    cuda._list_gpu_arch.cache_clear()
+
+
+def test_cuda_native_needs_a_gpu(no_gpus):
+    with pytest.raises(TqpatchError, match="nvidia-smi found none.*--arch 90"):
+        cuda.cmake_args("native", None)
 
 
 def test_cuda_default_arch_from_detected_gpus(monkeypatch):
     monkeypatch.setattr(cuda, "run_capture", _fake_capture({
         "nvidia-smi --query-gpu=compute_cap": "9.0\n8.6\n9.0\n"}))
     assert cuda.default_arch() == "86;90"
-    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;90"]
+    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;90",
+                                            DEFAULT_FA]
+    assert cuda.cmake_args("native", False)[1] == "-DCMAKE_CUDA_ARCHITECTURES=native"
 
 
 def test_cuda_without_gpu_or_arch_builds_portable_list(no_gpus):
     assert cuda.default_arch() is None
-    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF"]
+    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", DEFAULT_FA]
 
 
 @pytest.mark.parametrize("arch, expected", [
@@ -122,16 +261,43 @@ def test_cuda_without_gpu_or_arch_builds_portable_list(no_gpus):
     ("gfx90a;gfx942", "gfx90a;gfx942"),
     ("GFX1100", "gfx1100"),
     ("gfx90a:xnack-", "gfx90a:xnack-"),
+    ("gfx942", "gfx942"),
+    ("gfx1030 gfx1100 gfx1030", "gfx1030;gfx1100"),
+    ("gfx11-generic", "gfx11-generic"),
 ])
-def test_hip_targets(arch, expected):
-    assert hip.cmake_args(arch, False) == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={expected}"]
-    assert hip.cmake_args(arch, True)[-1] == "-DGGML_CUDA_FA_ALL_QUANTS=ON"
+def test_hip_targets(arch, expected, no_gpus):
+    assert hip.cmake_args(arch, False) == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={expected}", DEFAULT_FA]
+    assert hip.cmake_args(arch, True)[-1] == "-DGGML_CUDA_FA_QUANTS=all"
+    assert hip.cmake_args(arch, "all")[-1] == "-DGGML_CUDA_FA_QUANTS=all"
+    assert hip.cmake_args(arch, "q8_0-turbo3")[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
 
 
-@pytest.mark.parametrize("arch", ["90", "sm_90", "gfx", "navi31", ""])
+@pytest.mark.parametrize("arch", ["90", "sm_90", "gfx", "gfx11", "gfx12345", "gfxzzz", "navi31",
+                                  "", "gfx1100;sm_90"])
 def test_hip_rejects_garbage(arch):
     with pytest.raises(TqpatchError, match="gfx1100"):
         hip.normalize_arch(arch)
+
+
+def test_hip_compiler_from_hipconfig(monkeypatch, tmp_path):
+    """docs/build.md: HIPCXX="$(hipconfig -l)/clang" -> -DCMAKE_HIP_COMPILER."""
+    (tmp_path / "llvm" / "bin").mkdir(parents=True)
+    (tmp_path / "llvm" / "bin" / "clang").write_text("")
+    hipconfig = str(tmp_path / "bin" / "hipconfig")
+    monkeypatch.setattr(hip.HIPCONFIG.__class__, "find",
+                        lambda self: hipconfig if self.name == "hipconfig" else None)
+    monkeypatch.setattr(hip, "run_capture", _fake_capture({
+        f"{hipconfig} -l": f"{tmp_path}/llvm/bin\n", "rocminfo": None}))
+    args = hip.cmake_args("gfx942", None)
+    assert args[:3] == ["-DGGML_HIP=ON", f"-DCMAKE_HIP_COMPILER={tmp_path}/llvm/bin/clang",
+                        "-DGPU_TARGETS=gfx942"]
+
+
+def test_hip_native(monkeypatch, no_gpus):
+    with pytest.raises(TqpatchError, match="rocminfo found none.*gfx1100"):
+        hip.cmake_args("native", None)
+    monkeypatch.setattr(hip, "run_capture", _fake_capture({"rocminfo": ROCMINFO}))
+    assert "-DGPU_TARGETS=gfx1100" in hip.cmake_args("native", None)
 
 
 ROCMINFO = """\
@@ -153,18 +319,68 @@ Agent 2
 def test_hip_detects_targets_and_hardware(monkeypatch):
     monkeypatch.setattr(hip, "run_capture", _fake_capture({"rocminfo": ROCMINFO}))
     assert hip.default_arch() == "gfx1100"
-    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1100"]
+    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1100", DEFAULT_FA]
     assert hip.hardware() == "Radeon RX 7900 XTX (gfx1100)"
 
 
 def test_hip_without_gpu(no_gpus):
     assert hip.hardware() is None
-    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON"]
+    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON", DEFAULT_FA]
 
 
 def test_hip_needs_rocm_61():
     reqs = {r.name: r for r in hip.requirements()}
     assert reqs["hipconfig"].min_version == "6.1"
+
+
+def _fake_rocm(monkeypatch, tmp_path, hipconfig_version, info_version=None):
+    root = tmp_path / "rocm"
+    (root / "bin").mkdir(parents=True)
+    hipconfig = str(root / "bin" / "hipconfig")
+    if info_version is not None:
+        (root / ".info").mkdir()
+        (root / ".info" / "version").write_text(info_version + "\n")
+    monkeypatch.setattr(hip.HIPCONFIG.__class__, "find",
+                        lambda self: hipconfig if self.name == "hipconfig" else None)
+    monkeypatch.setattr(hip, "run_capture", _fake_capture({
+        f"{hipconfig} --version": hipconfig_version}))
+    monkeypatch.delenv("ROCM_PATH", raising=False)
+    return hipconfig
+
+
+def test_rocm_not_found_says_hip_not_built(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(hip.HIPCONFIG.__class__, "find", lambda self: None)
+    reason = hip.unsupported_reason()
+    assert reason.startswith("ROCm not found: HIP not built")
+    assert "6.1" in reason and "rocm.docs.amd.com" in reason
+
+
+@pytest.mark.parametrize("hipconfig_out, info, version, ok", [
+    ("6.1.40091-a8dbc0c19", None, "6.1.40091", True),
+    ("6.0.32830-d62f6a171", None, "6.0.32830", False),
+    (None, "6.2.0-66", "6.2.0", True),  # hipconfig --version fails: /opt/rocm/.info/version
+    (None, "5.7.1-98", "5.7.1", False),
+])
+def test_rocm_version_and_minimum(monkeypatch, tmp_path, hipconfig_out, info, version, ok):
+    monkeypatch.setattr(sys, "platform", "linux")
+    path = _fake_rocm(monkeypatch, tmp_path, hipconfig_out, info)
+    assert hip.rocm_version(path) == version
+    probe = hip.HIPCONFIG.probe()
+    assert probe.version == version and probe.ok == ok
+    reason = hip.unsupported_reason()
+    if ok:
+        assert reason is None
+    else:
+        assert f"ROCm {version} found" in reason and "needs ROCm >= 6.1: HIP not built" in reason
+
+
+def test_rocm_version_unreadable(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "platform", "linux")
+    _fake_rocm(monkeypatch, tmp_path, None, None)
+    monkeypatch.setattr(hip, "_rocm_roots", lambda h: [tmp_path / "rocm"])
+    assert "version is unreadable" in hip.unsupported_reason()
+    assert "HIP not built" in hip.unsupported_reason()
 
 
 def test_metal_and_vulkan_args():
@@ -207,6 +423,9 @@ def test_no_hardware_is_none(no_gpus):
 def test_nvcc_newer_than_driver_is_reported():
     msg = cuda.version_mismatch("13.0", "12.4")
     assert "13.0" in msg and "12.4" in msg and "driver" in msg
+    assert "driver version is insufficient" in msg and "CUDACXX" in msg
+    msg = cuda.version_mismatch("12.8", "12.4")  # same major: minor-version compatibility
+    assert "minor-version compatibility" in msg and "PTX" in msg and "12.4" in msg
     assert cuda.version_mismatch("12.4", "12.8") is None
     assert cuda.version_mismatch("12.8", "12.8") is None
     assert cuda.version_mismatch(None, "12.8") is None
@@ -242,6 +461,10 @@ def test_option_names_exist_in_pinned_tree():
     if tree is None:
         pytest.skip("no pinned llama.cpp tree here (run `tqpatch fetch`)")
     text = "\n".join(p.read_text(errors="replace") for p in tree.rglob("CMakeLists.txt"))
+    text += "\n".join(p.read_text(errors="replace") for p in tree.rglob("*.cmake"))
+    # ... or added by our own patches (e.g. LLAMA_TURBO_BOUNDARY_K, patch 0010)
+    text += "\n".join(p.read_text(errors="replace")
+                      for p in (Path(__file__).parent.parent / "patches").glob("*.patch"))
     names = set()
     for b in backends.BACKENDS.values():
         arch = {"cuda": "90", "hip": "gfx1100"}.get(b.name)
@@ -249,5 +472,7 @@ def test_option_names_exist_in_pinned_tree():
             m = re.match(r"-D([A-Z_]+)=", arg)
             if m:
                 names.add(m.group(1))
-    for name in sorted(names - {"CMAKE_BUILD_TYPE", "CMAKE_CUDA_ARCHITECTURES"}):
+    assert "GGML_CUDA_FA_QUANTS" in names
+    for name in sorted(names - {"CMAKE_BUILD_TYPE", "CMAKE_CUDA_ARCHITECTURES",
+                                "CMAKE_HIP_COMPILER"}):
         assert re.search(rf"\b{name}\b", text), f"{name} not used in the pinned tree"

@@ -45,7 +45,7 @@ def test_cmake_args_ccache_debug_and_extra_last():
     assert "-DCMAKE_BUILD_TYPE=Debug" in args
     assert "-DGGML_CCACHE=ON" in args
     assert args[-4:] == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90",
-                         "-DGGML_CUDA_FA_ALL_QUANTS=ON", "-DGGML_CUDA_GRAPHS=OFF"]
+                         "-DGGML_CUDA_FA_QUANTS=all", "-DGGML_CUDA_GRAPHS=OFF"]
 
 
 @pytest.mark.parametrize("backend, flag", [
@@ -303,7 +303,7 @@ def test_build_passes_tree_and_build_dir(fake, tmp_path):
     assert fake.apply_calls == [other]
     conf = _configures(fake)[0]
     assert conf[2] == str(other.resolve()) and conf[4] == str(bdir.resolve())
-    assert "-DCMAKE_CUDA_ARCHITECTURES=86;89" in conf and "-DGGML_CUDA_FA_ALL_QUANTS=ON" in conf
+    assert "-DCMAKE_CUDA_ARCHITECTURES=86;89" in conf and "-DGGML_CUDA_FA_QUANTS=all" in conf
     assert "-DCMAKE_BUILD_TYPE=Debug" in conf
     assert record["arch"] == "86;89" and record["targets"] == ["llama-cli"]
     assert f"--build-dir {bdir.resolve()}" in out
@@ -361,7 +361,113 @@ def test_build_cli_invokes_build(fake, monkeypatch):
     req = seen["req"]
     assert (req.backend, req.arch, req.targets, req.jobs, req.build_type) == (
         "cuda", "sm_90", ["llama-cli", "llama-bench"], 2, "Debug")
-    assert req.extra_cmake_args == ("-DGGML_CUDA_GRAPHS=OFF",) and req.all_fa_quants
+    assert req.extra_cmake_args == ("-DGGML_CUDA_GRAPHS=OFF",) and req.all_fa_quants == "all"
+    assert "--all-fa-quants is deprecated; use --fa-quants all" in result.output
+    assert "--all-fa-quants" not in CliRunner().invoke(main, ["build", "--help"]).output  # hidden
+
+
+@pytest.mark.parametrize("given, passed", [
+    ([], "default"),
+    (["--fa-quants", "all"], "all"),
+    (["--fa-quants", "Q8_0-turbo3;turbo3-turbo3"], "q8_0-turbo3;turbo3-turbo3"),
+])
+def test_build_cli_fa_quants(fake, monkeypatch, given, passed):
+    seen = {}
+    monkeypatch.setattr(build, "build", lambda req: seen.setdefault("req", req))
+    result = CliRunner().invoke(main, ["build", "--backend", "cuda", "--arch", "90", *given])
+    assert result.exit_code == 0, result.output
+    assert seen["req"].all_fa_quants == passed  # BuildRequest.all_fa_quants carries --fa-quants
+
+
+def test_build_cli_fa_quants_bad_pair_is_clean_error(fake):
+    result = CliRunner().invoke(main, ["build", "--backend", "cuda", "--fa-quants", "q8_0-q6_k"])
+    assert result.exit_code == 2
+    assert "--fa-quants" in result.output and "unknown cache type 'q6_k'" in result.output
+    assert "turbo3" in result.output and "Traceback" not in result.output
+    assert fake.commands == [] and fake.apply_calls == []
+
+
+def test_build_cmake_invocation_cuda(fake, monkeypatch):
+    """The configure argv for CUDA: one element per -D option, semicolons and commas kept inside."""
+    from tqpatch.backends import cuda
+
+    monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
+    record, out = _run(backend="cuda", arch="89;86", all_fa_quants="q8_0-turbo3;turbo3-turbo3")
+    conf = _configures(fake)[0]
+    assert conf[:2] == ["/usr/bin/cmake", "-S"]
+    assert conf[5:8] == ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"]
+    for a in ("-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;89",
+              "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3,turbo3-turbo3", "-DLLAMA_BUILD_TESTS=ON",
+              "-DBUILD_SHARED_LIBS=OFF"):
+        assert conf.count(a) == 1, a
+    assert not any("FA_ALL_QUANTS" in a or "GGML_HIP" in a for a in conf)
+    assert record["cmake_args"] == conf[5:] and record["arch"] == "86;89"
+    _run(backend="cuda", arch="89;86")  # the default selection: reconfigure with 27 pairs
+    conf = _configures(fake)[-1]
+    fa = [a for a in conf if a.startswith("-DGGML_CUDA_FA_QUANTS=")]
+    assert fa == ["-DGGML_CUDA_FA_QUANTS=" + ",".join(cuda.DEFAULT_FA_PAIRS)]
+    assert "turbo3-turbo3" in fa[0] and "q8_0-turbo4" in fa[0] and "bf16-bf16" in fa[0]
+
+
+def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkeypatch):
+    from tqpatch.backends import cuda
+
+    monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
+    monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/cuda/bin/nvcc")
+    with pytest.raises(TqpatchError, match=r"cannot compile for --arch 35: it supports 75 80"):
+        _run(backend="cuda", arch="35")
+    assert _configures(fake) == []
+
+
+def test_build_cmake_invocation_hip(fake, monkeypatch):
+    from tqpatch.backends import hip
+
+    monkeypatch.setattr(hip, "unsupported_reason", lambda: None)  # as if ROCm >= 6.1 were here
+    monkeypatch.setattr(hip, "requirements", lambda: [])
+    monkeypatch.setattr(hip, "hip_compiler", lambda: "/opt/rocm/llvm/bin/clang")
+    record, out = _run(backend="hip", arch="gfx1100,gfx90a", all_fa_quants="all")
+    conf = _configures(fake)[0]
+    for a in ("-DGGML_HIP=ON", "-DCMAKE_HIP_COMPILER=/opt/rocm/llvm/bin/clang",
+              "-DGPU_TARGETS=gfx1100;gfx90a", "-DGGML_CUDA_FA_QUANTS=all"):
+        assert conf.count(a) == 1, a
+    assert not any(a.startswith("-DGGML_CUDA=") for a in conf)
+    assert record["ggml_backend_name"] == "ROCm0"
+    assert "next: tqpatch verify --backend hip" in out
+
+
+def test_build_hip_without_rocm_says_not_built(fake, monkeypatch):
+    from tqpatch.backends import hip
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(hip.HIPCONFIG.__class__, "find", lambda self: None)
+    with pytest.raises(TqpatchError, match="ROCm not found: HIP not built"):
+        _run(backend="hip", arch="gfx1100")
+    assert fake.commands == [] and fake.apply_calls == []
+    result = CliRunner().invoke(main, ["doctor", "--json"])
+    why = json.loads(result.output)["backends"]["hip"]["why_not"]
+    assert why.startswith("ROCm not found: HIP not built")
+    assert "HIP not built" in CliRunner().invoke(main, ["doctor"]).output
+
+
+@pytest.mark.skipif(not shutil.which("cmake"), reason="needs cmake")
+def test_semicolon_lists_reach_cmake_as_one_value(tmp_path):
+    """The build passes an argv list (no shell): 'a;b' arrives as a two-item cmake list."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.14)\nproject(toy NONE)\n"
+        "list(LENGTH CMAKE_CUDA_ARCHITECTURES n)\n"
+        'message(STATUS "ARCHS=${CMAKE_CUDA_ARCHITECTURES} n=${n}")\n'
+        'string(REPLACE "," ";" fa "${GGML_CUDA_FA_QUANTS}")\nlist(LENGTH fa m)\n'
+        'message(STATUS "FA=${GGML_CUDA_FA_QUANTS} m=${m}")\n')
+    log_path = tmp_path / "log"
+    with open(log_path, "w") as log:
+        rc = build._stream(["cmake", "-S", str(tree), "-B", str(tmp_path / "b"),
+                            "-DCMAKE_CUDA_ARCHITECTURES=86;89",
+                            "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3,turbo3-turbo3;f16-f16"], log)
+    text = log_path.read_text()
+    assert rc == 0, text
+    assert "ARCHS=86;89 n=2" in text and "FA=q8_0-turbo3,turbo3-turbo3;f16-f16 m=3" in text
 
 
 def test_build_cli_bad_arch_is_clean_error(fake):

@@ -25,8 +25,13 @@ class Backend(Protocol):
         """Validate and canonicalise a user --arch value; TqpatchError listing accepted forms."""
         ...
 
-    def cmake_args(self, arch: str | None, all_fa_quants: bool) -> list[str]:
-        """The -D options that select this backend (beyond the common ones)."""
+    def cmake_args(self, arch: str | None, fa_quants: str | bool | None) -> list[str]:
+        """The -D options that select this backend (beyond the common ones).
+
+        fa_quants is the --fa-quants selection (None/False/'default', True/'all', or a
+        K-V pair list; see cuda.fa_pairs); backends without FlashAttention vector
+        instances ignore it.
+        """
         ...
 
     def requirements(self) -> list[Requirement]:
@@ -38,7 +43,8 @@ class Backend(Protocol):
         ...
 
     def unsupported_reason(self) -> str | None:
-        """Why this backend cannot be built on this OS at all; None if it can."""
+        """Why this backend cannot be built here at all (wrong OS, or its SDK entirely
+        missing, e.g. HIP without ROCm >= 6.1: '... HIP not built'); None if it can."""
         ...
 
     def notes(self) -> list[str]:

@@ -1,8 +1,16 @@
-"""CUDA backend (NVIDIA GPUs): nvcc builds ggml-cuda for the chosen compute capabilities."""
+"""CUDA backend (NVIDIA GPUs): nvcc builds ggml-cuda for the chosen compute capabilities.
+
+Also home of the FlashAttention vector-kernel selection (GGML_CUDA_FA_QUANTS)
+that the HIP backend shares: checked against the pinned tree's
+ggml/cmake/common.cmake (ggml_cuda_fattn_vec_instances), which accepts "all"
+or a comma/semicolon list of <type_K>-<type_V> pairs and always adds f16-f16.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
+from pathlib import Path
 
 from ..errors import TqpatchError
 from ..toolchain import Requirement, run_capture, version_tuple
@@ -57,8 +65,154 @@ def default_arch() -> str | None:
     return ";".join(sorted(archs, key=int)) if archs else None
 
 
-def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+# ---------------------------------------------------------------- FlashAttention K/V pairs
+
+# Type names ggml_cuda_fattn_vec_instances knows once the turbo FA patch is in
+# (upstream's seven plus ours), in upstream's order.
+FA_TYPES: tuple[str, ...] = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16",
+                             "turbo2", "turbo3", "turbo4")
+UPSTREAM_DEFAULT_FA: tuple[str, ...] = ("q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16")
+# The cache types users run (-ctk/-ctv): every K type with every V type.
+CACHE_TYPES: tuple[str, ...] = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
+DEFAULT_FA_PAIRS: tuple[str, ...] = tuple(
+    dict.fromkeys([f"{k}-{v}" for k in CACHE_TYPES for v in CACHE_TYPES] + list(UPSTREAM_DEFAULT_FA)))
+FA_QUANTS_FORMS = ("'default' (every K/V pair of f16, q8_0, turbo2, turbo3, turbo4, plus "
+                   "q4_0-q4_0 and bf16-bf16), 'all' (every pair of every type: slow to build), "
+                   "or a comma list of K-V pairs such as q8_0-turbo3,turbo3-turbo3 "
+                   "(may include 'default')")
+
+
+def fa_pairs(selection: str | bool | None = None) -> list[str] | None:
+    """The K-V pairs a --fa-quants value selects (None for 'all'); TqpatchError if invalid.
+
+    None / False / 'default' -> DEFAULT_FA_PAIRS; True / 'all' -> None (every pair);
+    otherwise 'k-v' items separated by commas, semicolons or spaces, where the item
+    'default' stands for DEFAULT_FA_PAIRS. Order is kept, duplicates dropped.
+    """
+    if selection is None or selection is False:
+        return list(DEFAULT_FA_PAIRS)
+    if selection is True:
+        return None
+    text = str(selection).strip().lower()
+    if text == "all":
+        return None
+    items = [i for i in re.split(r"[;,\s]+", text) if i]
+    if not items:
+        raise TqpatchError(f"no FlashAttention K/V pairs in {selection!r}; give {FA_QUANTS_FORMS}")
+    out: list[str] = []
+    for item in items:
+        if item == "default":
+            out.extend(DEFAULT_FA_PAIRS)
+            continue
+        if item == "all":
+            raise TqpatchError(f"'all' cannot be combined with a list of pairs ({selection!r})")
+        m = re.fullmatch(r"([a-z0-9_]+)-([a-z0-9_]+)", item)
+        if not m:
+            raise TqpatchError(f"{item!r} is not a <K type>-<V type> FlashAttention pair; "
+                               f"give {FA_QUANTS_FORMS}")
+        for t in m.groups():
+            if t not in FA_TYPES:
+                raise TqpatchError(f"unknown cache type {t!r} in FlashAttention pair {item!r}; "
+                                   f"types: {', '.join(FA_TYPES)}")
+        out.append(item)
+    return list(dict.fromkeys(out))
+
+
+def fa_quants_value(selection: str | bool | None = None) -> str:
+    """The GGML_CUDA_FA_QUANTS value for a --fa-quants selection: 'all' or 'k-v,k-v,...'.
+
+    Commas, not semicolons: upstream accepts both, and a comma survives being
+    pasted into a shell from the build log.
+    """
+    pairs = fa_pairs(selection)
+    return "all" if pairs is None else ",".join(pairs)
+
+
+def tree_fa_types(tree: Path) -> tuple[str, ...] | None:
+    """The FA_TYPES a llama.cpp tree's ggml_cuda_fattn_vec_instances accepts (None: unknown)."""
+    try:
+        text = (Path(tree) / "ggml" / "cmake" / "common.cmake").read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"set\(\s*FA_TYPES\s+([^)]*)\)", text)
+    return tuple(m.group(1).split()) if m else None
+
+
+def fa_quants_for_tree(selection: str | bool | None, tree: Path) -> str:
+    """fa_quants_value, keeping only pairs whose types the tree's cmake knows.
+
+    For trees without native turbo FlashAttention instances, where a turbo name
+    in GGML_CUDA_FA_QUANTS would be a configure error.
+    """
+    pairs = fa_pairs(selection)
+    known = tree_fa_types(tree)
+    if pairs is None or known is None:
+        return fa_quants_value(selection)
+    kept = [p for p in pairs if all(t in known for t in p.split("-"))]
+    return ",".join(kept or ["f16-f16"])
+
+
+# ---------------------------------------------------------------- nvcc and the driver
+
+
+@functools.lru_cache(maxsize=8)
+def _list_gpu_arch(path: str) -> tuple[int, ...] | None:
+    out = run_capture([path, "--list-gpu-arch"])
+    nums = sorted({int(n) for n in re.findall(r"compute_(\d+)", out or "")})
+    return tuple(nums) or None
+
+
+def nvcc_gpu_archs(path: str | None = None) -> tuple[int, ...] | None:
+    """Compute capabilities the nvcc a build would use can compile for (nvcc --list-gpu-arch).
+
+    None when there is no nvcc or it cannot say (nvcc < 11.0 has no --list-gpu-arch).
+    """
+    path = path or NVCC.find()
+    return _list_gpu_arch(path) if path else None
+
+
+def check_arch(arch: str | None) -> None:
+    """A clear TqpatchError for an arch this machine's nvcc (or GPU set) cannot build for."""
+    if arch is None or arch in ("all", "all-major"):
+        return
+    if arch == "native":
+        if not detected_archs():
+            raise TqpatchError("--arch native builds for the GPUs found here, and nvidia-smi "
+                               "found none: name the compute capability instead, e.g. --arch 90 "
+                               "(H100), 89 (RTX 40xx/L4), 86 (RTX 30xx/A10), 80 (A100)")
+        return
+    path = NVCC.find()
+    supported = nvcc_gpu_archs(path)
+    if not supported:
+        return  # no nvcc (the requirement check says so) or it cannot list: cmake will tell
+    bad = [a for a in arch.split(";") if int(re.match(r"\d+", a).group()) not in supported]
+    if bad:
+        version = NVCC.version(path) or "?"
+        lo, hi = supported[0], supported[-1]
+        nums = [int(re.match(r"\d+", a).group()) for a in bad]
+        if any(n < lo for n in nums):
+            hint = (f"a GPU older than compute capability {lo} needs an older CUDA toolkit "
+                    "(CUDA 12.x builds 50 and up, 11.x 35 and up)")
+        elif any(n > hi for n in nums):
+            hint = f"compute capability above {hi} needs a newer CUDA toolkit"
+        else:
+            hint = ("this nvcc knows no GPU of that compute capability (a GPU's own: "
+                    "nvidia-smi --query-gpu=compute_cap)")
+        raise TqpatchError(
+            f"nvcc {version} ({path}) cannot compile for --arch {';'.join(bad)}: it supports "
+            f"{' '.join(str(n) for n in supported)} (nvcc --list-gpu-arch); {hint}. "
+            "Put another toolkit's nvcc first on PATH or set CUDACXX")
+
+
+def cmake_args(arch: str | None, fa_quants: str | bool | None = None) -> list[str]:
+    """-DGGML_CUDA=ON, the architectures and the FlashAttention K/V pairs.
+
+    fa_quants: a --fa-quants value (None/False/'default', True/'all', or a pair
+    list; see fa_pairs). Raises TqpatchError for a bad --arch / --fa-quants, or an
+    arch the nvcc found here cannot compile for.
+    """
     arch = normalize_arch(arch) if arch is not None else default_arch()
+    check_arch(arch)
     args = ["-DGGML_CUDA=ON"]
     if arch is not None:
         args.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
@@ -66,8 +220,7 @@ def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
         # No GPU to detect and no --arch: GGML_NATIVE would ask CMake for 'native',
         # which fails without a GPU; OFF makes ggml build its portable architecture list.
         args.append("-DGGML_NATIVE=OFF")
-    if all_fa_quants:
-        args.append("-DGGML_CUDA_FA_ALL_QUANTS=ON")
+    args.append(f"-DGGML_CUDA_FA_QUANTS={fa_quants_value(fa_quants)}")
     return args
 
 
@@ -106,13 +259,22 @@ def hardware() -> str | None:
 
 
 def version_mismatch(nvcc: str | None, driver: str | None) -> str | None:
+    """Why binaries from this nvcc may not run on this driver; None when they will."""
     if not nvcc or not driver:
         return None
-    if version_tuple(nvcc)[:2] > version_tuple(driver)[:2]:
+    n, d = version_tuple(nvcc)[:2], version_tuple(driver)[:2]
+    fix = (f"Update the NVIDIA driver, or install a CUDA toolkit <= {driver} (put its nvcc "
+           "first on PATH or set CUDACXX)")
+    if n[0] > d[0]:
         return (f"nvcc is CUDA {nvcc} but the driver supports at most CUDA {driver}: binaries "
-                "built here will fail with 'CUDA driver version is insufficient'. Update the "
-                f"NVIDIA driver, or install a CUDA toolkit <= {driver} (put its nvcc first on PATH "
-                "or set CUDACXX)")
+                "built here will fail with 'CUDA driver version is insufficient for CUDA runtime "
+                f"version'. {fix}")
+    if n > d:
+        return (f"nvcc is CUDA {nvcc} but the driver supports at most CUDA {driver}: binaries "
+                "built here run only through CUDA minor-version compatibility, i.e. when the "
+                "build holds machine code for the GPU (e.g. --arch 90, not 90-virtual); PTX "
+                "would fail to load with 'the provided PTX was compiled with an unsupported "
+                f"toolchain'. {fix}")
     return None
 
 

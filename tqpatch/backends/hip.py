@@ -1,30 +1,44 @@
 """HIP backend (AMD GPUs via ROCm): the CUDA sources compiled by ROCm's clang; needs ROCm >= 6.1.
 
-Variable names checked in the pinned tree (ggml/src/ggml-hip/CMakeLists.txt):
-GGML_HIP turns it on; GPU_TARGETS (or the older AMDGPU_TARGETS) becomes
-CMAKE_HIP_ARCHITECTURES; hip_VERSION < 6.1 is a configure error. Device names
-are "ROCm<N>" (ggml/include/ggml-cuda.h under GGML_USE_HIP).
+Variable names checked in the pinned tree (ggml/src/ggml-hip/CMakeLists.txt,
+docs/build.md): GGML_HIP turns it on; GPU_TARGETS (or the older
+AMDGPU_TARGETS) becomes CMAKE_HIP_ARCHITECTURES; the HIP compiler is ROCm's
+clang (docs/build.md: HIPCXX="$(hipconfig -l)/clang"); hip_VERSION < 6.1 is a
+configure error; the FlashAttention vector instances are the CUDA ones, chosen
+by the same GGML_CUDA_FA_QUANTS. Device names are "ROCm<N>"
+(ggml/include/ggml-cuda.h under GGML_USE_HIP).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+from pathlib import Path
 
+from . import cuda
 from ..errors import TqpatchError
-from ..toolchain import Requirement, run_capture
+from ..toolchain import Requirement, run_capture, version_tuple
 
 name = "hip"
 ggml_backend_name = "ROCm0"
 
-_ONE = re.compile(r"^gfx[0-9a-f]{3,4}(?::(?:xnack|sramecc)[+-])*$")
-ACCEPTED = "gfx targets such as gfx1100, gfx90a, gfx942 or lists gfx1100;gfx1030 / gfx1100,gfx1030"
+MIN_ROCM = "6.1"
+ROCM_URL = "https://rocm.docs.amd.com/projects/install-on-linux/"
+
+# gfx1100, gfx90a, gfx942, gfx1030, gfx90a:xnack-; generic targets gfx11-generic, gfx10-3-generic
+_ONE = re.compile(r"^(?:gfx[0-9a-f]{3,4}(?::(?:xnack|sramecc)[+-])*|gfx\d{1,2}(?:-\d)?-generic)$")
+ACCEPTED = ("gfx targets such as gfx1100, gfx90a, gfx942 or lists gfx1100;gfx1030 / "
+            "gfx1100,gfx1030, or native (the GPUs rocminfo finds)")
 
 
 def normalize_arch(arch: str | None) -> str | None:
     if arch is None:
         return None
-    items = [i for i in re.split(r"[;,\s]+", arch.strip().lower()) if i]
+    text = arch.strip().lower()
+    if text == "native":
+        return text
+    items = [i for i in re.split(r"[;,\s]+", text) if i]
     out: list[str] = []
     for item in items:
         if not _ONE.match(item):
@@ -51,36 +65,87 @@ def default_arch() -> str | None:
     return ";".join(sorted(archs)) if archs else None
 
 
-def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+def hip_compiler() -> str | None:
+    """ROCm's clang, as docs/build.md sets HIPCXX: $(hipconfig -l)/clang; None if not found."""
+    path = HIPCONFIG.find()
+    if not path:
+        return None
+    out = run_capture([path, "-l"])
+    if not out:
+        return None
+    clang = Path(out.strip().splitlines()[-1].strip()) / "clang"
+    return str(clang) if clang.exists() else None
+
+
+def cmake_args(arch: str | None, fa_quants: str | bool | None = None) -> list[str]:
+    """-DGGML_HIP=ON, the HIP compiler, GPU_TARGETS and the FlashAttention K/V pairs."""
     arch = normalize_arch(arch) if arch is not None else default_arch()
+    if arch == "native":
+        arch = default_arch()
+        if arch is None:
+            raise TqpatchError("--arch native builds for the AMD GPUs found here, and rocminfo "
+                               "found none: name the target instead, e.g. --arch gfx1100 "
+                               "(RX 7900), gfx942 (MI300), gfx90a (MI200)")
     args = ["-DGGML_HIP=ON"]
+    clang = hip_compiler()
+    if clang:
+        args.append(f"-DCMAKE_HIP_COMPILER={clang}")
     if arch is not None:
         args.append(f"-DGPU_TARGETS={arch}")
-    if all_fa_quants:
-        args.append("-DGGML_CUDA_FA_ALL_QUANTS=ON")
+    args.append(f"-DGGML_CUDA_FA_QUANTS={cuda.fa_quants_value(fa_quants)}")
     return args
 
 
-def _hip_version(path: str) -> str | None:
-    out = run_capture([path, "--version"])
-    m = re.search(r"(?:HIP version:\s*)?(\d+\.\d+(?:\.\d+)?)", out or "")
+# ---------------------------------------------------------------- ROCm version
+
+
+def _rocm_roots(hipconfig: str | None) -> list[Path]:
+    roots = []
+    if hipconfig:
+        roots.append(Path(hipconfig).resolve().parent.parent)
+    if os.environ.get("ROCM_PATH"):
+        roots.append(Path(os.environ["ROCM_PATH"]))
+    roots.append(Path("/opt/rocm"))
+    return list(dict.fromkeys(roots))
+
+
+def _version_in(text: str | None) -> str | None:
+    m = re.search(r"(\d+\.\d+(?:\.\d+)?)", text or "")
     return m.group(1) if m else None
 
 
+def rocm_version(hipconfig: str | None) -> str | None:
+    """ROCm's version: `hipconfig --version` (e.g. 6.1.40091-a8dbc0c19), else <root>/.info/version."""
+    if hipconfig:
+        v = _version_in(run_capture([hipconfig, "--version"]))
+        if v:
+            return v
+    for root in _rocm_roots(hipconfig):
+        try:
+            v = _version_in((root / ".info" / "version").read_text(errors="replace"))
+        except OSError:
+            continue
+        if v:
+            return v
+    return None
+
+
+HIPCONFIG = Requirement(
+    "hipconfig", f"ROCm/HIP >= {MIN_ROCM} (hipconfig --version or /opt/rocm/.info/version)",
+    programs=("hipconfig",), files=("$ROCM_PATH/bin/hipconfig", "/opt/rocm/bin/hipconfig"),
+    version_fn=rocm_version, min_version=MIN_ROCM, debian="hipcc", vendor=ROCM_URL,
+)
+
+
 def requirements() -> list[Requirement]:
-    rocm = "https://rocm.docs.amd.com/projects/install-on-linux/"
     return [
-        Requirement(
-            "hipconfig", "ROCm/HIP >= 6.1 (hipconfig --version)",
-            programs=("hipconfig",), files=("$ROCM_PATH/bin/hipconfig", "/opt/rocm/bin/hipconfig"),
-            version_fn=_hip_version, min_version="6.1", debian="hipcc", vendor=rocm,
-        ),
+        HIPCONFIG,
         Requirement(
             "hipBLAS", "hipblas/rocblas CMake packages",
             files=("$ROCM_PATH/lib/cmake/hipblas/hipblas-config.cmake",
                    "/opt/rocm/lib/cmake/hipblas/hipblas-config.cmake",
                    "/usr/lib/*/cmake/hipblas/hipblas-config.cmake"),
-            version_args=(), debian="libhipblas-dev", vendor=rocm,
+            version_args=(), debian="libhipblas-dev", vendor=ROCM_URL,
         ),
         Requirement(
             "cmake (HIP)", "CMake >= 3.21 for enable_language(HIP)", programs=("cmake",),
@@ -88,6 +153,22 @@ def requirements() -> list[Requirement]:
             pip="cmake", debian="cmake",
         ),
     ]
+
+
+def rocm_problem() -> str | None:
+    """'ROCm not found: HIP not built ...' (or too old / unreadable); None when ROCm >= 6.1 is here."""
+    path = HIPCONFIG.find()
+    if path is None:
+        return (f"ROCm not found: HIP not built (no hipconfig on PATH, in $ROCM_PATH/bin or "
+                f"/opt/rocm/bin; install ROCm >= {MIN_ROCM}: {ROCM_URL})")
+    version = rocm_version(path)
+    if version is None:
+        return (f"ROCm found ({path}) but its version is unreadable (hipconfig --version, "
+                f"/opt/rocm/.info/version): HIP not built; it needs ROCm >= {MIN_ROCM}")
+    if version_tuple(version) < version_tuple(MIN_ROCM):
+        return (f"ROCm {version} found ({path}), HIP needs ROCm >= {MIN_ROCM}: HIP not built; "
+                f"upgrade ROCm: {ROCM_URL}")
+    return None
 
 
 def hardware() -> str | None:
@@ -105,9 +186,10 @@ def hardware() -> str | None:
 
 
 def unsupported_reason() -> str | None:
+    """Why HIP cannot be built here at all: macOS, or no ROCm >= 6.1 ('... HIP not built')."""
     if sys.platform == "darwin":
-        return "ROCm/HIP is not available on macOS"
-    return None
+        return "ROCm/HIP is not available on macOS: HIP not built"
+    return rocm_problem()
 
 
 def notes() -> list[str]:
