@@ -70,8 +70,14 @@ def cmake_args(
     all_fa_quants: bool = False,
     ccache: bool = False,
     extra: Sequence[str] = (),
+    boundary_k: int = 0,
+    boundary_v: int = 0,
 ) -> list[str]:
-    """The full cmake configure options (without -S/-B) for one backend."""
+    """The full cmake configure options (without -S/-B) for one backend.
+
+    boundary_k / boundary_v: the build-time default of LLAMA_TURBO_BOUNDARY_K / _V
+    (patch 0010), always passed so that a rebuild without them resets them to 0.
+    """
     if build_type not in ("Release", "Debug", "RelWithDebInfo"):
         raise TqpatchError(f"unknown build type {build_type!r}: use Release or Debug")
     b = backends.get(backend)
@@ -80,6 +86,8 @@ def cmake_args(
         f"-DCMAKE_BUILD_TYPE={build_type}",
         *COMMON_CMAKE_ARGS,
         f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
+        f"-DLLAMA_TURBO_BOUNDARY_K={int(boundary_k)}",
+        f"-DLLAMA_TURBO_BOUNDARY_V={int(boundary_v)}",
         *b.cmake_args(arch, all_fa_quants),
         *extra,
     ]
@@ -270,6 +278,8 @@ class BuildRequest:
     tree: Path | None = None
     all_fa_quants: bool = False
     extra_cmake_args: Sequence[str] = field(default_factory=tuple)
+    boundary_k: int = 0  # build-time default of LLAMA_TURBO_BOUNDARY_K / _V (patch 0010)
+    boundary_v: int = 0
 
 
 def _check(backend: backends.Backend, echo) -> tuple[toolchain.Toolchain, list[toolchain.Probe]]:
@@ -306,7 +316,8 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
 
     args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
                       all_fa_quants=req.all_fa_quants, ccache=tc.ccache.ok,
-                      extra=tuple(req.extra_cmake_args))
+                      extra=tuple(req.extra_cmake_args),
+                      boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)
     log_path = build_dir / LOG_NAME
     with open(log_path, "w", errors="replace") as log:
