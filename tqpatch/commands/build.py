@@ -18,6 +18,17 @@ def _split_targets(ctx, param, value):
     return targets
 
 
+def _fa_quants(ctx, param, value):
+    from ..backends import cuda
+    from ..errors import TqpatchError
+
+    try:
+        cuda.fa_pairs(value)
+    except TqpatchError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value.strip().lower()
+
+
 @click.command("build")
 @click.option("--backend", "-b", required=True, type=click.Choice(list(BACKENDS)),
               help="Which ggml backend to build.")
@@ -35,9 +46,14 @@ def _split_targets(ctx, param, value):
 @click.option("--release/--debug", default=True, help="CMAKE_BUILD_TYPE (default: Release).")
 @click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="llama.cpp tree to patch and build (default: the tqpatch work tree).")
-@click.option("--all-fa-quants", is_flag=True,
-              help="CUDA/HIP: compile FlashAttention for every K/V type pair "
-                   "(GGML_CUDA_FA_ALL_QUANTS; slow to build).")
+@click.option("--fa-quants", default="default", show_default=True, callback=_fa_quants,
+              metavar="default|all|K-V,...",
+              help="CUDA/HIP: FlashAttention vector-kernel K/V pairs to compile "
+                   "(GGML_CUDA_FA_QUANTS). default: every pair of f16, q8_0, turbo2, turbo3, "
+                   "turbo4, plus q4_0-q4_0 and bf16-bf16; all: every pair of every type (slow "
+                   "to build); or a list such as q8_0-turbo3,turbo3-turbo3.")
+@click.option("--all-fa-quants", is_flag=True, hidden=True,
+              help="Deprecated: same as --fa-quants all.")
 @click.option("--boundary-k", type=click.IntRange(min=0, max=999_999), default=0, metavar="N",
               help="Build-time default: keep the first and last N layers of a turbo K cache at "
                    "q8_0 (LLAMA_TURBO_BOUNDARY_K in the environment overrides it). Default 0.")
@@ -45,8 +61,8 @@ def _split_targets(ctx, param, value):
               help="The same for a turbo V cache (LLAMA_TURBO_BOUNDARY_V). Default 0.")
 @click.option("--cmake-arg", "cmake_extra", multiple=True, metavar="X",
               help="Extra cmake configure argument, e.g. --cmake-arg=-DGGML_NATIVE=OFF (repeatable).")
-def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quants, boundary_k,
-            boundary_v, cmake_extra):
+def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quants, fa_quants,
+            boundary_k, boundary_v, cmake_extra):
     """Build llama.cpp binaries for one backend.
 
     \b
@@ -57,11 +73,15 @@ def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quant
     Examples:
       tqpatch build --backend cpu
       tqpatch build --backend cuda --arch 90 --targets llama-server,test-backend-ops
+      tqpatch build --backend cuda --arch 86,89 --fa-quants q8_0-turbo3,turbo3-turbo3
     """
     from .. import build as build_mod
 
+    if all_fa_quants:
+        click.echo("warning: --all-fa-quants is deprecated; use --fa-quants all", err=True)
+        fa_quants = "all"
     build_mod.build(build_mod.BuildRequest(
         backend=backend, arch=arch, targets=targets, jobs=jobs, build_dir=build_dir,
-        build_type="Release" if release else "Debug", tree=tree, all_fa_quants=all_fa_quants,
+        build_type="Release" if release else "Debug", tree=tree, all_fa_quants=fa_quants,
         extra_cmake_args=tuple(cmake_extra), boundary_k=boundary_k, boundary_v=boundary_v,
     ))
