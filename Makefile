@@ -16,7 +16,7 @@ test: install
 	$(PYTHON) -m pytest -q -m "not slow"
 	$(PYTHON) -m tqpatch.cli build --backend cpu
 	$(PYTHON) -m tqpatch.cli model
-	$(PYTHON) -m pytest -q -m slow --durations=15
+	$(PYTHON) -m pytest -q -m "slow and not gpu" --durations=15
 
 test-fast: install
 	$(PYTHON) -m pytest -q -m "not slow"

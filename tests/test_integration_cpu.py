@@ -134,10 +134,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _complete(server_bin, model, ctk, ctv, n_predict=16) -> list[int]:
+def _complete(server_bin, model, ctk, ctv, n_predict=16, extra=()) -> tuple[list[int], str]:
+    """Greedy continuation of PROMPT by a fresh llama-server: (tokens, text)."""
     port = _free_port()
     proc = subprocess.Popen([str(server_bin), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-                             "-ctk", ctk, "-ctv", ctv, "-c", "2048", "-t", THREADS, "-np", "1"],
+                             "-ctk", ctk, "-ctv", ctv, "-c", "2048", "-t", THREADS, "-np", "1", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 180

@@ -67,8 +67,8 @@ static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init(const int tid)
 
 // ---- turbo2 ----
 
-// the 2-bit indices of the ne values j..j+ne-1 of block x (j % ne == 0),
-// value l at bits [2*l, ...) of the result
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// turbo2_fattn_index(codes, l) is value l's index.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -136,24 +136,20 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
 
 // ---- turbo3 ----
 
-// the 3-bit indices of the ne values j..j+ne-1 of block x (j % ne == 0),
-// value l at bits [4*l, ...) of the result
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// turbo3_fattn_index(codes, l) is value l's index.
+// turbo3: low 2 bits from qs (4 per byte, bits 0-15 of the word), the third
+// bit from qh (8 per byte, bits 16-23).
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
-    // low 2 bits from qs (4 per byte), high bit from qh (8 per byte): spread to nibbles
     const uint32_t lo = ne == 8 ? (uint32_t) *(const uint16_t *) (x->qs + j/4) : (uint32_t) x->qs[j/4];
     const uint32_t hi = ((uint32_t) x->qh[j/8] >> (j % 8)) & ((1u << ne) - 1);
-    uint32_t codes = 0;
-#pragma unroll
-    for (int l = 0; l < ne; ++l) {
-        codes |= (((lo >> (2*l)) & 3u) | (((hi >> l) & 1u) << 2)) << (4*l);
-    }
-    return codes;
+    return lo | (hi << 16);
 }
 
 static __device__ __forceinline__ int turbo3_fattn_index(const uint32_t codes, const int l) {
-    return (codes >> (4*l)) & 7;
+    return ((codes >> (2*l)) & 3) | ((codes >> (14 + l)) & 4);
 }
 
 template <int D, int nthreads>
@@ -212,8 +208,8 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
 
 // ---- turbo4 ----
 
-// the 4-bit indices of the ne values j..j+ne-1 of block x (j % ne == 0),
-// value l at bits [4*l, ...) of the result
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// turbo4_fattn_index(codes, l) is value l's index.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
