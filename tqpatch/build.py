@@ -427,7 +427,7 @@ def load_record(backend: str, build_dir: Path | None = None) -> dict:
     build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
     record_path = build_dir / RECORD_NAME
     if not record_path.is_file():
-        raise TqpatchError(f"no finished {backend} build in {build_dir}: run "
+        raise TqpatchError(f"{backend} not built: no finished {backend} build in {build_dir}: run "
                            f"{_build_hint(backend, build_dir)} first")
     try:
         record = json.loads(record_path.read_text())
