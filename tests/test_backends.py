@@ -468,7 +468,7 @@ def test_option_names_exist_in_pinned_tree():
     names = set()
     for b in backends.BACKENDS.values():
         arch = {"cuda": "90", "hip": "gfx1100"}.get(b.name)
-        for arg in build.cmake_args(b.name, arch, all_fa_quants=True, ccache=True):
+        for arg in build.cmake_args(b.name, arch, fa_quants=True, ccache=True):
             m = re.match(r"-D([A-Z_]+)=", arg)
             if m:
                 names.add(m.group(1))

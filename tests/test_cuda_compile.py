@@ -163,7 +163,7 @@ def _compile_check(tree: Path, backend: str, arch: str, library: str, extra: lis
     # The FA pairs tqpatch builds by default, less any type this tree's cmake does not know
     # yet (a turbo name there is a configure error before the native turbo FA patch).
     fa = cuda.fa_quants_for_tree(None, tree)
-    args = build.cmake_args(backend, arch, all_fa_quants=fa, ccache=bool(shutil.which("ccache")))
+    args = build.cmake_args(backend, arch, fa_quants=fa, ccache=bool(shutil.which("ccache")))
     bdir = paths.cache_root() / "build" / f"{backend}-compile-check"
     bdir.mkdir(parents=True, exist_ok=True)
     log = bdir / "compile-check.log"

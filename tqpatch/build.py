@@ -67,7 +67,7 @@ def cmake_args(
     arch: str | None = None,
     *,
     build_type: str = "Release",
-    all_fa_quants: bool = False,
+    fa_quants: str | bool = False,
     ccache: bool = False,
     extra: Sequence[str] = (),
     boundary_k: int = 0,
@@ -88,7 +88,7 @@ def cmake_args(
         f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
         f"-DLLAMA_TURBO_BOUNDARY_K={int(boundary_k)}",
         f"-DLLAMA_TURBO_BOUNDARY_V={int(boundary_v)}",
-        *b.cmake_args(arch, all_fa_quants),
+        *b.cmake_args(arch, fa_quants),
         *extra,
     ]
 
@@ -276,7 +276,7 @@ class BuildRequest:
     build_dir: Path | None = None
     build_type: str = "Release"
     tree: Path | None = None
-    all_fa_quants: bool = False
+    fa_quants: str | bool = False
     extra_cmake_args: Sequence[str] = field(default_factory=tuple)
     boundary_k: int = 0  # build-time default of LLAMA_TURBO_BOUNDARY_K / _V (patch 0010)
     boundary_v: int = 0
@@ -315,7 +315,7 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
     echo(f"  tree: {tree}")
 
     args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
-                      all_fa_quants=req.all_fa_quants, ccache=tc.ccache.ok,
+                      fa_quants=req.fa_quants, ccache=tc.ccache.ok,
                       extra=tuple(req.extra_cmake_args),
                       boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)

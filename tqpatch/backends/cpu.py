@@ -19,7 +19,7 @@ def normalize_arch(arch: str | None) -> str | None:
                                "--cmake-arg -DGGML_NATIVE=OFF gives a portable build)")
 
 
-def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+def cmake_args(arch: str | None, fa_quants: str | bool) -> list[str]:
     normalize_arch(arch)
     return []  # the CPU backend is always built; GGML_NATIVE keeps its default (ON)
 

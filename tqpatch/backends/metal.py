@@ -17,7 +17,7 @@ def normalize_arch(arch: str | None) -> str | None:
     return _noarch.reject_arch(name, arch, "(kernels are compiled for the device at run time)")
 
 
-def cmake_args(arch: str | None, all_fa_quants: bool) -> list[str]:
+def cmake_args(arch: str | None, fa_quants: str | bool) -> list[str]:
     normalize_arch(arch)
     return ["-DGGML_METAL=ON"]
 

@@ -82,6 +82,6 @@ def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quant
         fa_quants = "all"
     build_mod.build(build_mod.BuildRequest(
         backend=backend, arch=arch, targets=targets, jobs=jobs, build_dir=build_dir,
-        build_type="Release" if release else "Debug", tree=tree, all_fa_quants=fa_quants,
+        build_type="Release" if release else "Debug", tree=tree, fa_quants=fa_quants,
         extra_cmake_args=tuple(cmake_extra), boundary_k=boundary_k, boundary_v=boundary_v,
     ))
