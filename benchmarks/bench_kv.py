@@ -62,7 +62,7 @@ SCHEMA = 1
 PARTS = ("fa", "bench", "kv")
 
 # --- part 1: flash-attention decode microbenchmark -------------------------
-FA_TYPES = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
+FA_TYPES = formats.CACHE_TYPES
 FA_HEAD_SIZES = (128, 256)
 FA_KV = 16384          # the perf cases' KV length (the template fixes it)
 FA_NH = 8              # KV heads; nr23=[4,1]: 4 query heads per KV head
@@ -78,10 +78,10 @@ FA_TARGETS = (
 DEVICE_NAMES = {"cuda": "CUDA0", "hip": "ROCm0", "vulkan": "Vulkan0", "metal": "MTL0", "cpu": "CPU"}
 
 # --- part 2: llama-bench ----------------------------------------------------
-BENCH_CONFIGS = (
-    ("f16", "f16"), ("q8_0", "q8_0"), ("q8_0", "turbo4"),
-    ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
-)
+# the reported configurations, less the upstream anchor and those below 3 bits per value
+# (their speed tells the same story as the 3-bit ones)
+BENCH_CONFIGS = tuple(c for c in formats.KV_CONFIGS if formats.ANCHOR_TYPE not in c
+                      and all(formats.type_info(t).bits_per_value >= 3 for t in c))
 BENCH_DEPTHS = (0, 8192, 32768)
 BENCH_PP = 512
 BENCH_TG = 128

@@ -74,13 +74,13 @@ def test_ggml_backend_names_match_pinned_tree():
 
 
 def test_cpu_has_no_extra_flags():
-    assert cpu.cmake_args(None, False) == []
-    assert cpu.cmake_args("native", True) == []
+    assert cpu.cmake_args(None, {}) == []
+    assert cpu.cmake_args("native", {"fa-quants": "all"}) == []
 
 
 def test_cpu_rejects_gpu_arch():
     with pytest.raises(TqpatchError, match="does not apply to the cpu backend"):
-        cpu.cmake_args("90", False)
+        cpu.cmake_args("90", {})
 
 
 @pytest.mark.parametrize("arch, expected", [
@@ -100,7 +100,7 @@ def test_cpu_rejects_gpu_arch():
 def test_cuda_arch_forms(arch, expected, monkeypatch):
     monkeypatch.setattr(cuda, "detected_archs", lambda: ["90"])  # 'native' needs a GPU
     assert cuda.normalize_arch(arch) == expected
-    assert cuda.cmake_args(arch, False) == ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={expected}",
+    assert cuda.cmake_args(arch, {}) == ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={expected}",
                                             DEFAULT_FA]
 
 
@@ -108,7 +108,7 @@ def test_cuda_arch_forms(arch, expected, monkeypatch):
                                   "gfx1100", "0x90"])
 def test_cuda_rejects_garbage_with_accepted_forms(arch):
     with pytest.raises(TqpatchError) as exc:
-        cuda.cmake_args(arch, False)
+        cuda.cmake_args(arch, {})
     msg = str(exc.value)
     assert "accepted" in msg
     for form in ("90", "89;86", "86,89", "sm_90", "native"):
@@ -124,13 +124,12 @@ def test_default_fa_pairs_cover_every_cache_type_pair_plus_upstream_defaults():
     types = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
     assert {f"{k}-{v}" for k in types for v in types} <= set(pairs)
     assert set(cuda.UPSTREAM_DEFAULT_FA) <= set(pairs)  # what upstream builds by default stays
-    assert cuda.fa_pairs(False) == cuda.fa_pairs("default") == cuda.fa_pairs(" Default ") == pairs
+    assert cuda.fa_pairs(None) == cuda.fa_pairs("default") == cuda.fa_pairs(" Default ") == pairs
 
 
 @pytest.mark.parametrize("value, expected", [
     (None, ",".join(cuda.DEFAULT_FA_PAIRS)),
     ("default", ",".join(cuda.DEFAULT_FA_PAIRS)),
-    (True, "all"),
     ("all", "all"),
     ("ALL", "all"),
     ("q8_0-turbo3", "q8_0-turbo3"),
@@ -157,42 +156,19 @@ def test_fa_quants_rejects_with_clear_error(value, words):
     for w in words:
         assert w in str(exc.value)
     with pytest.raises(TqpatchError):
-        cuda.cmake_args("90", value)
+        cuda.cmake_args("90", {"fa-quants": value})
     with pytest.raises(TqpatchError):
-        hip.cmake_args("gfx1100", value)
+        hip.cmake_args("gfx1100", {"fa-quants": value})
 
 
 def test_cuda_fa_quants_in_cmake_args():
-    assert cuda.cmake_args("90", "all") == [
+    assert cuda.cmake_args("90", {"fa-quants": "all"}) == [
         "-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=90", "-DGGML_CUDA_FA_QUANTS=all"]
-    assert cuda.cmake_args("90", True)[-1] == "-DGGML_CUDA_FA_QUANTS=all"  # old --all-fa-quants
-    assert cuda.cmake_args("90", "q8_0-turbo3")[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
-    assert cuda.cmake_args("90", False)[-1] == DEFAULT_FA
+    assert cuda.cmake_args("90", {"fa-quants": "q8_0-turbo3"})[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
+    assert cuda.cmake_args("90", {})[-1] == DEFAULT_FA
     # the deprecated upstream switch is never passed (it would override the selection)
-    for sel in (None, True, "all", "q8_0-q8_0"):
-        assert not any("FA_ALL_QUANTS" in a for a in cuda.cmake_args("90", sel))
-
-
-TREE_COMMON = """\
-function(ggml_cuda_fattn_vec_instances DIR OUT_SRCS)
-    set(FA_TYPES q4_0 q4_1 q5_0 q5_1 q8_0 bf16 f16{extra})
-endfunction()
-"""
-
-
-def test_fa_quants_for_tree_drops_types_the_tree_lacks(tmp_path):
-    (tmp_path / "ggml" / "cmake").mkdir(parents=True)
-    common = tmp_path / "ggml" / "cmake" / "common.cmake"
-    common.write_text(TREE_COMMON.format(extra=""))
-    assert cuda.tree_fa_types(tmp_path) == ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
-    assert cuda.fa_quants_for_tree(None, tmp_path) == (
-        "f16-f16,f16-q8_0,q8_0-f16,q8_0-q8_0,q4_0-q4_0,bf16-bf16")
-    assert cuda.fa_quants_for_tree("turbo3-turbo3", tmp_path) == "f16-f16"
-    assert cuda.fa_quants_for_tree("all", tmp_path) == "all"
-    common.write_text(TREE_COMMON.format(extra=" turbo2 turbo3 turbo4"))
-    assert cuda.fa_quants_for_tree(None, tmp_path) == cuda.fa_quants_value(None)
-    assert cuda.tree_fa_types(tmp_path / "nowhere") is None
-    assert cuda.fa_quants_for_tree(None, tmp_path / "nowhere") == cuda.fa_quants_value(None)
+    for sel in (None, "all", "q8_0-q8_0"):
+        assert not any("FA_ALL_QUANTS" in a for a in cuda.cmake_args("90", {"fa-quants": sel}))
 
 
 # ---------------------------------------------------------------- CUDA arch vs nvcc
@@ -203,7 +179,7 @@ def test_fa_quants_for_tree_drops_types_the_tree_lacks(tmp_path):
 def test_cuda_arch_nvcc_cannot_build_is_clear(arch, bad, monkeypatch):
     monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/bin/nvcc")
     with pytest.raises(TqpatchError) as exc:
-        cuda.cmake_args(arch, None)
+        cuda.cmake_args(arch, {})
     msg = str(exc.value)
     assert f"cannot compile for --arch {bad}" in msg
     assert "nvcc 13.0" in msg and "75 80 86" in msg and "--list-gpu-arch" in msg
@@ -217,12 +193,12 @@ def test_cuda_arch_nvcc_cannot_build_is_clear(arch, bad, monkeypatch):
                                   "all-major"])
 def test_cuda_arch_nvcc_can_build(arch, monkeypatch):
     monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/bin/nvcc")
-    assert cuda.cmake_args(arch, None)[0] == "-DGGML_CUDA=ON"
+    assert cuda.cmake_args(arch, {})[0] == "-DGGML_CUDA=ON"
 
 
 def test_cuda_arch_check_skipped_without_nvcc(monkeypatch):
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: None)
-    assert "-DCMAKE_CUDA_ARCHITECTURES=35" in cuda.cmake_args("35", None)
+    assert "-DCMAKE_CUDA_ARCHITECTURES=35" in cuda.cmake_args("35", {})
 
 
 def test_nvcc_gpu_archs_parses_list_gpu_arch(monkeypatch):
@@ -238,21 +214,21 @@ def test_nvcc_gpu_archs_parses_list_gpu_arch(monkeypatch):
 
 def test_cuda_native_needs_a_gpu(no_gpus):
     with pytest.raises(TqpatchError, match="nvidia-smi found none.*--arch 90"):
-        cuda.cmake_args("native", None)
+        cuda.cmake_args("native", {})
 
 
 def test_cuda_default_arch_from_detected_gpus(monkeypatch):
     monkeypatch.setattr(cuda, "run_capture", _fake_capture({
         "nvidia-smi --query-gpu=compute_cap": "9.0\n8.6\n9.0\n"}))
     assert cuda.default_arch() == "86;90"
-    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;90",
+    assert cuda.cmake_args(None, {}) == ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=86;90",
                                             DEFAULT_FA]
-    assert cuda.cmake_args("native", False)[1] == "-DCMAKE_CUDA_ARCHITECTURES=native"
+    assert cuda.cmake_args("native", {})[1] == "-DCMAKE_CUDA_ARCHITECTURES=native"
 
 
 def test_cuda_without_gpu_or_arch_builds_portable_list(no_gpus):
     assert cuda.default_arch() is None
-    assert cuda.cmake_args(None, False) == ["-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", DEFAULT_FA]
+    assert cuda.cmake_args(None, {}) == ["-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF", DEFAULT_FA]
 
 
 @pytest.mark.parametrize("arch, expected", [
@@ -266,10 +242,9 @@ def test_cuda_without_gpu_or_arch_builds_portable_list(no_gpus):
     ("gfx11-generic", "gfx11-generic"),
 ])
 def test_hip_targets(arch, expected, no_gpus):
-    assert hip.cmake_args(arch, False) == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={expected}", DEFAULT_FA]
-    assert hip.cmake_args(arch, True)[-1] == "-DGGML_CUDA_FA_QUANTS=all"
-    assert hip.cmake_args(arch, "all")[-1] == "-DGGML_CUDA_FA_QUANTS=all"
-    assert hip.cmake_args(arch, "q8_0-turbo3")[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
+    assert hip.cmake_args(arch, {}) == ["-DGGML_HIP=ON", f"-DGPU_TARGETS={expected}", DEFAULT_FA]
+    assert hip.cmake_args(arch, {"fa-quants": "all"})[-1] == "-DGGML_CUDA_FA_QUANTS=all"
+    assert hip.cmake_args(arch, {"fa-quants": "q8_0-turbo3"})[-1] == "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3"
 
 
 @pytest.mark.parametrize("arch", ["90", "sm_90", "gfx", "gfx11", "gfx12345", "gfxzzz", "navi31",
@@ -288,16 +263,16 @@ def test_hip_compiler_from_hipconfig(monkeypatch, tmp_path):
                         lambda self: hipconfig if self.name == "hipconfig" else None)
     monkeypatch.setattr(hip, "run_capture", _fake_capture({
         f"{hipconfig} -l": f"{tmp_path}/llvm/bin\n", "rocminfo": None}))
-    args = hip.cmake_args("gfx942", None)
+    args = hip.cmake_args("gfx942", {})
     assert args[:3] == ["-DGGML_HIP=ON", f"-DCMAKE_HIP_COMPILER={tmp_path}/llvm/bin/clang",
                         "-DGPU_TARGETS=gfx942"]
 
 
 def test_hip_native(monkeypatch, no_gpus):
     with pytest.raises(TqpatchError, match="rocminfo found none.*gfx1100"):
-        hip.cmake_args("native", None)
+        hip.cmake_args("native", {})
     monkeypatch.setattr(hip, "run_capture", _fake_capture({"rocminfo": ROCMINFO}))
-    assert "-DGPU_TARGETS=gfx1100" in hip.cmake_args("native", None)
+    assert "-DGPU_TARGETS=gfx1100" in hip.cmake_args("native", {})
 
 
 ROCMINFO = """\
@@ -319,13 +294,13 @@ Agent 2
 def test_hip_detects_targets_and_hardware(monkeypatch):
     monkeypatch.setattr(hip, "run_capture", _fake_capture({"rocminfo": ROCMINFO}))
     assert hip.default_arch() == "gfx1100"
-    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1100", DEFAULT_FA]
+    assert hip.cmake_args(None, {}) == ["-DGGML_HIP=ON", "-DGPU_TARGETS=gfx1100", DEFAULT_FA]
     assert hip.hardware() == "Radeon RX 7900 XTX (gfx1100)"
 
 
 def test_hip_without_gpu(no_gpus):
     assert hip.hardware() is None
-    assert hip.cmake_args(None, False) == ["-DGGML_HIP=ON", DEFAULT_FA]
+    assert hip.cmake_args(None, {}) == ["-DGGML_HIP=ON", DEFAULT_FA]
 
 
 def test_hip_needs_rocm_61():
@@ -384,10 +359,10 @@ def test_rocm_version_unreadable(monkeypatch, tmp_path):
 
 
 def test_metal_and_vulkan_args():
-    assert metal.cmake_args(None, False) == ["-DGGML_METAL=ON"]
-    assert vulkan.cmake_args(None, True) == ["-DGGML_VULKAN=ON"]
+    assert metal.cmake_args(None, {}) == ["-DGGML_METAL=ON"]
+    assert vulkan.cmake_args(None, {"fa-quants": "all"}) == ["-DGGML_VULKAN=ON"]
     with pytest.raises(TqpatchError, match="vulkan"):
-        vulkan.cmake_args("90", False)
+        vulkan.cmake_args("90", {})
 
 
 def test_metal_is_macos_only(monkeypatch):
@@ -468,7 +443,7 @@ def test_option_names_exist_in_pinned_tree():
     names = set()
     for b in backends.BACKENDS.values():
         arch = {"cuda": "90", "hip": "gfx1100"}.get(b.name)
-        for arg in build.cmake_args(b.name, arch, fa_quants=True, ccache=True):
+        for arg in build.cmake_args(b.name, arch, options={"fa-quants": "all"}, ccache=True):
             m = re.match(r"-D([A-Z_]+)=", arg)
             if m:
                 names.add(m.group(1))

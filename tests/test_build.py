@@ -40,7 +40,7 @@ def test_cmake_args_cpu():
 
 
 def test_cmake_args_ccache_debug_and_extra_last():
-    args = build.cmake_args("cuda", "sm_90", build_type="Debug", ccache=True, fa_quants=True,
+    args = build.cmake_args("cuda", "sm_90", build_type="Debug", ccache=True, options={"fa-quants": "all"},
                             extra=["-DGGML_CUDA_GRAPHS=OFF"])
     assert "-DCMAKE_BUILD_TYPE=Debug" in args
     assert "-DGGML_CCACHE=ON" in args
@@ -182,7 +182,8 @@ def _fake_apply(monkeypatch, ensure_applied):
     """Stand in for tqpatch.apply (another stage; it may not exist yet)."""
     import tqpatch
 
-    fake_module = types.SimpleNamespace(ensure_applied=ensure_applied)
+    fake_module = types.SimpleNamespace(ensure_applied=ensure_applied,
+                                        tree_inputs=lambda tree: {"digest": "d", "render": {}})
     monkeypatch.setitem(sys.modules, "tqpatch.apply", fake_module)
     monkeypatch.setattr(tqpatch, "apply", fake_module, raising=False)
 
@@ -299,7 +300,7 @@ def test_build_passes_tree_and_build_dir(fake, tmp_path):
     other.mkdir()
     bdir = tmp_path / "mybuild"
     record, out = _run(backend="cuda", arch="86,89", tree=other, build_dir=bdir,
-                       targets=["llama-cli"], build_type="Debug", fa_quants=True)
+                       targets=["llama-cli"], build_type="Debug", options={"fa-quants": "all"})
     assert fake.apply_calls == [other]
     conf = _configures(fake)[0]
     assert conf[2] == str(other.resolve()) and conf[4] == str(bdir.resolve())
@@ -356,14 +357,12 @@ def test_build_cli_invokes_build(fake, monkeypatch):
     monkeypatch.setattr(build, "build", lambda req: seen.setdefault("req", req))
     result = CliRunner().invoke(main, ["build", "--backend", "cuda", "--arch", "sm_90",
                                        "--targets", "llama-cli,llama-bench", "-j", "2", "--debug",
-                                       "--cmake-arg", "-DGGML_CUDA_GRAPHS=OFF", "--all-fa-quants"])
+                                       "--cmake-arg", "-DGGML_CUDA_GRAPHS=OFF", "--fa-quants", "all"])
     assert result.exit_code == 0, result.output
     req = seen["req"]
     assert (req.backend, req.arch, req.targets, req.jobs, req.build_type) == (
         "cuda", "sm_90", ["llama-cli", "llama-bench"], 2, "Debug")
-    assert req.extra_cmake_args == ("-DGGML_CUDA_GRAPHS=OFF",) and req.fa_quants == "all"
-    assert "--all-fa-quants is deprecated; use --fa-quants all" in result.output
-    assert "--all-fa-quants" not in CliRunner().invoke(main, ["build", "--help"]).output  # hidden
+    assert req.extra_cmake_args == ("-DGGML_CUDA_GRAPHS=OFF",) and req.options == {"fa-quants": "all"}
 
 
 @pytest.mark.parametrize("given, passed", [
@@ -376,7 +375,25 @@ def test_build_cli_fa_quants(fake, monkeypatch, given, passed):
     monkeypatch.setattr(build, "build", lambda req: seen.setdefault("req", req))
     result = CliRunner().invoke(main, ["build", "--backend", "cuda", "--arch", "90", *given])
     assert result.exit_code == 0, result.output
-    assert seen["req"].fa_quants == passed  # BuildRequest.fa_quants carries --fa-quants
+    assert seen["req"].options == {"fa-quants": passed}  # the backend's parsed build options
+
+
+def test_build_cli_backend_option_for_another_backend_is_clean_error(fake):
+    result = CliRunner().invoke(main, ["build", "--backend", "cpu", "--fa-quants", "all"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--fa-quants applies to the cuda, hip backend(s), not cpu" in result.output
+
+
+def test_build_cli_without_backend_says_what_it_chose(fake, monkeypatch):
+    from tqpatch import backends
+
+    seen = {}
+    monkeypatch.setattr(build, "build", lambda req: seen.setdefault("req", req))
+    monkeypatch.setattr(backends, "detect", lambda: ("cuda", "NVIDIA H100 with nvcc 13.0"))
+    result = CliRunner().invoke(main, ["build"])
+    assert result.exit_code == 0, result.output
+    assert "backend: cuda (NVIDIA H100 with nvcc 13.0; --backend overrides)" in result.output
+    assert seen["req"].backend == "cuda" and seen["req"].options == {"fa-quants": "default"}
 
 
 def test_build_cli_fa_quants_bad_pair_is_clean_error(fake):
@@ -392,7 +409,7 @@ def test_build_cmake_invocation_cuda(fake, monkeypatch):
     from tqpatch.backends import cuda
 
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
-    record, out = _run(backend="cuda", arch="89;86", fa_quants="q8_0-turbo3;turbo3-turbo3")
+    record, out = _run(backend="cuda", arch="89;86", options={"fa-quants": "q8_0-turbo3;turbo3-turbo3"})
     conf = _configures(fake)[0]
     assert conf[:2] == ["/usr/bin/cmake", "-S"]
     assert conf[5:8] == ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"]
@@ -425,7 +442,7 @@ def test_build_cmake_invocation_hip(fake, monkeypatch):
     monkeypatch.setattr(hip, "unsupported_reason", lambda: None)  # as if ROCm >= 6.1 were here
     monkeypatch.setattr(hip, "requirements", lambda: [])
     monkeypatch.setattr(hip, "hip_compiler", lambda: "/opt/rocm/llvm/bin/clang")
-    record, out = _run(backend="hip", arch="gfx1100,gfx90a", fa_quants="all")
+    record, out = _run(backend="hip", arch="gfx1100,gfx90a", options={"fa-quants": "all"})
     conf = _configures(fake)[0]
     for a in ("-DGGML_HIP=ON", "-DCMAKE_HIP_COMPILER=/opt/rocm/llvm/bin/clang",
               "-DGPU_TARGETS=gfx1100;gfx90a", "-DGGML_CUDA_FA_QUANTS=all"):

@@ -53,13 +53,9 @@ def flip_index(row_bytes, name, j, new):
     """Set index j of the first block of a turbo row to `new` (packed layout of reference.py)."""
     fmt = V.formats.TURBO_FORMATS[name]
     blk = row_bytes[: fmt.block_bytes].copy()[None, :]
-    d, idx = V._turbo_fields(blk, name)
+    d, idx = R.turbo_fields(blk, name)
     idx[0, j] = new
-    if fmt.bits == 3:
-        payload = [R._pack((idx & 3).astype(np.uint8), 2), R._pack((idx >> 2).astype(np.uint8), 1)]
-    else:
-        payload = [R._pack(idx.astype(np.uint8), fmt.bits)]
-    row_bytes[2: fmt.block_bytes] = np.concatenate(payload, axis=1)[0]
+    row_bytes[: fmt.block_bytes] = R.turbo_blocks(d, idx, name)[0]
 
 
 # ---------------------------------------------------------------- file formats

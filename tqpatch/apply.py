@@ -141,6 +141,24 @@ def _inputs_of(manifest: dict) -> dict:
     return {k: manifest.get(k) for k in ("pin", "patches", "render", "rendered_files")}
 
 
+def inputs_digest(inputs_record: dict) -> str:
+    """One digest of what a tree was made from (pin, patches, rendered files)."""
+    return hashlib.sha256(json.dumps(_inputs_of(inputs_record), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def current_inputs_digest() -> str:
+    """The digest a tree applied now from this tqpatch would have."""
+    return inputs_digest(_inputs_record(load_inputs()))
+
+
+def tree_inputs(tree: Path) -> dict:
+    """{digest, render versions} of an applied tree (from its manifest)."""
+    manifest = read_manifest(Path(tree))
+    if manifest is None:
+        raise TqpatchError(f"{tree} carries no tqpatch manifest: run `tqpatch apply`")
+    return {"digest": inputs_digest(manifest), "render": manifest.get("render") or {}}
+
+
 def _versions_text(manifest_or_record: dict) -> str:
     parts = [f"llama.cpp {manifest_or_record.get('pin')}",
              f"{len(manifest_or_record.get('patches') or [])} patches"]

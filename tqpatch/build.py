@@ -67,7 +67,7 @@ def cmake_args(
     arch: str | None = None,
     *,
     build_type: str = "Release",
-    fa_quants: str | bool = False,
+    options: dict | None = None,
     ccache: bool = False,
     extra: Sequence[str] = (),
     boundary_k: int = 0,
@@ -75,6 +75,7 @@ def cmake_args(
 ) -> list[str]:
     """The full cmake configure options (without -S/-B) for one backend.
 
+    options: the backend's parsed build options (e.g. {"fa-quants": "default"});
     boundary_k / boundary_v: the build-time default of LLAMA_TURBO_BOUNDARY_K / _V
     (patch 0010), always passed so that a rebuild without them resets them to 0.
     """
@@ -88,7 +89,7 @@ def cmake_args(
         f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
         f"-DLLAMA_TURBO_BOUNDARY_K={int(boundary_k)}",
         f"-DLLAMA_TURBO_BOUNDARY_V={int(boundary_v)}",
-        *b.cmake_args(arch, fa_quants),
+        *b.cmake_args(arch, options or {}),
         *extra,
     ]
 
@@ -276,7 +277,7 @@ class BuildRequest:
     build_dir: Path | None = None
     build_type: str = "Release"
     tree: Path | None = None
-    fa_quants: str | bool = False
+    options: dict = field(default_factory=dict)  # backend-specific build options, parsed
     extra_cmake_args: Sequence[str] = field(default_factory=tuple)
     boundary_k: int = 0  # build-time default of LLAMA_TURBO_BOUNDARY_K / _V (patch 0010)
     boundary_v: int = 0
@@ -315,7 +316,7 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
     echo(f"  tree: {tree}")
 
     args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
-                      fa_quants=req.fa_quants, ccache=tc.ccache.ok,
+                      options=req.options, ccache=tc.ccache.ok,
                       extra=tuple(req.extra_cmake_args),
                       boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +372,10 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
             raise _fail("build", log, log_path, rc, echo)
 
     seconds = round(time.monotonic() - started, 1)
+    from . import apply
+
     record = {
+        "inputs": apply.tree_inputs(tree),
         "backend": backend.name,
         "ggml_backend_name": backend.ggml_backend_name,
         "arch": effective_arch,
@@ -453,6 +457,41 @@ def find_binary(name: str, backend: str, build_dir: Path | None = None) -> Path:
         raise TqpatchError(f"{path} is missing: {why}; run "
                            f"{_build_hint(backend, build_dir, name)}")
     return path
+
+
+def check_fresh(record: dict) -> None:
+    """TqpatchError 'stale build: rebuild' when the build was made from other kernels
+    (patches, templates or codebooks) than this tqpatch renders now."""
+    from . import apply
+
+    built = (record.get("inputs") or {}).get("digest")
+    now = apply.current_inputs_digest()
+    if built != now:
+        backend = record.get("backend", "?")
+        versions = (record.get("inputs") or {}).get("render") or {}
+        was = ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "an unrecorded render"
+        raise TqpatchError(
+            f"stale build: the {backend} binaries in {record.get('build_dir')} were built from "
+            f"other patches or kernels ({was}) than this tqpatch renders now; rebuild with "
+            f"`tqpatch build --backend {backend}` before verifying")
+
+
+def last_built(build_dir: Path | None = None) -> str:
+    """The backend of the most recent finished build (the one in build_dir, if given)."""
+    if build_dir is not None:
+        try:
+            record = json.loads((Path(build_dir).expanduser() / RECORD_NAME).read_text())
+            return record["backend"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise TqpatchError(f"no finished build in {build_dir}: run `tqpatch build`") from None
+    done = []
+    for name in built_backends():
+        path = paths.default_build_dir(name) / RECORD_NAME
+        done.append((path.stat().st_mtime, name))
+    if not done:
+        raise TqpatchError("nothing built yet: run `tqpatch build` (it picks this machine's GPU, "
+                           "else the CPU) or name one with --backend")
+    return max(done)[1]
 
 
 def built_backends(names: Iterable[str] | None = None) -> list[str]:

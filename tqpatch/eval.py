@@ -58,11 +58,7 @@ from . import formats
 from .errors import TqpatchError
 
 BASELINE_TYPE = "f16"
-DEFAULT_CONFIGS: tuple[str, ...] = (
-    "f16/f16", "q8_0/q8_0", "q4_0/q4_0",
-    "q8_0/turbo4", "q8_0/turbo3", "q8_0/turbo2",
-    "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2",
-)
+DEFAULT_CONFIGS: tuple[str, ...] = tuple(f"{k}/{v}" for k, v in formats.KV_CONFIGS)
 DEFAULT_TEXT_REL = "tools/server/README.md"
 DEFAULT_CHUNKS = 20
 DEFAULT_CTX = 512
@@ -79,9 +75,9 @@ LOG_ARGS: tuple[str, ...] = ("-lv", "4")
 
 
 def known_types() -> tuple[str, ...]:
-    """Cache types eval accepts: tqpatch's KV types first, then the other known ones."""
-    rest = tuple(t for t in formats.ALL_TYPES if t not in formats.KV_TYPES)
-    return tuple(formats.KV_TYPES) + rest
+    """Cache types eval accepts (every type llama.cpp takes as a cache type): the cache
+    types tqpatch pairs first, then the other upstream ones."""
+    return tuple(dict.fromkeys([*formats.CACHE_TYPES, *formats.ALL_TYPES]))
 
 
 _RE_VARIANT = re.compile(r"(bk|bv)(\d+)")

@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import TqpatchError
+from . import formats
 from .formats import TURBO_FORMATS, type_info
 
 MIB = 1024 * 1024
@@ -64,17 +65,7 @@ MAX_BOUNDARY = 999_999  # the patched llama.cpp reads at most 6 digits
 DEFAULT_OVERHEAD_MIB = 1024
 
 # The K/V configurations every plan shows, in this order.
-CONFIGS: tuple[tuple[str, str], ...] = (
-    ("f16", "f16"),
-    ("q8_0", "q8_0"),
-    ("q4_0", "q4_0"),
-    ("q8_0", "turbo4"),
-    ("q8_0", "turbo3"),
-    ("q8_0", "turbo2"),
-    ("turbo4", "turbo4"),
-    ("turbo3", "turbo3"),
-    ("turbo2", "turbo2"),
-)
+CONFIGS: tuple[tuple[str, str], ...] = formats.KV_CONFIGS
 
 # llama_ftype (include/llama.h) -> the short name quantizers use.
 FILE_TYPES = {

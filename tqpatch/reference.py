@@ -15,11 +15,8 @@ Formats (little-endian, packed, no padding):
   f16     one IEEE half per value (round to nearest even)
   q8_0    {fp16 d; int8 qs[32]}: d = max|x|/127, qs = round-half-away(x * (1/d))  (upstream)
   q4_0    {fp16 d; uint8 qs[16]}: upstream's reference quantizer
-  turbo2  {fp16 d; uint8 qs[32]}           128 values, 2-bit indices, 4 per byte, low bits first
-  turbo3  {fp16 d; uint8 qs[32]; uint8 qh[16]}  128 values: low 2 bits of each index as in
-          turbo2, the third bit in qh (8 per byte, value j in bit j%8 of qh[j/8])
-  turbo4  {fp16 d; uint8 qs[32]}           64 values, 4-bit indices, value 2j in the low nibble
-The turbo algorithm is in tqpatch.formats.
+  turbo*  {fp16 d; one uint8 array per index bit plane}: layouts, planes and the
+          algorithm are described in tqpatch.formats (the single source).
 
 Non-finite input: quantize_rows raises by default (nonfinite="error"). Kernels
 cannot raise, so they poison the block instead: a block holding any NaN or inf
@@ -100,21 +97,40 @@ def _turbo_indices(xb: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.n
     return u, idx
 
 
-def _pack(idx: np.ndarray, bits: int) -> np.ndarray:
-    """Pack indices (nb, B) into little-endian bit fields, `8 // bits` per byte."""
-    per = 8 // bits
-    g = idx.reshape(idx.shape[0], -1, per).astype(np.uint8)
+def _pack(idx: np.ndarray, plane: formats.Plane) -> np.ndarray:
+    """One plane of indices (nb, B) as bytes: plane.per_byte values per byte, low bits first."""
+    field = (idx >> plane.shift) & plane.mask
+    g = field.reshape(idx.shape[0], -1, plane.per_byte).astype(np.uint8)
     out = np.zeros(g.shape[:2], dtype=np.uint8)
-    for t in range(per):
-        out |= (g[:, :, t] << (bits * t)).astype(np.uint8)
+    for t in range(plane.per_byte):
+        out |= (g[:, :, t] << (plane.bits * t)).astype(np.uint8)
     return out
 
 
-def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    parts = [(packed >> (bits * t)) & mask for t in range(per)]
-    return np.stack(parts, axis=-1).reshape(packed.shape[0], -1)
+def _unpack(packed: np.ndarray, plane: formats.Plane) -> np.ndarray:
+    """The plane's contribution to the indices (already shifted into place)."""
+    parts = [(packed >> (plane.bits * t)) & plane.mask for t in range(plane.per_byte)]
+    field = np.stack(parts, axis=-1).reshape(packed.shape[0], -1)
+    return (field << plane.shift).astype(np.uint8)
+
+
+def turbo_fields(blocks: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(fp16 scale bits (nb,), indices (nb, block)) of turbo blocks (nb, block_bytes)."""
+    fmt = formats.TURBO_FORMATS[name]
+    blocks = np.asarray(blocks, dtype=np.uint8).reshape(-1, fmt.block_bytes)
+    d = blocks[:, :formats.SCALE_BYTES].copy().view("<u2")[:, 0]
+    idx = np.zeros((blocks.shape[0], fmt.block), dtype=np.uint8)
+    for plane, offset in fmt.plane_offsets:
+        idx |= _unpack(blocks[:, offset:offset + plane.nbytes(fmt.block)], plane)
+    return d, idx
+
+
+def turbo_blocks(d_bits: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
+    """Inverse of turbo_fields: blocks (nb, block_bytes) from scale bits and indices."""
+    fmt = formats.TURBO_FORMATS[name]
+    idx = np.asarray(idx, dtype=np.uint8).reshape(-1, fmt.block)
+    d = np.asarray(d_bits, dtype=np.uint16).reshape(-1).astype("<u2").view(np.uint8).reshape(-1, 2)
+    return np.concatenate([d, *(_pack(idx, plane) for plane in fmt.planes)], axis=1)
 
 
 def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
@@ -130,25 +146,13 @@ def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
         s = (x64 * c).sum(axis=1) / (c * c).sum(axis=1)
     d = s.astype(np.float32).astype(np.float16).view(np.uint16)
     d[bad] = F16_NAN_BITS
-    if fmt.bits == 3:
-        payload = [_pack(idx & 3, 2), _pack(idx >> 2, 1)]
-    else:
-        payload = [_pack(idx, fmt.bits)]
-    blocks = np.concatenate([d.astype("<u2").view(np.uint8).reshape(-1, 2), *payload], axis=1)
-    return blocks.reshape(x.shape[0], -1)
+    return turbo_blocks(d, idx, name).reshape(x.shape[0], -1)
 
 
 def _turbo_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
-    fmt = formats.TURBO_FORMATS[name]
     cent, _ = codebook_arrays(name)
-    blocks = data.reshape(-1, fmt.block_bytes)
-    d = blocks[:, :2].copy().view("<f2").astype(np.float32)  # (nb, 1)
-    if fmt.bits == 3:
-        lo = _unpack(blocks[:, 2:2 + fmt.block // 4], 2)
-        hi = _unpack(blocks[:, 2 + fmt.block // 4:], 1)
-        idx = lo | (hi << 2)
-    else:
-        idx = _unpack(blocks[:, 2:], fmt.bits)
+    d_bits, idx = turbo_fields(data, name)
+    d = d_bits.view("<f2").astype(np.float32)[:, None]
     y = d * cent[idx]
     return y.reshape(data.shape[0], k).astype(np.float32)
 

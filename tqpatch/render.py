@@ -1,7 +1,8 @@
 """Render templates/ + codebooks into the generated llama.cpp sources.
 
 The path of a template under templates/ is the path of the file it renders to
-in the llama.cpp tree, minus the `.j2` suffix. A `[name]` in a template's file
+in the llama.cpp tree, minus the `.j2` suffix; a template whose file name starts
+with `_` holds macros that other templates import and is not rendered itself. A `[name]` in a template's file
 name makes it render once per item of the expansion `name` (see EXPANSIONS):
 the item is the template variable `name` and its `slug` replaces `[name]` in
 the output path. Rendering is pure: the same
@@ -52,8 +53,13 @@ def template_sources(root: Path | None = None) -> dict[str, bytes]:
 
 
 def render_context() -> dict:
-    """What every template sees: the formats and their codebooks."""
-    from . import codebook
+    """What every template sees.
+
+    turbo: [{fmt: formats.TurboFormat, cb: its codebook}], formats (the module:
+    CACHE_TYPES, HEAD_SIZES, ...), f32 (float literal filter), and per backend
+    `<name>`: what that backend's render_context() adds (e.g. cuda.fa_pairs).
+    """
+    from . import backends, codebook
 
     turbo = []
     books = {}
@@ -61,39 +67,26 @@ def render_context() -> dict:
         cb = codebook.load_shipped(fmt.codebook)
         books[fmt.codebook] = codebook.to_json(cb).encode()
         turbo.append({"fmt": fmt, "cb": cb})
-    return {"turbo": turbo, "codebook_digest": _digest(books), "tool_version": __version__,
-            "f32": float32_literal, "fa_pairs": fa_pairs(), "fa_types": list(FA_UPSTREAM_TYPES)}
+    ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
+           "tool_version": __version__, "f32": float32_literal}
+    for name, backend in backends.BACKENDS.items():
+        ctx[name] = backend.render_context()
+    return ctx
 
 
-# Upstream's flash-attention vector kernel K/V types (ggml/cmake/common.cmake FA_TYPES)
-FA_UPSTREAM_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
-FA_HEAD_SIZES = (64, 128, 256)
-_UPSTREAM_BLOCK = {"q4_0": 32, "q4_1": 32, "q5_0": 32, "q5_1": 32, "q8_0": 32, "bf16": 1, "f16": 1}
+def expansions() -> dict:
+    """`[name]` expansions of template file names, collected from the backends."""
+    from . import backends
+
+    out: dict = {}
+    for backend in backends.BACKENDS.values():
+        for name, items in backend.render_expansions().items():
+            if name in out:
+                raise ValueError(f"render expansion [{name}] is defined by two backends")
+            out[name] = items
+    return out
 
 
-def fa_pairs() -> list[dict]:
-    """Every flash-attention vector-kernel K/V pair that involves a turbo type.
-
-    Each item: slug 'turbo3-q8_0', the cmake/macro names (K, V upper case), the
-    ggml enums and the head sizes both block sizes divide (only those are
-    instantiated: llama.cpp never builds a cache row the block does not divide).
-    """
-    blocks = dict(_UPSTREAM_BLOCK, **{f.name: f.block for f in formats.TURBO_FORMATS.values()})
-    names = list(FA_UPSTREAM_TYPES) + list(formats.TURBO_FORMATS)
-    pairs = []
-    for k in names:
-        for v in names:
-            if k not in formats.TURBO_FORMATS and v not in formats.TURBO_FORMATS:
-                continue
-            pairs.append({
-                "slug": f"{k}-{v}", "K": k.upper(), "V": v.upper(),
-                "k_enum": "GGML_TYPE_" + k.upper(), "v_enum": "GGML_TYPE_" + v.upper(),
-                "head_sizes": [d for d in FA_HEAD_SIZES if d % blocks[k] == 0 and d % blocks[v] == 0],
-            })
-    return pairs
-
-
-EXPANSIONS = {"fa_pair": fa_pairs}
 _EXPANSION = re.compile(r"\[([a-z_]+)\]")
 
 
@@ -127,15 +120,18 @@ def render_all(templates_root: Path | None = None) -> RenderResult:
     )
     result = RenderResult()
     for rel in sources:
+        if Path(rel).name.startswith("_"):
+            continue  # macros imported by other templates, not a file of the tree
         out_rel = rel[: -len(".j2")]
         m = _EXPANSION.search(out_rel)
         if m is None:
             body = env.get_template(rel).render(**ctx)
             result.files[out_rel] = (header(rel, out_rel, ctx["codebook_digest"]) + body).encode()
             continue
-        if m.group(1) not in EXPANSIONS:
-            raise ValueError(f"template {rel}: unknown expansion [{m.group(1)}]; known: {sorted(EXPANSIONS)}")
-        for item in EXPANSIONS[m.group(1)]():
+        known = expansions()
+        if m.group(1) not in known:
+            raise ValueError(f"template {rel}: unknown expansion [{m.group(1)}]; known: {sorted(known)}")
+        for item in known[m.group(1)]():
             path = out_rel[: m.start()] + item["slug"] + out_rel[m.end():]
             body = env.get_template(rel).render(**ctx, **{m.group(1): item})
             result.files[path] = (header(rel, path, ctx["codebook_digest"]) + body).encode()

@@ -35,12 +35,14 @@ import numpy as np
 
 from . import formats, reference
 from .errors import TqpatchError
+from .precision import Precision
 from .verify_io import Case, Result
 
 HARNESS = "tqpatch-verify"
-TURBO_TYPES = tuple(formats.TURBO_FORMATS)
-BASELINE_TYPES = ("f16", "q8_0")           # upstream types verify also checks (SET_ROWS, FA pairs)
-HEAD_SIZES = (64, 128, 256)
+TURBO_TYPES = formats.TURBO_TYPES
+# upstream cache types verify also checks (SET_ROWS, FA pairs)
+BASELINE_TYPES = tuple(t for t in formats.CACHE_TYPES if t not in formats.TURBO_FORMATS)
+HEAD_SIZES = formats.HEAD_SIZES
 
 U32 = 2.0 ** -24    # float32 unit roundoff (round to nearest)
 U16 = 2.0 ** -11    # float16 unit roundoff
@@ -63,52 +65,11 @@ K_SIGMA = 6.0
 
 # ================================================================ precision models
 
-@dataclass(frozen=True)
-class Precision:
-    """How a backend may legitimately treat the operands of K.Q and softmax.V.
-
-    q_sim:   per K type, the conversion of Q that the reference applies first
-             because the backend is known to do exactly that ("f32": none,
-             "f16": round to half, "q8_0": upstream's q8_0 quantization).
-    q_extra: per K type, what the simulation cannot pin down and the
-             tolerance must allow: "none"; "q8_flip" (a few Q values one q8
-             level off: those within BOUNDARY_TOL_Q8 of a rounding boundary,
-             where the backend's quantizer may round differently from the
-             reference's, ties included); "f16" or "q8" (Q may
-             be converted so, a full error bound).
-    k_f16 / v_f16: K / V values may be rounded to f16 before use.
-    v_acc_f16: V types whose VKQ accumulator may be f16.
-    dot_q, dot_k_f16: the same for MUL_MAT (Q conversion bound, K in f16).
-    """
-    name: str
-    q_sim: dict
-    q_extra: dict
-    k_f16: bool
-    v_f16: bool
-    v_acc_f16: frozenset
-    dot_q: str
-    dot_k_f16: bool
-
-
 def precision_for(backend: str) -> Precision:
-    turbo = set(TURBO_TYPES)
-    if backend == "cpu":
-        # ggml-cpu exactly (ops.cpp, flash_attn_ext_f16_one_chunk): Q goes to
-        # K's vec_dot_type (f16 for f16, q8_0 for q8_0, f32 for the turbo
-        # types), V=f16 is accumulated in an f16 VKQ buffer, everything else f32.
-        return Precision("cpu: Q as ggml-cpu converts it for K's vec_dot, f32 otherwise",
-                         q_sim={"f16": "f16", "q8_0": "q8_0", **{t: "f32" for t in turbo}},
-                         q_extra={"f16": "none", "q8_0": "q8_flip", **{t: "none" for t in turbo}},
-                         k_f16=False, v_f16=False, v_acc_f16=frozenset({"f16"}),
-                         dot_q="f32", dot_k_f16=False)
-    # GPU backends: Q may reach the dot as half or q8_1 (vec kernels for
-    # quantized K), K and V may be dequantized to half (tensor-core paths),
-    # accumulators may be half. Wider, and not yet checked on hardware.
-    return Precision("gpu: Q as f16 or q8, K/V as f16, f16 accumulators allowed",
-                     q_sim={"f16": "f32", "q8_0": "f32", **{t: "f32" for t in turbo}},
-                     q_extra={"f16": "f16", "q8_0": "q8", **{t: "q8" for t in turbo}},
-                     k_f16=True, v_f16=True,
-                     v_acc_f16=frozenset({"f16", "q8_0", *turbo}), dot_q="q8", dot_k_f16=True)
+    """The verify precision model the backend module declares."""
+    from .backends import get
+
+    return get(backend).precision()
 
 
 def simulate_q(q: np.ndarray, how: str) -> np.ndarray:
@@ -348,8 +309,8 @@ def _fa_check(rng, tk: str, tv: str, d: int, nq: int, nh: int, nkv: int, nh_kv: 
 def fa_pairs(types: tuple[str, ...]) -> list[tuple[str, str]]:
     """Every K type with every V type in f16, q8_0 and the selected turbo types,
     at least one of them turbo."""
-    kv = (*BASELINE_TYPES, *types)
-    return [(a, b) for a in kv for b in kv if a in types or b in types]
+    return [(k, v) for k, v in formats.cache_pairs((*BASELINE_TYPES, *types))
+            if k in types or v in types]
 
 
 def make_checks(types=TURBO_TYPES, seed: int = 0, quick: bool = False) -> list[Check]:
@@ -549,15 +510,8 @@ def f16_ulp_distance(a_bits, b_bits) -> np.ndarray:
 
 
 def _turbo_fields(blocks: np.ndarray, name: str):
-    """(d bits (nb,), indices (nb, B)) of turbo blocks (layout in tqpatch.reference)."""
-    fmt = formats.TURBO_FORMATS[name]
-    d = blocks[:, 0].astype(np.uint16) | (blocks[:, 1].astype(np.uint16) << 8)
-    if fmt.bits == 3:
-        lo = reference._unpack(blocks[:, 2:2 + fmt.block // 4], 2)
-        hi = reference._unpack(blocks[:, 2 + fmt.block // 4:], 1)
-        idx = lo | (hi << 2)
-    else:
-        idx = reference._unpack(blocks[:, 2:], fmt.bits)
+    """(d bits (nb,), indices (nb, B) as int64) of turbo blocks."""
+    d, idx = reference.turbo_fields(blocks, name)
     return d, idx.astype(np.int64)
 
 
@@ -766,8 +720,9 @@ def judge(check: Check, result: Result | None, backend: str, prec: Precision) ->
         rep.result = "UNSUPPORTED"
         if not check.involves_turbo:
             rep.note = "upstream type not supported here (not counted)"
-        elif check.op == "MUL_MAT" and backend != "cpu":
-            rep.note = "MUL_MAT not supported off the CPU: allowed (the KV cache uses FA, not mul_mat)"
+        elif check.op in prec.optional_ops:
+            rep.note = (f"{check.op} not supported on {backend}: allowed (the KV cache attends "
+                        "through flash attention)")
         else:
             rep.result = "FAIL"
             rep.note = f"UNSUPPORTED: the backend does not run this turbo op ({result.message})"
@@ -866,6 +821,7 @@ class Report:
     precision: str
     cases: list[CaseReport]
     crashes: list[str] = field(default_factory=list)
+    label: str = ""     # e.g. "host-emulated, not run on Apple hardware" (the backend's verify_label)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -881,8 +837,9 @@ class Report:
     @property
     def statement(self) -> str:
         dev = self.device_description or self.device_name
+        how = f" {self.label}:" if self.label else ""
         return (f"Only the {self.backend} backend ({self.ggml_backend}: {dev}) was verified by "
-                f"this run; no other backend is covered by this report.")
+                f"this run;{how} no other backend is covered by this report.")
 
     def to_dict(self) -> dict:
         return {
@@ -890,6 +847,7 @@ class Report:
             "ggml_backend": self.ggml_backend,
             "device": {"name": self.device_name, "description": self.device_description},
             "verified_backends": [self.backend],
+            "label": self.label,
             "statement": self.statement,
             "binary": self.binary,
             "seed": self.seed,
@@ -957,7 +915,7 @@ def render_table(report: Report) -> str:
     counts = report.counts
     out = [
         f"tqpatch verify: backend {report.backend} (ggml {report.ggml_backend}), "
-        f"device: {dev}",
+        f"device: {dev}" + (f" [{report.label}]" if report.label else ""),
         f"  harness {report.binary}; seed {report.seed}{', quick' if report.quick else ''}; "
         f"types {', '.join(report.types)}",
         f"  tolerance model: {report.precision}",
@@ -991,24 +949,31 @@ def render_table(report: Report) -> str:
 
 # ================================================================ entry point
 
-def verify(backend: str, build_dir: Path | None = None, seed: int = 0, quick: bool = False,
-           types=TURBO_TYPES, runner: Callable[[list[Case]], HarnessRun] | None = None,
+def verify(backend: str | None = None, build_dir: Path | None = None, seed: int = 0,
+           quick: bool = False, types=TURBO_TYPES,
+           runner: Callable[[list[Case]], HarnessRun] | None = None,
            binary: Path | None = None) -> Report:
-    """Run the checks on one built backend and return the report.
+    """Run the checks on one built backend (default: the last one built) and return the report.
 
-    `runner` replaces the real harness (tests); by default the backend's built
-    tqpatch-verify binary is found with build.find_binary.
+    `runner` replaces the real harness (tests); otherwise the backend's own
+    verify_runner (host emulation), else its built tqpatch-verify binary. A
+    build made from other kernels than the current render is refused as stale.
     """
+    from . import build as build_mod
     from .backends import get as get_backend
 
+    if backend is None:
+        backend = build_mod.last_built(build_dir)
     be = get_backend(backend)
     types = tuple(types)
     checks = make_checks(types, seed=seed, quick=quick)
     if runner is None:
+        record = build_mod.load_record(backend, build_dir)
+        build_mod.check_fresh(record)
+        runner = be.verify_runner(record)
+    if runner is None:
         if binary is None:
-            from .build import find_binary
-
-            binary = find_binary(HARNESS, backend, build_dir)
+            binary = build_mod.find_binary(HARNESS, backend, build_dir)
         bin_path = binary
 
         def runner(cases):
@@ -1016,9 +981,10 @@ def verify(backend: str, build_dir: Path | None = None, seed: int = 0, quick: bo
     run = runner([c.case for c in checks])
     if len(run.results) != len(checks):
         raise TqpatchError(f"the harness answered {len(run.results)} of {len(checks)} cases")
-    prec = precision_for(backend)
+    prec = be.precision()
     reports = [judge(ch, res, backend, prec) for ch, res in zip(checks, run.results)]
     return Report(backend=backend, ggml_backend=run.backend_name or be.ggml_backend_name,
                   device_name=run.device_name, device_description=run.device_description,
-                  binary=str(binary) if binary else "(injected runner)", seed=seed, quick=quick,
-                  types=list(types), precision=prec.name, cases=reports, crashes=run.crashes)
+                  binary=str(binary) if binary else "(backend runner)", seed=seed, quick=quick,
+                  types=list(types), precision=prec.name, cases=reports, crashes=run.crashes,
+                  label=be.verify_label)

@@ -62,31 +62,16 @@ OP_NAMES = {v: k for k, v in OPS.items()}
 STATUS_OK, STATUS_UNSUPPORTED, STATUS_ERROR = 0, 1, 2
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_UNSUPPORTED: "unsupported", STATUS_ERROR: "error"}
 
-# ggml type ids of the types verify uses (turbo ids come from tqpatch.formats).
-UPSTREAM_TYPE_IDS = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
-
-
 def type_id(name: str) -> int:
     from . import formats
 
-    if name in formats.TURBO_FORMATS:
-        return formats.TURBO_FORMATS[name].ggml_id
-    try:
-        return UPSTREAM_TYPE_IDS[name]
-    except KeyError:
-        raise TqpatchError(f"verify has no ggml type id for {name!r}") from None
+    return formats.type_info(name).ggml_id
 
 
 def type_name(tid: int) -> str:
     from . import formats
 
-    for name, f in formats.TURBO_FORMATS.items():
-        if f.ggml_id == tid:
-            return name
-    for name, i in UPSTREAM_TYPE_IDS.items():
-        if i == tid:
-            return name
-    return f"type{tid}"
+    return formats.type_name(tid)
 
 
 class FormatError(TqpatchError):

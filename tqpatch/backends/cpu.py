@@ -5,27 +5,28 @@ from __future__ import annotations
 import os
 import platform
 
-from . import _noarch
-from ..toolchain import Requirement
+from .. import precision as _precision
+from ._base import *  # noqa: F403  (the defaults this backend keeps)
+from ._base import EndToEnd, reject_arch
 
 name = "cpu"
 ggml_backend_name = "CPU"
-
-default_arch = _noarch.default_arch
+# llama.cpp tools on the CPU alone, even in a GPU build (which also holds the CPU backend)
+e2e = EndToEnd(tool_args=("--device", "none"))
 
 
 def normalize_arch(arch: str | None) -> str | None:
-    return _noarch.reject_arch(name, arch, "(it builds for this machine's CPU with GGML_NATIVE; "
-                               "--cmake-arg -DGGML_NATIVE=OFF gives a portable build)")
+    return reject_arch(name, arch, "(it builds for this machine's CPU with GGML_NATIVE; "
+                       "--cmake-arg -DGGML_NATIVE=OFF gives a portable build)")
 
 
-def cmake_args(arch: str | None, fa_quants: str | bool) -> list[str]:
+def cmake_args(arch, options, tree=None) -> list[str]:
     normalize_arch(arch)
     return []  # the CPU backend is always built; GGML_NATIVE keeps its default (ON)
 
 
-def requirements() -> list[Requirement]:
-    return []
+def precision() -> _precision.Precision:
+    return _precision.ggml_cpu()
 
 
 def _cpu_model() -> str | None:
@@ -43,10 +44,3 @@ def hardware() -> str | None:
     model = _cpu_model() or "CPU"
     return f"{model} ({os.cpu_count() or '?'} threads)"
 
-
-def unsupported_reason() -> str | None:
-    return None
-
-
-def notes() -> list[str]:
-    return []

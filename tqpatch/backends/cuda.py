@@ -12,8 +12,11 @@ import functools
 import re
 from pathlib import Path
 
+from .. import formats
 from ..errors import TqpatchError
-from ..toolchain import Requirement, run_capture, version_tuple
+from ..toolchain import run_capture, version_tuple
+from ._base import *  # noqa: F403  (the defaults this backend keeps)
+from ._base import BuildOption, CompileCheck, EndToEnd, Requirement
 
 name = "cuda"
 ggml_backend_name = "CUDA0"
@@ -67,32 +70,29 @@ def default_arch() -> str | None:
 
 # ---------------------------------------------------------------- FlashAttention K/V pairs
 
-# Type names ggml_cuda_fattn_vec_instances knows once the turbo FA patch is in
-# (upstream's seven plus ours), in upstream's order.
-FA_TYPES: tuple[str, ...] = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16",
-                             "turbo2", "turbo3", "turbo4")
+# Type names ggml_cuda_fattn_vec_instances knows once the turbo FA patch is in:
+# upstream's seven (ggml/cmake/common.cmake FA_TYPES, in its order) plus ours.
+UPSTREAM_FA_TYPES: tuple[str, ...] = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
+FA_TYPES: tuple[str, ...] = (*UPSTREAM_FA_TYPES, *formats.TURBO_TYPES)
 UPSTREAM_DEFAULT_FA: tuple[str, ...] = ("q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16")
-# The cache types users run (-ctk/-ctv): every K type with every V type.
-CACHE_TYPES: tuple[str, ...] = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
-DEFAULT_FA_PAIRS: tuple[str, ...] = tuple(
-    dict.fromkeys([f"{k}-{v}" for k in CACHE_TYPES for v in CACHE_TYPES] + list(UPSTREAM_DEFAULT_FA)))
-FA_QUANTS_FORMS = ("'default' (every K/V pair of f16, q8_0, turbo2, turbo3, turbo4, plus "
+# Every K cache type with every V cache type, plus upstream's defaults.
+DEFAULT_FA_PAIRS: tuple[str, ...] = tuple(dict.fromkeys(
+    [f"{k}-{v}" for k, v in formats.cache_pairs(turbo_only=False)] + list(UPSTREAM_DEFAULT_FA)))
+FA_QUANTS_FORMS = (f"'default' (every K/V pair of {', '.join(formats.CACHE_TYPES)}, plus "
                    "q4_0-q4_0 and bf16-bf16), 'all' (every pair of every type: slow to build), "
                    "or a comma list of K-V pairs such as q8_0-turbo3,turbo3-turbo3 "
                    "(may include 'default')")
 
 
-def fa_pairs(selection: str | bool | None = None) -> list[str] | None:
+def fa_pairs(selection: str | None = None) -> list[str] | None:
     """The K-V pairs a --fa-quants value selects (None for 'all'); TqpatchError if invalid.
 
-    None / False / 'default' -> DEFAULT_FA_PAIRS; True / 'all' -> None (every pair);
+    None / 'default' -> DEFAULT_FA_PAIRS; 'all' -> None (every pair);
     otherwise 'k-v' items separated by commas, semicolons or spaces, where the item
     'default' stands for DEFAULT_FA_PAIRS. Order is kept, duplicates dropped.
     """
-    if selection is None or selection is False:
+    if selection is None:
         return list(DEFAULT_FA_PAIRS)
-    if selection is True:
-        return None
     text = str(selection).strip().lower()
     if text == "all":
         return None
@@ -118,7 +118,7 @@ def fa_pairs(selection: str | bool | None = None) -> list[str] | None:
     return list(dict.fromkeys(out))
 
 
-def fa_quants_value(selection: str | bool | None = None) -> str:
+def fa_quants_value(selection: str | None = None) -> str:
     """The GGML_CUDA_FA_QUANTS value for a --fa-quants selection: 'all' or 'k-v,k-v,...'.
 
     Commas, not semicolons: upstream accepts both, and a comma survives being
@@ -128,28 +128,48 @@ def fa_quants_value(selection: str | bool | None = None) -> str:
     return "all" if pairs is None else ",".join(pairs)
 
 
-def tree_fa_types(tree: Path) -> tuple[str, ...] | None:
-    """The FA_TYPES a llama.cpp tree's ggml_cuda_fattn_vec_instances accepts (None: unknown)."""
-    try:
-        text = (Path(tree) / "ggml" / "cmake" / "common.cmake").read_text(errors="replace")
-    except OSError:
-        return None
-    m = re.search(r"set\(\s*FA_TYPES\s+([^)]*)\)", text)
-    return tuple(m.group(1).split()) if m else None
+def fa_instance_pairs() -> list[dict]:
+    """Every flash-attention vector-kernel K/V pair that involves a turbo type.
 
-
-def fa_quants_for_tree(selection: str | bool | None, tree: Path) -> str:
-    """fa_quants_value, keeping only pairs whose types the tree's cmake knows.
-
-    For trees without native turbo FlashAttention instances, where a turbo name
-    in GGML_CUDA_FA_QUANTS would be a configure error.
+    Each item: slug 'turbo3-q8_0', the cmake/macro names (K, V upper case), the
+    ggml enums and the head sizes both block sizes divide (only those are
+    instantiated: llama.cpp never builds a cache row the block does not divide).
     """
-    pairs = fa_pairs(selection)
-    known = tree_fa_types(tree)
-    if pairs is None or known is None:
-        return fa_quants_value(selection)
-    kept = [p for p in pairs if all(t in known for t in p.split("-"))]
-    return ",".join(kept or ["f16-f16"])
+    pairs = []
+    for k in FA_TYPES:
+        for v in FA_TYPES:
+            if k not in formats.TURBO_FORMATS and v not in formats.TURBO_FORMATS:
+                continue
+            bk, bv = formats.type_info(k).block_size, formats.type_info(v).block_size
+            pairs.append({
+                "slug": f"{k}-{v}", "K": k.upper(), "V": v.upper(),
+                "k_enum": "GGML_TYPE_" + k.upper(), "v_enum": "GGML_TYPE_" + v.upper(),
+                "head_sizes": [d for d in formats.HEAD_SIZES if d % bk == 0 and d % bv == 0],
+            })
+    return pairs
+
+
+def render_context() -> dict:
+    return {"fa_pairs": fa_instance_pairs()}
+
+
+def render_expansions() -> dict:
+    # one instance file per turbo K/V pair, so GGML_CUDA_FA_QUANTS can pick them
+    return {"fa_pair": fa_instance_pairs}
+
+
+def _parse_fa_quants(text: str) -> str:
+    fa_pairs(text)  # TqpatchError when invalid
+    return text.strip().lower()
+
+
+FA_QUANTS = BuildOption(
+    "fa-quants", default="default", metavar="default|all|K-V,...", parse=_parse_fa_quants,
+    help="FlashAttention vector-kernel K/V pairs to compile (GGML_CUDA_FA_QUANTS). default: "
+         "every pair of " + ", ".join(formats.CACHE_TYPES) + ", plus q4_0-q4_0 and bf16-bf16; "
+         "all: every pair of every type (slow to build); or a list such as "
+         "q8_0-turbo3,turbo3-turbo3.")
+build_options = (FA_QUANTS,)
 
 
 # ---------------------------------------------------------------- nvcc and the driver
@@ -204,13 +224,14 @@ def check_arch(arch: str | None) -> None:
             "Put another toolkit's nvcc first on PATH or set CUDACXX")
 
 
-def cmake_args(arch: str | None, fa_quants: str | bool | None = None) -> list[str]:
+def cmake_args(arch: str | None, options=None, tree=None) -> list[str]:
     """-DGGML_CUDA=ON, the architectures and the FlashAttention K/V pairs.
 
-    fa_quants: a --fa-quants value (None/False/'default', True/'all', or a pair
-    list; see fa_pairs). Raises TqpatchError for a bad --arch / --fa-quants, or an
-    arch the nvcc found here cannot compile for.
+    options["fa-quants"]: a --fa-quants value (default, all, or a pair list; see
+    fa_pairs). Raises TqpatchError for a bad --arch / --fa-quants, or an arch the
+    nvcc found here cannot compile for.
     """
+    fa_quants = (options or {}).get("fa-quants")
     arch = normalize_arch(arch) if arch is not None else default_arch()
     check_arch(arch)
     args = ["-DGGML_CUDA=ON"]
@@ -292,9 +313,49 @@ def notes() -> list[str]:
     return out
 
 
+def detect() -> tuple[bool, str]:
+    gpus = hardware()
+    if not gpus:
+        return False, ""
+    path = NVCC.find()
+    if not path:
+        return False, f"{gpus} found but no nvcc (install the CUDA toolkit to build for it)"
+    return True, f"{gpus} with nvcc {NVCC.version(path) or '?'}"
+
+
 def unsupported_reason() -> str | None:
     import sys
 
     if sys.platform == "darwin":
         return "CUDA is not available on macOS"
     return None
+
+
+# ---------------------------------------------------------------- tests and checks
+
+def _no_gpu() -> str | None:
+    return None if detected_archs() else "no NVIDIA GPU here (nvidia-smi found none)"
+
+
+e2e = EndToEnd(tool_args=("-ngl", "99"), runnable=_no_gpu)
+
+# A stand-in cuBLAS for toolkits that lack it (the compile check links nothing).
+_CUBLAS_STUB = Path(__file__).resolve().parent / "cuda-stub" / "stub-cublas.cmake"
+
+
+def _compile(tree: Path, work_dir: Path) -> dict:
+    from ..compile_check import compile_objects
+
+    nvcc = NVCC.find()
+    extra = [f"-DCMAKE_CUDA_COMPILER={nvcc}"]
+    if _CUBLAS_STUB.is_file():
+        extra.append(f"-DCMAKE_PROJECT_INCLUDE={_CUBLAS_STUB}")
+    return compile_objects(tree, name, "90", "ggml-cuda", "ggml/src/ggml-cuda/", extra, work_dir)
+
+
+def _nvcc_missing() -> str | None:
+    return None if NVCC.find() else ("no nvcc found (PATH, $CUDACXX, /usr/local/cuda/bin): "
+                                     "CUDA compile check not run")
+
+
+compile_check = CompileCheck(run=_compile, unavailable=_nvcc_missing)

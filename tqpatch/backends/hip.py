@@ -18,7 +18,9 @@ from pathlib import Path
 
 from . import cuda
 from ..errors import TqpatchError
-from ..toolchain import Requirement, run_capture, version_tuple
+from ..toolchain import run_capture, version_tuple
+from ._base import *  # noqa: F403  (the defaults this backend keeps)
+from ._base import EndToEnd, Requirement
 
 name = "hip"
 ggml_backend_name = "ROCm0"
@@ -77,8 +79,14 @@ def hip_compiler() -> str | None:
     return str(clang) if clang.exists() else None
 
 
-def cmake_args(arch: str | None, fa_quants: str | bool | None = None) -> list[str]:
+# The same FlashAttention instance files and selection as CUDA (HIP compiles its sources).
+build_options = cuda.build_options
+e2e = EndToEnd(tool_args=("-ngl", "99"))
+
+
+def cmake_args(arch: str | None, options=None, tree=None) -> list[str]:
     """-DGGML_HIP=ON, the HIP compiler, GPU_TARGETS and the FlashAttention K/V pairs."""
+    fa_quants = (options or {}).get("fa-quants")
     arch = normalize_arch(arch) if arch is not None else default_arch()
     if arch == "native":
         arch = default_arch()
@@ -185,12 +193,19 @@ def hardware() -> str | None:
     return ", ".join(names) or None
 
 
+def detect() -> tuple[bool, str]:
+    gpus = hardware()
+    if not gpus:
+        return False, ""
+    problem = rocm_problem()
+    if problem:
+        return False, f"{gpus} found but {problem}"
+    return True, f"{gpus} with ROCm {rocm_version(HIPCONFIG.find())}"
+
+
 def unsupported_reason() -> str | None:
     """Why HIP cannot be built here at all: macOS, or no ROCm >= 6.1 ('... HIP not built')."""
     if sys.platform == "darwin":
         return "ROCm/HIP is not available on macOS: HIP not built"
     return rocm_problem()
 
-
-def notes() -> list[str]:
-    return []

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import sys
 
-from . import _noarch
-from ..toolchain import Requirement, run_capture
+from ._base import *  # noqa: F403  (the defaults this backend keeps)
+from ._base import Requirement, reject_arch
+from ..toolchain import run_capture
 
 name = "metal"
 ggml_backend_name = "MTL0"
 
-default_arch = _noarch.default_arch
-
 
 def normalize_arch(arch: str | None) -> str | None:
-    return _noarch.reject_arch(name, arch, "(kernels are compiled for the device at run time)")
+    return reject_arch(name, arch, "(kernels are compiled for the device at run time)")
 
 
-def cmake_args(arch: str | None, fa_quants: str | bool) -> list[str]:
+def cmake_args(arch, options, tree=None) -> list[str]:
     normalize_arch(arch)
     return ["-DGGML_METAL=ON"]
 
@@ -51,5 +50,8 @@ def unsupported_reason() -> str | None:
     return None
 
 
-def notes() -> list[str]:
-    return []
+
+def detect() -> tuple[bool, str]:
+    if sys.platform != "darwin":
+        return False, ""
+    return True, f"macOS with {hardware() or 'an Apple GPU'}"

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import re
 
-from . import _noarch
-from ..toolchain import Requirement, read_file_version, run_capture
+from ._base import *  # noqa: F403  (the defaults this backend keeps)
+from ._base import Requirement, reject_arch
+from ..toolchain import read_file_version, run_capture
 
 name = "vulkan"
 ggml_backend_name = "Vulkan0"
 
 _LIB_DIRS = ("/usr/lib/*", "/usr/lib", "/usr/lib64", "/usr/local/lib", "$VULKAN_SDK/lib")
 
-default_arch = _noarch.default_arch
-
 
 def normalize_arch(arch: str | None) -> str | None:
-    return _noarch.reject_arch(name, arch, "(SPIR-V runs on any device)")
+    return reject_arch(name, arch, "(SPIR-V runs on any device)")
 
 
-def cmake_args(arch: str | None, fa_quants: str | bool) -> list[str]:
+def cmake_args(arch, options, tree=None) -> list[str]:
     normalize_arch(arch)
     return ["-DGGML_VULKAN=ON"]
 
@@ -71,9 +70,12 @@ def hardware() -> str | None:
     return ", ".join(devices) or None
 
 
-def unsupported_reason() -> str | None:
-    return None
 
-
-def notes() -> list[str]:
-    return []
+def detect() -> tuple[bool, str]:
+    devices = [d for d in (hardware() or "").split(", ") if d and "CPU Vulkan driver" not in d]
+    if not devices:
+        return False, ""
+    missing = [p.name for p in (r.probe() for r in requirements()) if p.blocking]
+    if missing:
+        return False, f"Vulkan device {devices[0]} found but {', '.join(missing)} missing"
+    return True, f"Vulkan device {', '.join(devices)}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..backends import BACKENDS
+from ..backends import BACKENDS, build_options
 
 
 def _split_targets(ctx, param, value):
@@ -18,20 +18,34 @@ def _split_targets(ctx, param, value):
     return targets
 
 
-def _fa_quants(ctx, param, value):
-    from ..backends import cuda
+def _backend_option(opt, takers):
+    """A click option for a backend-specific build option (validated by the backend)."""
     from ..errors import TqpatchError
 
-    try:
-        cuda.fa_pairs(value)
-    except TqpatchError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value.strip().lower()
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return opt.parse(value)
+        except TqpatchError as exc:
+            raise click.BadParameter(exc.message) from None
+
+    return click.option(f"--{opt.name}", "backend_opt_" + opt.name.replace("-", "_"), default=None,
+                        metavar=opt.metavar, callback=parse,
+                        help=f"{'/'.join(b.upper() for b in takers)} only: {opt.help} "
+                             f"Default: {opt.default}.")
+
+
+def _with_backend_options(f):
+    for opt, takers in reversed(list(build_options().values())):
+        f = _backend_option(opt, takers)(f)
+    return f
 
 
 @click.command("build")
-@click.option("--backend", "-b", required=True, type=click.Choice(list(BACKENDS)),
-              help="Which ggml backend to build.")
+@click.option("--backend", "-b", default=None, type=click.Choice(list(BACKENDS)),
+              help="Which ggml backend to build (default: the GPU and toolchain found here: "
+                   "CUDA, then ROCm, Vulkan, Metal on macOS, else CPU; the choice is printed).")
 @click.option("--arch", default=None,
               help="GPU architecture(s): CUDA 90 | 89;86 | 86,89 | sm_90 | native; HIP gfx1100. "
                    "Default: the GPUs found here.")
@@ -46,14 +60,7 @@ def _fa_quants(ctx, param, value):
 @click.option("--release/--debug", default=True, help="CMAKE_BUILD_TYPE (default: Release).")
 @click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="llama.cpp tree to patch and build (default: the tqpatch work tree).")
-@click.option("--fa-quants", default="default", show_default=True, callback=_fa_quants,
-              metavar="default|all|K-V,...",
-              help="CUDA/HIP: FlashAttention vector-kernel K/V pairs to compile "
-                   "(GGML_CUDA_FA_QUANTS). default: every pair of f16, q8_0, turbo2, turbo3, "
-                   "turbo4, plus q4_0-q4_0 and bf16-bf16; all: every pair of every type (slow "
-                   "to build); or a list such as q8_0-turbo3,turbo3-turbo3.")
-@click.option("--all-fa-quants", is_flag=True, hidden=True,
-              help="Deprecated: same as --fa-quants all.")
+@_with_backend_options
 @click.option("--boundary-k", type=click.IntRange(min=0, max=999_999), default=0, metavar="N",
               help="Build-time default: keep the first and last N layers of a turbo K cache at "
                    "q8_0 (LLAMA_TURBO_BOUNDARY_K in the environment overrides it). Default 0.")
@@ -61,9 +68,9 @@ def _fa_quants(ctx, param, value):
               help="The same for a turbo V cache (LLAMA_TURBO_BOUNDARY_V). Default 0.")
 @click.option("--cmake-arg", "cmake_extra", multiple=True, metavar="X",
               help="Extra cmake configure argument, e.g. --cmake-arg=-DGGML_NATIVE=OFF (repeatable).")
-def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quants, fa_quants,
-            boundary_k, boundary_v, cmake_extra):
-    """Build llama.cpp binaries for one backend.
+def command(backend, arch, targets, jobs, build_dir, release, tree, boundary_k, boundary_v,
+            cmake_extra, **backend_opts):
+    """Build llama.cpp binaries for this machine's GPU (or one --backend).
 
     \b
     Applies the turbo patches if needed, configures with cmake + Ninja (again
@@ -71,17 +78,29 @@ def command(backend, arch, targets, jobs, build_dir, release, tree, all_fa_quant
     <build-dir>/bin and the full log in <build-dir>/tqpatch-build.log.
     \b
     Examples:
+      tqpatch build                      # the GPU found here, else the CPU
       tqpatch build --backend cpu
       tqpatch build --backend cuda --arch 90 --targets llama-server,test-backend-ops
       tqpatch build --backend cuda --arch 86,89 --fa-quants q8_0-turbo3,turbo3-turbo3
     """
+    from .. import backends
     from .. import build as build_mod
+    from ..errors import TqpatchError
 
-    if all_fa_quants:
-        click.echo("warning: --all-fa-quants is deprecated; use --fa-quants all", err=True)
-        fa_quants = "all"
+    if backend is None:
+        backend, why = backends.detect()
+        click.echo(f"backend: {backend} ({why}; --backend overrides)")
+    chosen = backends.get(backend)
+    options = {}
+    for name, (opt, takers) in build_options().items():
+        value = backend_opts.get("backend_opt_" + name.replace("-", "_"))
+        if value is not None and backend not in takers:
+            raise TqpatchError(f"--{name} applies to the {', '.join(takers)} backend(s), "
+                               f"not {backend}")
+        if opt in chosen.build_options:
+            options[name] = value if value is not None else opt.parse(opt.default)
     build_mod.build(build_mod.BuildRequest(
         backend=backend, arch=arch, targets=targets, jobs=jobs, build_dir=build_dir,
-        build_type="Release" if release else "Debug", tree=tree, fa_quants=fa_quants,
+        build_type="Release" if release else "Debug", tree=tree, options=options,
         extra_cmake_args=tuple(cmake_extra), boundary_k=boundary_k, boundary_v=boundary_v,
     ))

@@ -26,8 +26,8 @@ def _backend_names():
 
 
 @click.command("verify")
-@click.option("--backend", "-b", required=True, type=click.Choice(_backend_names()),
-              help="Which built backend to verify (its tqpatch-verify harness is run).")
+@click.option("--backend", "-b", default=None, type=click.Choice(_backend_names()),
+              help="Which built backend to verify (default: the one built last).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Build directory (default: the tqpatch cache's build/<backend>).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
@@ -48,6 +48,7 @@ def command(backend, build_dir, seed, as_json, quick, types):
     Exits 1 if any case fails. Only the backend named is verified.
     \b
     Examples:
+      tqpatch verify                 # what `tqpatch build` built last
       tqpatch verify --backend cpu
       tqpatch verify --backend cuda --quick --types turbo3
     """

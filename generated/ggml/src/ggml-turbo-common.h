@@ -29,22 +29,22 @@
 // turbo2: 2-bit indices, 128 values, 34 bytes (2.125 bits per value)
 typedef struct {
     ggml_half d;                      // least-squares scale
-    uint8_t qs[QK_TURBO2 * 2 / 8];  // indices, 4 per byte, low bits first
+    uint8_t qs[QK_TURBO2 * 2 / 8];   // index bits 0-1, 4 per byte, low bits first
 } block_turbo2;
 static_assert(sizeof(block_turbo2) == 34, "wrong turbo2 block size/padding");
 
 // turbo3: 3-bit indices, 128 values, 50 bytes (3.125 bits per value)
 typedef struct {
     ggml_half d;                      // least-squares scale
-    uint8_t qs[QK_TURBO3 / 4];       // low 2 bits of each index, 4 per byte
-    uint8_t qh[QK_TURBO3 / 8];       // third bit of each index, 8 per byte
+    uint8_t qs[QK_TURBO3 * 2 / 8];   // index bits 0-1, 4 per byte, low bits first
+    uint8_t qh[QK_TURBO3 * 1 / 8];   // index bits 2, 8 per byte, low bits first
 } block_turbo3;
 static_assert(sizeof(block_turbo3) == 50, "wrong turbo3 block size/padding");
 
 // turbo4: 4-bit indices, 64 values, 34 bytes (4.25 bits per value)
 typedef struct {
     ggml_half d;                      // least-squares scale
-    uint8_t qs[QK_TURBO4 * 4 / 8];  // indices, 2 per byte, low bits first
+    uint8_t qs[QK_TURBO4 * 4 / 8];   // index bits 0-3, 2 per byte, low bits first
 } block_turbo4;
 static_assert(sizeof(block_turbo4) == 34, "wrong turbo4 block size/padding");
 

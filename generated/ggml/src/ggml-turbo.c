@@ -51,9 +51,10 @@ void quantize_row_turbo2_ref(const float * GGML_RESTRICT x, block_turbo2 * GGML_
         const bool ok = turbo_block_indices(x + i*QK_TURBO2, QK_TURBO2, turbo2_boundaries, TURBO2_LEVELS - 1,
                                             turbo2_centroids, idx, &scale);
         y[i].d = ok ? GGML_FP32_TO_FP16(scale) : (ggml_half) GGML_TURBO_FP16_NAN;
-        memset(y[i].qs, 0, sizeof(y[i].qs));
+        block_turbo2 * GGML_RESTRICT b = &y[i];
+        for (int i_ = 0; i_ < (int) sizeof(b->qs); ++i_) { b->qs[i_] = 0; }
         for (int j = 0; j < QK_TURBO2; ++j) {
-            y[i].qs[j/4] |= (uint8_t) (idx[j] << (2*(j%4)));
+            b->qs[(j)/4] |= (uint8_t) ((((idx[j]) >> 0) & 3) << (2*((j)%4)));
         }
     }
 }
@@ -85,11 +86,12 @@ void quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_
         const bool ok = turbo_block_indices(x + i*QK_TURBO3, QK_TURBO3, turbo3_boundaries, TURBO3_LEVELS - 1,
                                             turbo3_centroids, idx, &scale);
         y[i].d = ok ? GGML_FP32_TO_FP16(scale) : (ggml_half) GGML_TURBO_FP16_NAN;
-        memset(y[i].qs, 0, sizeof(y[i].qs));
-        memset(y[i].qh, 0, sizeof(y[i].qh));
+        block_turbo3 * GGML_RESTRICT b = &y[i];
+        for (int i_ = 0; i_ < (int) sizeof(b->qs); ++i_) { b->qs[i_] = 0; }
+        for (int i_ = 0; i_ < (int) sizeof(b->qh); ++i_) { b->qh[i_] = 0; }
         for (int j = 0; j < QK_TURBO3; ++j) {
-            y[i].qs[j/4] |= (uint8_t) ((idx[j] & 3) << (2*(j%4)));
-            y[i].qh[j/8] |= (uint8_t) ((idx[j] >> 2) << (j%8));
+            b->qs[(j)/4] |= (uint8_t) ((((idx[j]) >> 0) & 3) << (2*((j)%4)));
+            b->qh[(j)/8] |= (uint8_t) ((((idx[j]) >> 2) & 1) << (1*((j)%8)));
         }
     }
 }
@@ -121,9 +123,10 @@ void quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_
         const bool ok = turbo_block_indices(x + i*QK_TURBO4, QK_TURBO4, turbo4_boundaries, TURBO4_LEVELS - 1,
                                             turbo4_centroids, idx, &scale);
         y[i].d = ok ? GGML_FP32_TO_FP16(scale) : (ggml_half) GGML_TURBO_FP16_NAN;
-        memset(y[i].qs, 0, sizeof(y[i].qs));
+        block_turbo4 * GGML_RESTRICT b = &y[i];
+        for (int i_ = 0; i_ < (int) sizeof(b->qs); ++i_) { b->qs[i_] = 0; }
         for (int j = 0; j < QK_TURBO4; ++j) {
-            y[i].qs[j/2] |= (uint8_t) (idx[j] << (4*(j%2)));
+            b->qs[(j)/2] |= (uint8_t) ((((idx[j]) >> 0) & 15) << (4*((j)%2)));
         }
     }
 }

@@ -18,7 +18,7 @@ GGML_API size_t quantize_turbo2(const float * GGML_RESTRICT src, void * GGML_RES
 
 // index j of a block (the packing is described in ggml-turbo-common.h)
 static inline int turbo2_index(const block_turbo2 * GGML_RESTRICT b, int j) {
-    return (b->qs[j/4] >> (2*(j%4))) & 3;
+    return ((((b->qs[(j)/4] >> (2*((j)%4))) & 3)));
 }
 
 GGML_API void   quantize_row_turbo3_ref(const float * GGML_RESTRICT x, block_turbo3 * GGML_RESTRICT y, int64_t k);
@@ -27,7 +27,7 @@ GGML_API size_t quantize_turbo3(const float * GGML_RESTRICT src, void * GGML_RES
 
 // index j of a block (the packing is described in ggml-turbo-common.h)
 static inline int turbo3_index(const block_turbo3 * GGML_RESTRICT b, int j) {
-    return ((b->qs[j/4] >> (2*(j%4))) & 3) | (((b->qh[j/8] >> (j%8)) & 1) << 2);
+    return ((((b->qs[(j)/4] >> (2*((j)%4))) & 3)) | (((b->qh[(j)/8] >> (1*((j)%8))) & 1) << 2));
 }
 
 GGML_API void   quantize_row_turbo4_ref(const float * GGML_RESTRICT x, block_turbo4 * GGML_RESTRICT y, int64_t k);
@@ -36,7 +36,7 @@ GGML_API size_t quantize_turbo4(const float * GGML_RESTRICT src, void * GGML_RES
 
 // index j of a block (the packing is described in ggml-turbo-common.h)
 static inline int turbo4_index(const block_turbo4 * GGML_RESTRICT b, int j) {
-    return (b->qs[j/2] >> (4*(j%2))) & 15;
+    return ((((b->qs[(j)/2] >> (4*((j)%2))) & 15)));
 }
 
 

@@ -67,17 +67,21 @@ static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init(const int tid)
 
 // ---- turbo2 ----
 
-// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
+// plane after plane, each taking 8 * its bits of the word (qs);
 // turbo2_fattn_index(codes, l) is value l's index.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
-    // 4 indices per byte, low bits first
-    return ne == 8 ? (uint32_t) *(const uint16_t *) (x->qs + j/4) : (uint32_t) x->qs[j/4];
+    return 0
+        | (turbo_load_bits<ne*2>(x->qs, j*2) << 0)
+        ;
 }
 
 static __device__ __forceinline__ int turbo2_fattn_index(const uint32_t codes, const int l) {
-    return (codes >> (2*l)) & 3;
+    return 0
+        | (((codes >> (0 + 2*l)) & 3) << 0)
+        ;
 }
 
 template <int D, int nthreads>
@@ -136,20 +140,23 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
 
 // ---- turbo3 ----
 
-// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
+// plane after plane, each taking 8 * its bits of the word (qs, qh);
 // turbo3_fattn_index(codes, l) is value l's index.
-// turbo3: low 2 bits from qs (4 per byte, bits 0-15 of the word), the third
-// bit from qh (8 per byte, bits 16-23).
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
-    const uint32_t lo = ne == 8 ? (uint32_t) *(const uint16_t *) (x->qs + j/4) : (uint32_t) x->qs[j/4];
-    const uint32_t hi = ((uint32_t) x->qh[j/8] >> (j % 8)) & ((1u << ne) - 1);
-    return lo | (hi << 16);
+    return 0
+        | (turbo_load_bits<ne*2>(x->qs, j*2) << 0)
+        | (turbo_load_bits<ne*1>(x->qh, j*1) << 16)
+        ;
 }
 
 static __device__ __forceinline__ int turbo3_fattn_index(const uint32_t codes, const int l) {
-    return ((codes >> (2*l)) & 3) | ((codes >> (14 + l)) & 4);
+    return 0
+        | (((codes >> (0 + 2*l)) & 3) << 0)
+        | (((codes >> (16 + 1*l)) & 1) << 2)
+        ;
 }
 
 template <int D, int nthreads>
@@ -208,18 +215,21 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
 
 // ---- turbo4 ----
 
-// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word;
+// The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
+// plane after plane, each taking 8 * its bits of the word (qs);
 // turbo4_fattn_index(codes, l) is value l's index.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
-    // 2 indices per byte, low nibble first; qs is only 2-byte aligned
-    const uint16_t * q = (const uint16_t *) (x->qs + j/2);
-    return ne == 8 ? (uint32_t) q[0] | ((uint32_t) q[1] << 16) : (uint32_t) q[0];
+    return 0
+        | (turbo_load_bits<ne*4>(x->qs, j*4) << 0)
+        ;
 }
 
 static __device__ __forceinline__ int turbo4_fattn_index(const uint32_t codes, const int l) {
-    return (codes >> (4*l)) & 15;
+    return 0
+        | (((codes >> (0 + 4*l)) & 15) << 0)
+        ;
 }
 
 template <int D, int nthreads>

@@ -84,10 +84,27 @@ static __device__ __forceinline__ half turbo_scale_f16(const double num, const d
     return __float2half((float) (num / den));
 }
 
+// `nbits` (4, 8, 16 or 32) bits of a packed index plane starting at bit `bit`,
+// a multiple of nbits (planes start at even offsets of 2-byte aligned blocks)
+template <int nbits>
+static __device__ __forceinline__ uint32_t turbo_load_bits(const uint8_t * p, const int bit) {
+    static_assert(nbits == 4 || nbits == 8 || nbits == 16 || nbits == 32, "bad nbits");
+    if constexpr (nbits == 32) {
+        const uint16_t * q = (const uint16_t *) (p + bit/8);
+        return (uint32_t) q[0] | ((uint32_t) q[1] << 16);
+    } else if constexpr (nbits == 16) {
+        return *(const uint16_t *) (p + bit/8);
+    } else if constexpr (nbits == 8) {
+        return p[bit/8];
+    } else {
+        return ((uint32_t) p[bit/8] >> (bit % 8)) & ((1u << nbits) - 1);
+    }
+}
+
 // ---- turbo2: 2-bit indices, 128 values per block ----
 
 static __device__ __forceinline__ int turbo2_index_cuda(const block_turbo2 * x, const int j) {
-    return (x->qs[j/4] >> (2*(j%4))) & 3;
+    return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)));
 }
 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
@@ -104,21 +121,21 @@ static __device__ void quantize_turbo2_block(const src_t * __restrict__ x, block
     double inv;
     if (!turbo_block_inv<QK_TURBO2>(x, inv)) {
         y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i = 0; i < (int) sizeof(y->qs); ++i) {
-            y->qs[i] = 0;
-        }
+        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
         return;
     }
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO2/4; ++i) { // 4 values per byte, low bits first
-        uint32_t b = 0;
+    for (int i = 0; i < QK_TURBO2/4; ++i) { // 4 values fill whole bytes of every plane
+        uint32_t w_qs = 0;
         for (int l = 0; l < 4; ++l) {
             const int q = turbo_quantize_value<TURBO2_LEVELS - 1>(turbo_load_f32(x[4*i + l]), inv,
                 turbo2_boundaries, turbo2_centroids, num, den);
-            b |= (uint32_t) q << (2*l);
+            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
         }
-        y->qs[i] = (uint8_t) b;
+        for (int b = 0; b < 1; ++b) {
+            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        }
     }
     y->d = turbo_scale_f16(num, den);
 }
@@ -145,7 +162,7 @@ static __device__ void cpy_blck_turbo2_f32(const char * cxi, char * cdsti) {
 // ---- turbo3: 3-bit indices, 128 values per block ----
 
 static __device__ __forceinline__ int turbo3_index_cuda(const block_turbo3 * x, const int j) {
-    return ((x->qs[j/4] >> (2*(j%4))) & 3) | (((x->qh[j/8] >> (j%8)) & 1) << 2);
+    return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)) | (((x->qh[(j)/8] >> (1*((j)%8))) & 1) << 2));
 }
 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
@@ -162,28 +179,27 @@ static __device__ void quantize_turbo3_block(const src_t * __restrict__ x, block
     double inv;
     if (!turbo_block_inv<QK_TURBO3>(x, inv)) {
         y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i = 0; i < (int) sizeof(y->qs); ++i) {
-            y->qs[i] = 0;
-        }
-        for (int i = 0; i < (int) sizeof(y->qh); ++i) {
-            y->qh[i] = 0;
-        }
+        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
+        for (int i_ = 0; i_ < (int) sizeof(y->qh); ++i_) { y->qh[i_] = 0; }
         return;
     }
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO3/8; ++i) { // 8 values: qs[2i], qs[2i+1], qh[i]
-        uint32_t lo = 0;
-        uint32_t hi = 0;
+    for (int i = 0; i < QK_TURBO3/8; ++i) { // 8 values fill whole bytes of every plane
+        uint32_t w_qs = 0;
+        uint32_t w_qh = 0;
         for (int l = 0; l < 8; ++l) {
             const int q = turbo_quantize_value<TURBO3_LEVELS - 1>(turbo_load_f32(x[8*i + l]), inv,
                 turbo3_boundaries, turbo3_centroids, num, den);
-            lo |= (uint32_t) (q & 3) << (2*l);
-            hi |= (uint32_t) (q >> 2) << l;
+            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
+            w_qh |= (uint32_t) ((q >> 2) & 1) << (1*l);
         }
-        y->qs[2*i + 0] = (uint8_t) (lo & 0xFF);
-        y->qs[2*i + 1] = (uint8_t) (lo >> 8);
-        y->qh[i]       = (uint8_t) hi;
+        for (int b = 0; b < 2; ++b) {
+            y->qs[2*i + b] = (uint8_t) (w_qs >> (8*b));
+        }
+        for (int b = 0; b < 1; ++b) {
+            y->qh[1*i + b] = (uint8_t) (w_qh >> (8*b));
+        }
     }
     y->d = turbo_scale_f16(num, den);
 }
@@ -210,7 +226,7 @@ static __device__ void cpy_blck_turbo3_f32(const char * cxi, char * cdsti) {
 // ---- turbo4: 4-bit indices, 64 values per block ----
 
 static __device__ __forceinline__ int turbo4_index_cuda(const block_turbo4 * x, const int j) {
-    return (x->qs[j/2] >> (4*(j%2))) & 15;
+    return ((((x->qs[(j)/2] >> (4*((j)%2))) & 15)));
 }
 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
@@ -227,21 +243,21 @@ static __device__ void quantize_turbo4_block(const src_t * __restrict__ x, block
     double inv;
     if (!turbo_block_inv<QK_TURBO4>(x, inv)) {
         y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i = 0; i < (int) sizeof(y->qs); ++i) {
-            y->qs[i] = 0;
-        }
+        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
         return;
     }
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO4/2; ++i) { // 2 values per byte, low bits first
-        uint32_t b = 0;
+    for (int i = 0; i < QK_TURBO4/2; ++i) { // 2 values fill whole bytes of every plane
+        uint32_t w_qs = 0;
         for (int l = 0; l < 2; ++l) {
             const int q = turbo_quantize_value<TURBO4_LEVELS - 1>(turbo_load_f32(x[2*i + l]), inv,
                 turbo4_boundaries, turbo4_centroids, num, den);
-            b |= (uint32_t) q << (4*l);
+            w_qs |= (uint32_t) ((q >> 0) & 15) << (4*l);
         }
-        y->qs[i] = (uint8_t) b;
+        for (int b = 0; b < 1; ++b) {
+            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        }
     }
     y->d = turbo_scale_f16(num, den);
 }

@@ -1,4 +1,4 @@
-# Compile-only CUDA check without cuBLAS (tests/test_cuda_compile.py).
+# Compile-only CUDA check without cuBLAS (tqpatch.backends.cuda.compile_check).
 #
 # Passed as -DCMAKE_PROJECT_INCLUDE=<this file>, so it runs after every project().
 # Where the CUDA toolkit has cuBLAS (and the driver library) nothing happens.
