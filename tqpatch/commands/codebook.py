@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .. import codebook as cbmod
+from .. import paths
 from ..errors import TqpatchError
 
 HELP = f"""Generate or check Lloyd-Max codebooks.
@@ -147,6 +148,7 @@ def command(bits, dim, dist, out, all_, check):
         if check:
             _run_check()
         else:
+            paths.require_checkout("tqpatch codebook --all", "--bits/--dim/--dist with --out")
             _run_all()
         return
 
@@ -157,6 +159,7 @@ def command(bits, dim, dist, out, all_, check):
                            "see `tqpatch codebook --help`")
     cb = cbmod.generate(dist, dim, bits)
     if out is None:
+        paths.require_checkout("tqpatch codebook without --out")
         path = cbmod.path_for(cb.id)
         path.parent.mkdir(parents=True, exist_ok=True)
     elif out.is_dir():

@@ -21,6 +21,8 @@ def command(check, out_dir):
     """
     from pathlib import Path
 
+    if not check and out_dir is None:
+        paths.require_checkout("tqpatch render")
     target = Path(out_dir) if out_dir else paths.generated_dir()
     result = render.render_all()
     if check:
