@@ -29,7 +29,6 @@ COMMANDS = {
     "eval": "Measure PPL / KLD of K/V cache configurations.",
     "plan": "KV-cache memory per K/V configuration for a GGUF model.",
     "synth-model": "Write a random-weight GGUF with a chosen attention shape.",
-    "bench": "Speed of turbo K/V against f16 and q8_0 (prints a table).",
 }
 
 
