@@ -75,4 +75,5 @@ if __name__ == "__main__":
     install(Path(sys.argv[1]))
     from tqpatch.cli import main
 
-    main(sys.argv[2:], prog_name="tqpatch")
+    sys.argv = ["tqpatch", *sys.argv[2:]]  # what lock files and journals record
+    main(sys.argv[1:], prog_name="tqpatch")

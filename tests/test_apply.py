@@ -104,12 +104,14 @@ class Env:
         self.msgs.clear()
         return apply.apply(echo=self.echo, **kw)
 
-    def cli(self, *args, hook: str | None = None, timeout: float = 60, **popen) -> subprocess.Popen:
+    def cli(self, *args, hook: str | None = None, extra_env: dict | None = None,
+            **popen) -> subprocess.Popen:
         """`tqpatch ARGS` in a real process on this fake setup (TQPATCH_TEST_HOOK=hook)."""
         env = dict(os.environ, TQPATCH_CACHE=str(self.cache), PYTHONPATH=PYTHONPATH)
         env.pop("TQPATCH_TEST_HOOK", None)
         if hook:
             env["TQPATCH_TEST_HOOK"] = hook
+        env.update(extra_env or {})
         return subprocess.Popen([sys.executable, FAKE_LLAMA, str(self.setup), *args], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 

@@ -6,7 +6,9 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -207,6 +209,46 @@ def test_from_errors(env):
         fetch.fetch(from_path=env.tmp / "x.txt", echo=env.echo)
     with pytest.raises(TqpatchError, match="either --source or --from"):
         fetch.fetch(source="git", from_path=env.upstream, echo=env.echo)
+
+
+def _cli(env, *args, hook=None):
+    import tqpatch
+
+    root = str(Path(tqpatch.__file__).resolve().parent.parent)
+    penv = dict(os.environ, TQPATCH_CACHE=str(env.cache), PYTHONPATH=root)
+    penv.pop("TQPATCH_TEST_HOOK", None)
+    if hook:
+        penv["TQPATCH_TEST_HOOK"] = hook
+    return subprocess.run([sys.executable, "-m", "tqpatch.cli", *args], env=penv,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_fetch_killed_midway_leaves_temp_dirs_the_next_fetch_sweeps(env):
+    # kill -9 once the tree is copied into its temp dir (checkpoint 1), twice: the
+    # second run already sweeps the first's
+    src = env.cache / "src"
+    for _ in range(2):
+        r = _cli(env, "fetch", "--from", str(env.upstream), hook="1:KILL")
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert len([p for p in src.iterdir() if ".tmp-" in p.name]) == 1
+    legacy = src / f".llama.cpp-{pin.LLAMA_CPP_COMMIT}.tmp-abc_x1"  # an older tqpatch's name
+    live = src / f".llama.cpp-{pin.LLAMA_CPP_COMMIT}.tmp-{os.getpid()}-abc"  # a live maker's
+    legacy.mkdir()
+    live.mkdir()
+    (paths.downloads_dir()).mkdir(parents=True, exist_ok=True)
+    (paths.downloads_dir() / (pin.SDIST_NAME + ".part")).write_bytes(b"partial")
+    fetch.fetch(from_path=env.upstream, echo=env.echo)
+    assert any("removed 2 temporary folder(s) an interrupted tqpatch left" in m for m in env.msgs)
+    assert leftovers(env.cache) == [str(live.relative_to(env.cache))]
+    assert fetch.is_verified()
+
+
+@pytest.mark.parametrize("sig", ["TERM", "HUP"])
+def test_a_terminated_fetch_cleans_up_and_prints_no_traceback(env, sig):
+    r = _cli(env, "fetch", "--from", str(env.upstream), hook=f"1:{sig}")
+    assert r.returncode == 128 + getattr(signal, "SIG" + sig), r.stderr
+    assert "Traceback" not in r.stderr and f"stopped by SIG{sig}" in r.stderr
+    assert leftovers(env.cache) == [] and not paths.pristine_tree().exists()
 
 
 # --------------------------------------------------------------------------- pypi

@@ -64,6 +64,7 @@ def _read(path: Path) -> bytes | None:
 
 
 def _resolve_tree(tree: Path | str | None) -> Path:
+    lock.cache_dir()  # a broken cache (its locks live there) is the first thing to say
     tree = Path(tree).expanduser() if tree is not None else paths.default_work_tree()
     return tree.absolute()
 
@@ -126,8 +127,8 @@ def tree_lock(tree: Path, echo: Echo = _echo, shared: bool = False) -> Iterator[
             message = txn.recover(tree)
             if message:
                 echo(message)
-        if tree.is_dir() and not held.shared:
-            txn.sweep(tree)
+        if tree.is_dir():
+            txn.sweep(tree)  # only what dead processes left: safe under a shared hold too
         yield
 
 
