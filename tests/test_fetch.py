@@ -199,6 +199,59 @@ def test_unsafe_archive_member_is_refused(env):
     assert leftovers(env.cache) == []
 
 
+def test_an_archive_listing_a_file_twice_is_accepted(env):
+    dup = env.tmp / "dup.tar.gz"
+    with tarfile.open(dup, "w:gz") as tf:
+        tf.add(env.upstream, arcname="top")
+        # GNU tar stores a file named twice as a hard link to itself...
+        info = tarfile.TarInfo("top/src/llama.cpp")
+        info.type, info.linkname = tarfile.LNKTYPE, "top/src/llama.cpp"
+        tf.addfile(info)
+        # ...and a plain repeat of a regular file (the later entry wins, as with tar)
+        data = FAKE_FILES["LICENSE"].encode()
+        info = tarfile.TarInfo("top/LICENSE")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    target = fetch.fetch(from_path=dup, echo=env.echo)
+    assert (target / "src/llama.cpp").read_text() == FAKE_FILES["src/llama.cpp"]
+    assert leftovers(env.cache) == []
+
+
+@pytest.mark.parametrize("member, why", [
+    (dict(name="top/evil", type=tarfile.SYMTYPE, linkname="../../etc/passwd"), "link top/evil -> ../../etc/passwd leaves the tree"),
+    (dict(name="/abs.txt"), "unsafe path '/abs.txt'"),
+    (dict(name="top/dev", type=tarfile.CHRTYPE), "top/dev is not a file, directory or link"),
+    (dict(name="top/hl", type=tarfile.LNKTYPE, linkname="elsewhere/x"), "points outside what is extracted"),
+])
+def test_unsafe_links_and_special_files_are_refused(env, member, why):
+    bad = env.tmp / "bad.tar"
+    with tarfile.open(bad, "w") as tf:
+        tf.add(env.upstream, arcname="top")
+        info = tarfile.TarInfo(member.pop("name"))
+        for k, v in member.items():
+            setattr(info, k, v)
+        tf.addfile(info)
+    with pytest.raises(TqpatchError) as exc:
+        fetch.fetch(from_path=bad, echo=env.echo)
+    assert why in exc.value.message and "refusing it" in exc.value.message
+    assert leftovers(env.cache) == [] and not paths.pristine_tree().exists()
+
+
+def test_a_full_disk_while_extracting_says_write_not_read(env, monkeypatch):
+    archive = tar_of(env.upstream, env.tmp / "t.tar.gz", "top")
+
+    def full(self, tarinfo, targetpath):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", full)
+    with pytest.raises(TqpatchError) as exc:
+        fetch.fetch(from_path=archive, echo=env.echo)
+    msg = exc.value.message
+    assert "cannot write the tree from" in msg and "No space left on device" in msg
+    assert "cannot read" not in msg
+    assert leftovers(env.cache) == []
+
+
 def test_from_errors(env):
     with pytest.raises(TqpatchError, match="no such file"):
         fetch.fetch(from_path=env.tmp / "nope", echo=env.echo)

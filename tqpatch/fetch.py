@@ -365,6 +365,7 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
                            "use Python 3.10.12+, 3.11.4+ or 3.12+")
     pre = PurePosixPath(prefix) if prefix else None
     count = 0
+    extracted: set[PurePosixPath] = set()
 
     def keep(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
         nonlocal count
@@ -377,7 +378,7 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
         changes = {"name": rel.as_posix()}
         if member.islnk():
             target = _strip(PurePosixPath(member.linkname), pre)
-            if target is None:
+            if target is None or (target != rel and target not in extracted):
                 raise TqpatchError(f"{archive}: hard link {member.name} -> {member.linkname} "
                                    "points outside what is extracted; refusing it")
             if target == rel:
@@ -389,6 +390,7 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
             raise _refusal(archive, member, e) from None
         if kept.isfile() or kept.islnk():
             count += 1
+            extracted.add(rel)
         return kept
 
     dest.mkdir(parents=True, exist_ok=True)
