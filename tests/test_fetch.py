@@ -114,6 +114,11 @@ def test_pin_values_are_consistent():
     table = fetch.pinned_index()
     assert len(table) == pin.TREE_FILE_COUNT > 3000
     assert "ggml/include/ggml.h" in table and "src/llama-kv-cache.cpp" in table
+    # the build runs it (tools/ui), so the fingerprint must cover it (test_pin_scope.py)
+    assert "scripts/ui-assets.cmake" in table and "scripts/sync_vendor.py" not in table
+    # the table is package data, not a blob in pin.py
+    assert not hasattr(pin, "TREE_INDEX")
+    assert (Path(pin.__file__).parent / pin.TREE_INDEX_FILE).is_file()
     assert len(pin.TREE_FINGERPRINT) == 64 and len(pin.LLAMA_CPP_COMMIT_FULL) == 40
     assert pin.LLAMA_CPP_COMMIT_FULL.startswith(pin.LLAMA_CPP_COMMIT)
 
@@ -131,6 +136,13 @@ def test_from_directory_with_a_changed_file_is_refused_naming_it(env, change, na
     assert pin.LLAMA_CPP_COMMIT in exc.value.message
     assert not paths.pristine_tree().exists()
     assert leftovers(env.cache) == []
+
+
+def test_pin_values_of_a_tree(env):
+    lines, index_text = fetch.pin_values(env.upstream)
+    assert f'TREE_FINGERPRINT = "{pin.TREE_FINGERPRINT}"' in lines
+    assert f"TREE_FILE_COUNT = {len(env.index)}" in lines
+    assert fetch.decode_index(index_text.strip()) == {k: v[:8] for k, v in env.index.items()}
 
 
 # --------------------------------------------------------------------------- --from
