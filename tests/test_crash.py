@@ -130,12 +130,13 @@ def _sweep(env: Env, prepared, scenario: str, sig: str, next_command: str,
 
 
 def test_apply_killed_or_terminated_mid_transaction(env):
-    # A fast sample of the slow sweep below: SIGKILL once armed (nothing written
-    # yet) and with files written, SIGTERM with files written.
+    # A fast sample of the slow sweep below: SIGKILL once the journal is armed
+    # (nothing written yet) and between a temporary file and its rename (files
+    # written before it); SIGTERM with files written.
     prepared = _scenario(env, "reapply")
-    seen = _sweep(env, prepared, "reapply", "KILL", "status", points=[9, 13])
+    seen = _sweep(env, prepared, "reapply", "KILL", "status", points=[10, 15])
     assert seen == {"before": 2, "after": 0, "recovered": 2, "runs": 2}
-    seen = _sweep(env, prepared, "reapply", "TERM", "status", points=[13])
+    seen = _sweep(env, prepared, "reapply", "TERM", "status", points=[16])
     assert seen == {"before": 1, "after": 0, "recovered": 0, "runs": 1}
 
 
@@ -153,7 +154,7 @@ def test_every_checkpoint(env, scenario, sig):
 @pytest.mark.parametrize("next_command", ["apply", "revert"])
 def test_killed_apply_then_apply_or_revert_finishes_the_job(env, next_command):
     args, saved, before, after = _scenario(env, "reapply")
-    for n in (9, 12, 15):
+    for n in (10, 15, 20):  # armed; mid-write; all written, journal not retired
         assert env.cli(*args, hook=f"{n}:KILL").wait() == -signal.SIGKILL
         assert txn.pending(env.work)
         follow = env.cli(next_command)

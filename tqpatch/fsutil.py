@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .testhook import checkpoint
+
 TMP_SUFFIX = ".tqpatch-tmp"
 _TMP_FILE_RE = re.compile(r"^\..+\.(\d+)" + re.escape(TMP_SUFFIX) + "$")
 
@@ -78,6 +80,7 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, fsync: bool =
                 os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode & 0o7777)
+        checkpoint()  # tests stop here to leave a temporary behind
         os.replace(tmp, path)
     except BaseException:
         try:
