@@ -151,18 +151,23 @@ def test_every_checkpoint(env, scenario, sig):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("next_command", ["apply", "revert"])
-def test_killed_apply_then_apply_or_revert_finishes_the_job(env, next_command):
+@pytest.mark.parametrize("next_command", ["apply", "revert", "build-stage"])
+def test_killed_apply_then_apply_revert_or_build_finishes_the_job(env, capfd, next_command):
     args, saved, before, after = _scenario(env, "reapply")
     for n in (10, 15, 20):  # armed; mid-write; all written, journal not retired
         assert env.cli(*args, hook=f"{n}:KILL").wait() == -signal.SIGKILL
         assert txn.pending(env.work)
-        follow = env.cli(next_command)
-        out, err = follow.communicate(timeout=60)
-        assert follow.returncode == 0, out + err
+        if next_command == "build-stage":  # what `tqpatch build` runs first
+            capfd.readouterr()
+            apply.ensure_applied(env.work)
+            out = "".join(capfd.readouterr())
+        else:
+            follow = env.cli(next_command)
+            out, err = follow.communicate(timeout=60)
+            assert follow.returncode == 0, out + err
         assert "rolled back an interrupted `tqpatch apply`" in out
         st = apply.status(env.work)
-        assert st.state == ("applied" if next_command == "apply" else "pristine"), st.message
+        assert st.state == ("pristine" if next_command == "revert" else "applied"), st.message
         assert leftovers(env) == []
         shutil.rmtree(env.work)
         shutil.copytree(saved, env.work, symlinks=True)

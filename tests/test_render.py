@@ -126,6 +126,17 @@ def test_a_corrupt_render_manifest_is_reported_and_repaired(tmp_path):
     assert render.load_rendered(out).files == result.files
 
 
+def test_apply_and_status_with_a_corrupt_render_manifest_say_what_to_do(tmp_path, monkeypatch):
+    result, out = _rendered_copy(tmp_path)
+    (out / render.MANIFEST).write_bytes(b"\x00garbage")
+    monkeypatch.setattr(paths, "generated_dir", lambda: out)
+    monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(main, ["apply"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert ".tqpatch-render.json" in r.output and "run `tqpatch render`" in r.output
+    assert not (tmp_path / "cache" / "work").exists()  # refused before anything was made
+
+
 def test_apply_refuses_a_generated_folder_that_differs_from_a_fresh_render(tmp_path):
     result, out = _rendered_copy(tmp_path)
     rel = "ggml/src/ggml-turbo.c"
