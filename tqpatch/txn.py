@@ -245,7 +245,12 @@ def _rollback(tree: Path) -> list[str]:
         return []
     failed = []
     for ent in reversed(journal.files):
-        path = tree / ent["path"]
+        rel = str(ent.get("path", ""))
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or ".." in parts or "" in parts:
+            failed.append(f"{rel!r}: not a path inside the tree (a damaged journal?)")
+            continue
+        path = tree / rel
         for stale in path.parent.glob(f".{path.name}.*{fsutil.TMP_SUFFIX}") if path.parent.is_dir() else []:
             stale.unlink(missing_ok=True)
         try:
