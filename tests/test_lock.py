@@ -31,14 +31,20 @@ def _started(proc: subprocess.Popen, lock_name: str, env: Env, timeout: float = 
     raise AssertionError(f"{lock_name} lock never taken by pid {proc.pid}")
 
 
+def _race(env: Env, first_args, hook: str, second_args, lock_name="tree-", extra_env=None):
+    """Start `first` (paused by hook while it holds the lock), then `second`; both outputs."""
+    first = env.cli(*first_args, hook=hook)
+    _started(first, lock_name, env)
+    second = env.cli(*second_args, extra_env=extra_env)
+    out1, err1 = first.communicate(timeout=60)
+    out2, err2 = second.communicate(timeout=60)
+    return first, out1, err1, second, out2, err2
+
+
 def test_two_first_applies_on_one_cache_wait_for_each_other(env):
     fetch.ensure_pristine()
     # The first pauses at its first checkpoint (the work tree copied, not yet renamed).
-    first = env.cli("apply", hook="1:sleep=1")
-    _started(first, "tree-", env)
-    second = env.cli("apply")
-    out1, err1 = first.communicate(timeout=60)
-    out2, err2 = second.communicate(timeout=60)
+    first, out1, err1, second, out2, err2 = _race(env, ["apply"], "1:sleep=1", ["apply"])
     assert first.returncode == 0, out1 + err1
     assert second.returncode == 0, out2 + err2
     assert f"waiting for another tqpatch (pid {first.pid}, `tqpatch apply`) holding the lock on " \
@@ -52,11 +58,7 @@ def test_two_first_applies_on_one_cache_wait_for_each_other(env):
 def test_apply_racing_revert_is_serialized(env):
     env.apply()
     # revert pauses in the middle of its transaction (files already written).
-    rev = env.cli("revert", hook="12:sleep=1")
-    _started(rev, "tree-", env)
-    app = env.cli("apply")
-    out_r, err_r = rev.communicate(timeout=60)
-    out_a, err_a = app.communicate(timeout=60)
+    rev, out_r, err_r, app, out_a, err_a = _race(env, ["revert"], "12:sleep=1", ["apply"])
     assert rev.returncode == 0 and "reverted" in out_r, out_r + err_r
     assert app.returncode == 0, out_a + err_a
     assert "changed by hand" not in err_a and "edited by hand" not in err_a
@@ -68,11 +70,8 @@ def test_apply_racing_revert_is_serialized(env):
 @pytest.mark.slow
 def test_a_lock_held_too_long_times_out_naming_the_holder(env):
     env.apply()
-    holder = env.cli("revert", hook="12:sleep=3")
-    _started(holder, "tree-", env)
-    waiter = env.cli("status", extra_env={"TQPATCH_LOCK_TIMEOUT": "0.5"})
-    out, err = waiter.communicate(timeout=30)
-    holder.communicate(timeout=30)
+    holder, _o, _e, waiter, out, err = _race(env, ["revert"], "12:sleep=3", ["status"],
+                                             extra_env={"TQPATCH_LOCK_TIMEOUT": "0.5"})
     assert waiter.returncode == 1 and "Traceback" not in err
     assert f"gave up after 0.5 s waiting for another tqpatch (pid {holder.pid}, `tqpatch revert`)" in err
     assert "TQPATCH_LOCK_TIMEOUT" in err
@@ -80,11 +79,9 @@ def test_a_lock_held_too_long_times_out_naming_the_holder(env):
 
 @pytest.mark.slow
 def test_two_fetches_wait_for_each_other(env):
-    first = env.cli("fetch", "--from", str(env.upstream), hook="1:sleep=1")
-    _started(first, "fetch", env)
-    second = env.cli("fetch", "--from", str(env.upstream))
-    out1, err1 = first.communicate(timeout=60)
-    out2, err2 = second.communicate(timeout=60)
+    fetch_args = ["fetch", "--from", str(env.upstream)]
+    first, out1, err1, second, out2, err2 = _race(env, fetch_args, "1:sleep=1", fetch_args,
+                                                  lock_name="fetch")
     assert first.returncode == 0 and second.returncode == 0, err1 + err2
     assert f"waiting for another tqpatch (pid {first.pid}, `tqpatch fetch" in err2
     assert "pristine tree:" in out1 and "pristine tree:" in out2

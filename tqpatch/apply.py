@@ -330,16 +330,6 @@ class ApplyResult:
     versions: str = ""
 
 
-def _new_dirs(tree: Path, rels) -> list[str]:
-    out = set()
-    for rel in rels:
-        parent = (tree / rel).parent
-        while parent != tree and not parent.exists():
-            out.add(parent.relative_to(tree).as_posix())
-            parent = parent.parent
-    return sorted(out)
-
-
 def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _echo) -> ApplyResult:
     """Bring `tree` (default: the work tree) to pristine + patches + rendered files."""
     tree = _resolve_tree(tree)
@@ -395,7 +385,7 @@ def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyR
         deleted = sum(1 for _r, _o, how in drifted if how == "deleted")
         echo(f"restoring {len(writes)} files in {tree}"
              + (f" ({deleted} deleted since apply)" if deleted else ""))
-    created = sorted(set(_new_dirs(tree, [r for r, d in writes.items() if d is not None]))
+    created = sorted(set(txn.missing_dirs(tree, [r for r, d in writes.items() if d is not None]))
                      | set((manifest or {}).get("created_dirs", [])))
     writes[MANIFEST_REL] = _manifest_bytes(record, desired, created)
     _commit(tree, writes, "apply")

@@ -69,7 +69,8 @@ def pending(tree: Path) -> bool:
     return journal_dir(tree).is_dir()
 
 
-def _missing_dirs(tree: Path, rels) -> list[str]:
+def missing_dirs(tree: Path, rels) -> list[str]:
+    """The folders writing the files `rels` in `tree` would create (tree-relative)."""
     out = set()
     for rel in rels:
         parent = (tree / rel).parent
@@ -136,7 +137,7 @@ def commit(tree: Path, writes: dict[str, bytes | None], op: str, *,
                            "run `tqpatch status` to roll it back")
     made_state_dir = not sdir.exists()
     sdir.mkdir(exist_ok=True)
-    created = _missing_dirs(tree, [r for r, d in writes.items() if d is not None])
+    created = missing_dirs(tree, [r for r, d in writes.items() if d is not None])
     staging = Path(tempfile.mkdtemp(prefix=f".{JOURNAL}.tmp-{os.getpid()}-", dir=sdir))
     armed = False
     try:
