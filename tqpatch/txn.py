@@ -93,10 +93,16 @@ def _keep_old(path: Path, slot: Path) -> bool:
     return True
 
 
-def _retire(tree: Path, jdir: Path) -> None:
+def _disarm(tree: Path) -> Path:
+    """Rename the journal away: from here on the transaction is over (done or undone)."""
     gone = state_dir(tree) / f".{JOURNAL}.old-{os.getpid()}-{int(time.time() * 1e6)}"
-    os.rename(jdir, gone)
+    os.rename(journal_dir(tree), gone)
     fsutil.fsync_dir(state_dir(tree))
+    return gone
+
+
+def _retire(tree: Path) -> None:
+    gone = _disarm(tree)
     checkpoint()
     shutil.rmtree(gone, ignore_errors=True)
 
@@ -139,7 +145,7 @@ def commit(tree: Path, writes: dict[str, bytes | None], op: str, *,
     sdir.mkdir(exist_ok=True)
     created = missing_dirs(tree, [r for r, d in writes.items() if d is not None])
     staging = Path(tempfile.mkdtemp(prefix=f".{JOURNAL}.tmp-{os.getpid()}-", dir=sdir))
-    armed = False
+    armed = done = False
     try:
         (staging / "old").mkdir()
         files = []
@@ -186,8 +192,14 @@ def commit(tree: Path, writes: dict[str, bytes | None], op: str, *,
             if d.is_dir():
                 fsutil.fsync_dir(d)
         checkpoint()
-        _retire(tree, journal_dir(tree))
+        gone = _disarm(tree)
+        done = True
+        checkpoint()
+        shutil.rmtree(gone, ignore_errors=True)
     except BaseException as e:
+        if done:  # complete: only the journal's deletion was cut short (swept later)
+            raise
+        armed = armed or not staging.exists()  # a signal right after the arming rename
         if not armed:
             shutil.rmtree(staging, ignore_errors=True)
             if made_state_dir:
@@ -242,7 +254,7 @@ def _rollback(tree: Path) -> list[str]:
     if journal is None:
         # Armed but journal.json missing cannot happen (it is written before the
         # arming rename); an empty journal folder means nothing was changed.
-        _retire(tree, jdir)
+        _retire(tree)
         return []
     failed = []
     for ent in reversed(journal.files):
@@ -275,7 +287,7 @@ def _rollback(tree: Path) -> list[str]:
             pass
     if failed:
         return failed
-    _retire(tree, jdir)
+    _retire(tree)
     return []
 
 
