@@ -10,7 +10,12 @@ the softmax scale. `read()` turns its file into one array per (kind, layer);
 
 File format (little-endian): b"TQKV", uint32 version (1), then records until
 EOF: uint32 kind (0 K, 1 V, 2 Q), layer, n_embd_head, n_head, n_tokens,
-float32 scale, float32 rows[n_tokens][n_head * n_embd_head].
+float32 scale, float32 rows[n_tokens][n_head * n_embd_head]. Records of kind 3
+(one per layer, first, no rows) carry the layer's RoPE: n_rot, rope_type + 1
+(0: none; 2: NEOX, as llama.h's LLAMA_ROPE_TYPE_*), n_ctx_train and the
+trained frequency base. Records of kind 4 (no rows) give the size of the
+Walsh-Hadamard rotation of a layer's K (n_head 0) or V (n_head 1), as seen in
+the graph; a layer without one is not rotated.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from .errors import TqpatchError
 MAGIC = b"TQKV"
 VERSION = 1
 KINDS = {0: "k", 1: "v", 2: "q"}
+ROPE_KIND = 3
+ROTATION_KIND = 4
+ROPE_TYPE_NEOX = 2  # llama.h LLAMA_ROPE_TYPE_NEOX (GGML_ROPE_TYPE_NEOX); 0 is NORM
 _HEADER = np.dtype([("kind", "<u4"), ("layer", "<u4"), ("n_embd_head", "<u4"),
                     ("n_head", "<u4"), ("n_tokens", "<u4"), ("scale", "<f4")])
 
@@ -50,8 +58,39 @@ class Rows:
         return d.reshape(d.shape[0], self.n_head, self.n_embd_head)
 
 
-def read(path) -> dict[tuple[str, int], Rows]:
-    """{(kind, layer): Rows} from a tqpatch-capture file; TqpatchError if it is not one."""
+@dataclass(frozen=True)
+class Rope:
+    """A layer's rotary embedding as trained: which dims rotate, how pairs form, how fast."""
+
+    n_rot: int          # the first n_rot dims of a head rotate (in pairs)
+    rope_type: int      # llama.h LLAMA_ROPE_TYPE_*: -1 none, 0 NORM (2i, 2i+1), 2 NEOX (i, i + n_rot/2)
+    n_ctx_train: int
+    freq_base: float
+
+    def pair_of(self, n_embd_head: int) -> np.ndarray:
+        """For each dim of a head, the index of the rotation pair it belongs to (-1: does not rotate)."""
+        out = np.full(n_embd_head, -1)
+        if self.rope_type < 0 or self.n_rot <= 0:
+            return out
+        half = self.n_rot // 2
+        if self.rope_type & ROPE_TYPE_NEOX:
+            out[:half] = np.arange(half)
+            out[half:self.n_rot] = np.arange(half)
+        else:
+            out[:self.n_rot] = np.arange(self.n_rot) // 2
+        return out
+
+    def theta(self, n_embd_head: int) -> np.ndarray:
+        """Angle per position of each dim (0 for dims that do not rotate)."""
+        pair = self.pair_of(n_embd_head)
+        th = self.freq_base ** (-2.0 * np.maximum(pair, 0) / max(self.n_rot, 1))
+        return np.where(pair >= 0, th, 0.0)
+
+
+def read(path) -> dict:
+    """{(kind, layer): Rows, "rope": {layer: Rope}, "rotation": {("k" | "v", layer):
+    Hadamard size}} from a tqpatch-capture file;
+    TqpatchError if it is not one."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -62,13 +101,22 @@ def read(path) -> dict[tuple[str, int], Rows]:
     version = int(np.frombuffer(raw, "<u4", 1, 4)[0])
     if version != VERSION:
         raise TqpatchError(f"{path}: capture file version {version}, this tqpatch reads {VERSION}")
-    out: dict[tuple[str, int], Rows] = {}
+    out: dict = {}
+    ropes: dict[int, Rope] = {}
+    rotations: dict[tuple[str, int], int] = {}
     pos = 8
     while pos < len(raw):
         if pos + _HEADER.itemsize > len(raw):
             raise TqpatchError(f"{path}: truncated record header at byte {pos}")
         h = np.frombuffer(raw, _HEADER, 1, pos)[0]
         pos += _HEADER.itemsize
+        if int(h["kind"]) == ROPE_KIND:
+            ropes[int(h["layer"])] = Rope(int(h["n_embd_head"]), int(h["n_head"]) - 1,
+                                          int(h["n_tokens"]), float(h["scale"]))
+            continue
+        if int(h["kind"]) == ROTATION_KIND:
+            rotations[("kv"[min(int(h["n_head"]), 1)], int(h["layer"]))] = int(h["n_embd_head"])
+            continue
         kind = KINDS.get(int(h["kind"]))
         width = int(h["n_embd_head"]) * int(h["n_head"])
         count = width * int(h["n_tokens"])
@@ -80,8 +128,10 @@ def read(path) -> dict[tuple[str, int], Rows]:
         rec = out.setdefault(key, Rows(kind, int(h["layer"]), int(h["n_embd_head"]),
                                        int(h["n_head"]), float(h["scale"])))
         rec.chunks.append(rows)
+    out["rope"] = ropes
+    out["rotation"] = rotations
     return out
 
 
 def layers(rows: dict[tuple[str, int], Rows], kind: str) -> list[int]:
-    return sorted(layer for (k, layer) in rows if k == kind)
+    return sorted(key[1] for key in rows if isinstance(key, tuple) and key[0] == kind)

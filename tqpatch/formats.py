@@ -219,3 +219,11 @@ def type_name(ggml_id: int) -> str:
         if info.ggml_id == ggml_id:
             return info.name
     return f"type{ggml_id}"
+
+
+def fit_type(name: str, n_embd_head: int) -> str:
+    """The cache type a head of n_embd_head values gets for `name` (itself when its block fits)."""
+    info = type_info(name)
+    if n_embd_head % info.block_size == 0:
+        return name
+    raise TqpatchError(f"{name}'s block of {info.block_size} does not divide a head of {n_embd_head}")

@@ -23,16 +23,25 @@
 //     uint32 kind (0 = K, 1 = V, 2 = Q), uint32 layer, uint32 n_embd_head,
 //     uint32 n_head, uint32 n_tokens, float32 scale (Q: the kq scale, else 0),
 //     float32 rows[n_tokens][n_head*n_embd_head]
+//   first, one record of kind 3 (RoPE) per layer with no rows: uint32 3,
+//     layer, n_rot, rope_type + 1 (0: none), n_ctx_train, float32 freq_base
+//     (the layer's trained base: sliding-window layers have their own)
+//   and, when first seen, one record of kind 4 (rotation) per layer and
+//     tensor with no rows: uint32 4, layer, n (the Hadamard size), 0 for K /
+//     1 for V, 0, float32 0
 
 #include "llama.h"
 #include "ggml.h"
+#include "../src/llama-model.h"  // per-layer RoPE parameters (hparams)
 #include "ggml-backend.h"
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -46,6 +55,7 @@ struct capture_state {
     uint64_t          n_records  = 0;
     bool              failed     = false;
     bool              queries    = false;
+    std::set<std::pair<uint32_t, uint32_t>> rotations_seen;  // (K 0 / V 1, layer)
 };
 
 // "cache_k_l12", "cache_swa_v_l3" (and "... (reshaped)"): kind and layer, or false
@@ -110,8 +120,45 @@ bool capture_queries(capture_state * st, ggml_tensor * t, bool ask) {
     return write_record(st, hdr, scale);
 }
 
+// "Kcur-5 (reshaped)", "Vcur-12": K 0 / V 1 and the layer, or false
+bool parse_cur_name(const char * name, uint32_t & which, uint32_t & layer) {
+    if ((name[0] != 'K' && name[0] != 'V') || strncmp(name + 1, "cur", 3) != 0) {
+        return false;
+    }
+    const char * dash = strchr(name, '-');
+    if (dash == nullptr) {
+        return false;
+    }
+    char * end = nullptr;
+    const long il = strtol(dash + 1, &end, 10);
+    if (end == dash + 1 || il < 0) {
+        return false;
+    }
+    which = name[0] == 'K' ? 0 : 1;
+    layer = (uint32_t) il;
+    return true;
+}
+
+// the Walsh-Hadamard product of attn_rot_k / attn_rot_v: note its size once per layer
+void note_rotation(capture_state * st, const ggml_tensor * t) {
+    if (t->op != GGML_OP_MUL_MAT || t->src[0] == nullptr || t->src[1] == nullptr ||
+        strncmp(t->src[0]->name, "attn_inp_", 9) != 0 || strstr(t->src[0]->name, "_rot") == nullptr) {
+        return;
+    }
+    uint32_t which = 0, layer = 0;
+    if (!parse_cur_name(t->src[1]->name, which, layer) || !st->rotations_seen.insert({which, layer}).second) {
+        return;
+    }
+    const uint32_t hdr[5] = { 4, layer, (uint32_t) t->src[0]->ne[0], which, 0 };
+    st->buf.clear();
+    write_record(st, hdr, 0.0f);
+}
+
 bool capture_cb(struct ggml_tensor * t, bool ask, void * user_data) {
     auto * st = (capture_state *) user_data;
+    if (ask) {
+        note_rotation(st, t);
+    }
     if (st->queries && t->op == GGML_OP_FLASH_ATTN_EXT) {
         return capture_queries(st, t, ask);
     }
@@ -234,6 +281,16 @@ int main(int argc, char ** argv) {
     }
     const uint32_t file_hdr[2] = { 0x564B5154u /* "TQKV" */, CAPTURE_VERSION };
     fwrite(file_hdr, sizeof(file_hdr), 1, st.out);
+    {
+        const llama_hparams & hp = model->hparams;
+        const int32_t rope_type = (int32_t) llama_model_rope_type(model);
+        for (uint32_t il = 0; il < hp.n_layer(); ++il) {
+            const uint32_t hdr[5] = { 3, il, hp.n_rot(il), (uint32_t) (rope_type + 1), hp.n_ctx_train };
+            const float base = hp.is_swa(il) ? hp.rope_freq_base_train_swa : hp.rope_freq_base_train;
+            st.buf.clear();
+            write_record(&st, hdr, base);
+        }
+    }
 
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx           = n_ctx;

@@ -1,0 +1,272 @@
+"""Per-model calibration of a turbo KV cache: an exact change of basis for K
+and a mean for V, fitted to K/V/Q rows captured from a real run.
+
+Why it is exact. Attention only sees q.k and sum_j p_j v_j:
+  * K: for a diagonal a > 0 and a vector b, storing k' = a*k + b and querying
+    with q' = q/a gives q'.k' = q.k + (q/a).b. The added term is the same for
+    every key of a query, so the softmax is unchanged (in exact arithmetic).
+  * V: storing v - m and adding m to the attention output is exact, since the
+    softmax weights sum to one.
+Both act before llama.cpp's Walsh-Hadamard rotation of K/Q (and V), in the
+model's own coordinates, where K's channels differ: llama.cpp applies
+k' = k_scale*k + k_shift and q' = q_scale*q (q_scale = 1/k_scale per query
+head), v' = v + v_shift, and adds o_shift = -v_shift (per query head) to the
+attention output (patch 0021).
+
+Why it helps. A turbo block's error is proportional to the block's scale, so
+it is spent evenly over the rotated coordinates. Two things waste it:
+  * K's mean over tokens: most of the energy of a real model's K rows can be a
+    vector shared by all tokens (25-73% per layer on Gemma 3 270M), which costs
+    scale but carries no information for the softmax. Subtracting it (b =
+    -a*mu) removes that energy.
+  * Channel balance: the logit error is q.e. With the error spread evenly
+    over the rotated coordinates, it costs sum_i q_i^2 / a_i^2 times
+    sum_i a_i^2 k_i^2; a_i = sqrt(rms(q_i) / rms(k_i)) minimises that product
+    (Cauchy-Schwarz), which moves precision to the channels queries use.
+    The exponent g of a = (rms q / rms k)^(g/2) is picked per layer, among
+    GAMMAS, by the attention KL of the calibration rows themselves.
+
+RoPE. K and Q are captured after RoPE, so a mean of K over tokens is only
+meaningful for channel pairs that rotate slowly: a pair turning by theta per
+position has moved by theta*p at position p, and past theta*p ~ 1 radian the
+subtracted mean would add error instead of removing it. The mean is kept only
+in pairs with theta * ctx <= 1, ctx being the context the calibration must
+serve (the model's training context by default). The channel scales are
+averaged over each RoPE pair, so they commute with RoPE.
+
+Inputs: `tqpatch.capture.read()` of a tqpatch-capture file recorded with
+--queries. Output: a small GGUF (`write()`), read by llama.cpp through
+LLAMA_TURBO_CALIB=path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import capture, formats, reference
+from .errors import TqpatchError
+
+FORMAT_VERSION = 1
+GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SCALE_LIMIT = 64.0          # channel scales are kept within [1/64, 64]
+MEAN_RADIANS = 1.0          # a pair keeps its mean while theta * ctx <= this
+PROXY_CHUNKS = 2            # calibration chunks the exponent is chosen on
+SELECT_TYPE = "turbo3"      # the K type whose error the exponent is chosen for
+
+
+@dataclass
+class LayerCalib:
+    layer: int
+    n_embd_head_k: int
+    n_head_kv: int
+    n_head: int
+    n_embd_head_v: int
+    k_scale: np.ndarray          # (n_head_kv, n_embd_head_k)
+    k_shift: np.ndarray          # (n_head_kv, n_embd_head_k)
+    q_scale: np.ndarray          # (n_head, n_embd_head_k)
+    v_shift: np.ndarray          # (n_head_kv, n_embd_head_v)
+    o_shift: np.ndarray          # (n_head, n_embd_head_v)
+    gamma: float
+    mean_energy: float           # share of K's energy the subtracted mean removed
+    proxy_kl: dict = field(default_factory=dict)   # gamma -> attention KL on the calibration rows
+
+
+@dataclass
+class Calibration:
+    layers: list[LayerCalib]
+    ctx: int
+    source: str = ""
+
+    def summary(self) -> list[str]:
+        out = []
+        for c in self.layers:
+            base = c.proxy_kl.get(0.0, float("nan"))
+            best = c.proxy_kl.get(c.gamma, float("nan"))
+            out.append(f"layer {c.layer:3d}: K mean removed {c.mean_energy:5.1%} of the energy, "
+                       f"channel exponent {c.gamma:.2f}, attention KL {base:.4f} -> {best:.4f}")
+        return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def hadamard(n: int) -> np.ndarray:
+    """The orthonormal Walsh-Hadamard matrix llama.cpp uses (Sylvester order, symmetric)."""
+    if n < 1 or n & (n - 1):
+        raise TqpatchError(f"Hadamard size {n} is not a power of two")
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h / math.sqrt(n)
+
+
+def rotate(x: np.ndarray, n: int | None) -> np.ndarray:
+    """Apply (or undo: the matrix is its own inverse) the rotation over chunks of n values."""
+    if not n:
+        return x
+    return (x.reshape(-1, n) @ hadamard(n)).reshape(x.shape)
+
+
+def _pair_mean(v: np.ndarray, pair: np.ndarray) -> np.ndarray:
+    """Average of v (..., D) over each RoPE pair (dims with pair -1 stay as they are)."""
+    out = v.copy()
+    for p in np.unique(pair[pair >= 0]):
+        sel = pair == p
+        out[..., sel] = v[..., sel].mean(axis=-1, keepdims=True)
+    return out
+
+
+def attention_kl(q: np.ndarray, k: np.ndarray, k_hat: np.ndarray, scale: float) -> float:
+    """Mean KL(p || p_hat) of causal softmax attention rows: q (T, G, D), k and k_hat (T, D)."""
+    t = k.shape[0]
+    s = np.einsum("tgd,sd->gts", q, k) * scale
+    sh = np.einsum("tgd,sd->gts", q, k_hat) * scale
+    future = np.triu(np.ones((t, t), dtype=bool), 1)
+    s[:, future] = -np.inf
+    sh[:, future] = -np.inf
+    lp = s - s.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    lph = sh - sh.max(-1, keepdims=True)
+    lph -= np.log(np.exp(lph).sum(-1, keepdims=True))
+    p = np.exp(lp)
+    with np.errstate(invalid="ignore"):
+        kl = np.where(p > 0, p * (lp - lph), 0.0).sum(-1)
+    return float(kl.mean())
+
+
+def _select_type(n_embd_head: int) -> str:
+    """The turbo K type the exponent is chosen for (SELECT_TYPE's variant for this head)."""
+    return formats.fit_type(SELECT_TYPE, n_embd_head)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def fit_layer(rows: dict, layer: int, ctx: int, *, chunks: int = PROXY_CHUNKS) -> LayerCalib:
+    """The calibration of one layer from captured rows (K, V and Q of that layer)."""
+    try:
+        krec, vrec, qrec = rows[("k", layer)], rows[("v", layer)], rows[("q", layer)]
+    except KeyError:
+        raise TqpatchError(f"layer {layer}: the capture lacks its K, V or Q rows "
+                           "(record with tqpatch-capture --queries)") from None
+    d, hk, h = krec.n_embd_head, krec.n_head, qrec.n_head
+    dv = vrec.n_embd_head
+    if qrec.n_embd_head != d or h % hk:
+        raise TqpatchError(f"layer {layer}: {h} query heads of {qrec.n_embd_head} do not fit "
+                           f"{hk} KV heads of {d}")
+    g = h // hk
+    rot_k = rows["rotation"].get(("k", layer))
+    rot_v = rows["rotation"].get(("v", layer))
+    rope = rows["rope"].get(layer)
+
+    k_chunks = [rotate(c.astype(np.float64), rot_k) for c in krec.chunks]   # model coordinates
+    q_chunks = [rotate(c.astype(np.float64), rot_k) for c in qrec.chunks]
+    k0 = np.concatenate(k_chunks).reshape(-1, hk, d)
+    q0 = np.concatenate(q_chunks).reshape(-1, h, d)
+    v0 = rotate(vrec.data.astype(np.float64), rot_v).reshape(-1, hk, dv)
+
+    pair = rope.pair_of(d) if rope else np.full(d, -1)
+    theta = rope.theta(d) if rope else np.zeros(d)
+    keep = theta * ctx <= MEAN_RADIANS
+    mu = k0.mean(axis=0) * keep                                   # (hk, d)
+    energy = float((k0 ** 2).sum(-1).mean())
+    resid = float(((k0 - mu) ** 2).sum(-1).mean())
+    mean_energy = 1.0 - resid / energy if energy > 0 else 0.0
+
+    k_ms = _pair_mean(((k0 - mu) ** 2).mean(axis=0), pair)                      # (hk, d)
+    q_ms = _pair_mean((q0 ** 2).mean(axis=0).reshape(hk, g, d).mean(axis=1), pair)
+    floor_k = max(float(k_ms.max()), 1e-30) * 1e-8
+    floor_q = max(float(q_ms.max()), 1e-30) * 1e-8
+    log_ratio = 0.25 * (np.log(np.maximum(q_ms, floor_q)) - np.log(np.maximum(k_ms, floor_k)))
+    log_ratio -= log_ratio.mean(axis=-1, keepdims=True)                         # geometric mean 1
+
+    ktype = _select_type(d)
+    scale = qrec.scale
+
+    def transform(gamma: float) -> np.ndarray:
+        return np.exp(np.clip(gamma * log_ratio, -math.log(SCALE_LIMIT), math.log(SCALE_LIMIT)))
+
+    def proxy(gamma: float) -> float:
+        a = transform(gamma)
+        kls = []
+        for kc, qc in list(zip(krec.chunks, qrec.chunks))[:chunks]:
+            kr = kc.astype(np.float64)
+            t = kr.shape[0]
+            km = rotate(kr, rot_k).reshape(t, hk, d)
+            stored = rotate(((km - mu) * a).reshape(t, -1), rot_k)
+            deq = reference.roundtrip(stored.astype(np.float32), ktype).astype(np.float64)
+            back = rotate((rotate(deq, rot_k).reshape(t, hk, d) / a + mu).reshape(t, -1), rot_k)
+            k3, kh3 = kr.reshape(t, hk, d), back.reshape(t, hk, d)
+            q3 = qc.astype(np.float64).reshape(t, h, d)
+            for j in range(hk):
+                kls.append(attention_kl(q3[:, j * g:(j + 1) * g], k3[:, j], kh3[:, j], scale))
+        return float(np.mean(kls))
+
+    kl = {gm: proxy(gm) for gm in GAMMAS}
+    gamma = min(kl, key=lambda gm: (kl[gm], gm))
+    a = transform(gamma)
+    m_v = v0.mean(axis=0)                                         # (hk, dv)
+    return LayerCalib(
+        layer=layer, n_embd_head_k=d, n_head_kv=hk, n_head=h, n_embd_head_v=dv,
+        k_scale=a, k_shift=-a * mu, q_scale=np.repeat(1.0 / a, g, axis=0),
+        v_shift=-m_v, o_shift=np.repeat(m_v, g, axis=0),
+        gamma=gamma, mean_energy=mean_energy, proxy_kl=kl,
+    )
+
+
+def fit(rows: dict, ctx: int | None = None, *, source: str = "", progress=None) -> Calibration:
+    """Calibrate every layer of a capture. ctx: the longest context the
+    calibration must serve (default: the model's training context)."""
+    layers = capture.layers(rows, "k")
+    if not layers:
+        raise TqpatchError("the capture holds no K rows")
+    if ctx is None:
+        ctx = max((r.n_ctx_train for r in rows["rope"].values()), default=0) or 4096
+    out = []
+    for layer in layers:
+        out.append(fit_layer(rows, layer, ctx))
+        if progress:
+            progress(out[-1])
+    return Calibration(out, ctx, source)
+
+
+# ---------------------------------------------------------------- file
+
+
+TENSORS = ("k_scale", "k_shift", "q_scale", "v_shift", "o_shift")
+
+
+def write(cal: Calibration, path, model_name: str = "") -> None:
+    """The calibration as GGUF: one f32 tensor blk.<layer>.<name> per layer and TENSORS name."""
+    import gguf
+
+    path = Path(path)
+    w = gguf.GGUFWriter(str(path), "tqpatch-calib")
+    w.add_uint32("tqpatch.calib.version", FORMAT_VERSION)
+    w.add_uint32("tqpatch.calib.ctx", int(cal.ctx))
+    w.add_string("tqpatch.calib.model", model_name)
+    w.add_string("tqpatch.calib.source", cal.source)
+    w.add_uint32("tqpatch.calib.n_layer", len(cal.layers))
+    for c in cal.layers:
+        for name in TENSORS:
+            arr = np.ascontiguousarray(getattr(c, name), dtype=np.float32)
+            w.add_tensor(f"blk.{c.layer}.{name}", arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def read(path) -> dict[str, np.ndarray]:
+    """Tensors of a calibration file by name (for tests and inspection)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    if "tqpatch.calib.version" not in r.fields:
+        raise TqpatchError(f"{path}: not a tqpatch calibration file")
+    return {t.name: np.array(t.data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(t.shape)))
+            for t in r.tensors}
