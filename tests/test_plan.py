@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 import subprocess
 
 import numpy as np
@@ -35,7 +37,9 @@ from tqpatch.plan import (
 def write_gguf(path, arch="llama", *, n_layer=4, n_embd=256, n_head=4, n_head_kv=None,
                key_length=None, value_length=None, sliding_window=None, swa_pattern=None,
                ctx_train=8192, file_type=15, tokenizer=True, tensor_elems=64,
-               hparams=True, drop=()):
+               hparams=True, drop=(), extra=()):
+    """A small GGUF; extra: (writer method, key, value) written last, e.g. to store a
+    value the add_<key> helpers would not."""
     w = gguf.GGUFWriter(str(path), arch)
     if hparams:
         w.add_block_count(n_layer)
@@ -69,6 +73,9 @@ def write_gguf(path, arch="llama", *, n_layer=4, n_embd=256, n_head=4, n_head_kv
         w.add_eos_token_id(2)
     for key in drop:
         del w.kv_data[0][key]
+    for method, key, value in extra:
+        w.kv_data[0].pop(key, None)
+        getattr(w, method)(key, value)
     if tensor_elems:
         w.add_tensor("token_embd.weight", np.zeros((tensor_elems // 16, 16), dtype=np.float16))
     w.write_header_to_file()
@@ -405,6 +412,78 @@ def test_no_attention_metadata(tmp_path):
         read_model(p)
 
 
+# ---------------------------------------------------------------------------
+# untrusted metadata: every count bounded by what the file can hold
+
+
+def overwrite(path, at: int, fmt: str, value) -> None:
+    """Write value (struct format fmt) at byte offset at of the file."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, at, value)
+    path.write_bytes(bytes(data))
+
+
+def array_length_offset(path, key: str) -> int:
+    """Byte offset of the declared length of metadata array `key`."""
+    name = key.encode()
+    return path.read_bytes().index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4 + 4
+
+
+@pytest.mark.parametrize("kw,message", [
+    # 1e9 layers once grew plan to 6.7 GB in 15 s
+    (dict(n_layer=10**9), r"llama\.block_count = 1000000000 exceeds 512 \(llama\.cpp's LLAMA_MAX_LAYERS\)"),
+    (dict(n_layer=513), r"llama\.block_count = 513 exceeds 512"),
+    (dict(ctx_train=2**32 - 1), r"llama\.context_length = 4294967295 exceeds 2147483647"),
+    (dict(extra=[("add_uint32", "llama.embedding_length", 2**32 - 1)]), r"llama\.embedding_length = 4294967295 exceeds 1048576"),
+    (dict(n_head=2**32 - 1), r"llama\.attention\.head_count = 4294967295 exceeds 256"),
+    (dict(n_head=4, n_head_kv=[1] * 600), r"llama\.attention\.head_count_kv = an array of 600 "
+                                           r"has more than 512 entries"),
+    (dict(n_head=4, n_head_kv=[1, 1, 9, 1]), r"llama\.attention\.head_count_kv = 9 exceeds 4"),
+    (dict(key_length=2**31), r"llama\.attention\.key_length = 2147483648 exceeds 1048576"),
+    (dict(extra=[("add_int32", "llama.attention.head_count", -4)]),
+     r"llama\.attention\.head_count = -4 is below 0"),
+    (dict(extra=[("add_uint64", "llama.block_count", 2**63)]),
+     r"llama\.block_count = 9223372036854775808 exceeds 512"),
+    (dict(extra=[("add_float32", "llama.block_count", 4.5)]),
+     r"llama\.block_count = 4\.5 is not a whole number"),
+    (dict(extra=[("add_string", "llama.context_length", "4096")]),
+     r"llama\.context_length = 4096 is not a whole number"),
+    (dict(arch="gemma3", sliding_window=2**32 - 1), r"gemma3\.attention\.sliding_window = "
+                                                      r"4294967295 exceeds 2147483647"),
+])
+def test_counts_beyond_bounds_are_refused(tmp_path, kw, message):
+    p = write_gguf(tmp_path / "crafted.gguf", **kw)
+    with pytest.raises(TqpatchError, match=message) as err:
+        read_model(p)
+    assert "\n" not in str(err.value) and "corrupt or crafted" in str(err.value)
+
+
+@pytest.mark.parametrize("field,offset", [("tensor count", 8), ("metadata key count", 16)])
+def test_header_counts_bounded_by_file_size(tmp_path, field, offset):
+    p = write_gguf(tmp_path / "h.gguf")
+    overwrite(p, offset, "<Q", 10**12)
+    with pytest.raises(TqpatchError, match=f"GGUF header {field} 1000000000000 cannot fit in a "
+                                           f"{p.stat().st_size}-byte file"):
+        read_model(p)
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                                 "llama.attention.head_count_kv"])
+def test_array_lengths_bounded_by_file_size(tmp_path, key):
+    p = write_gguf(tmp_path / "a.gguf", n_head_kv=[2, 2, 2, 2])
+    overwrite(p, array_length_offset(p, key), "<Q", 10**12)
+    with pytest.raises(TqpatchError, match=f"metadata {re.escape(key)} declares an array of "
+                                           "1000000000000 entries, more than the"):
+        read_model(p)
+
+
+def test_crafted_counts_refused_on_the_command_line(tmp_path):
+    p = write_gguf(tmp_path / "bc.gguf", n_layer=10**9)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "0"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and "block_count = 1000000000" in res.output
+
+
 def test_embedding_arch(tmp_path):
     p = write_gguf(tmp_path / "bert.gguf", "bert")
     with pytest.raises(TqpatchError, match="no KV cache"):
@@ -412,7 +491,7 @@ def test_embedding_arch(tmp_path):
 
 
 def test_fast_reader_matches_stock_reader(tmp_path):
-    from tqpatch.plan import _field_value, _fast_reader_class
+    from tqpatch.plan.gguf_file import _fast_reader_class, field_value as _field_value
 
     w = gguf.GGUFWriter(str(tmp_path / "big.gguf"), "llama")
     w.add_token_list([f"t{i}" for i in range(3000)])
