@@ -89,21 +89,21 @@ def test_parse_error_output():
 def test_parse_nan_and_judge():
     text = data("plain").replace("PPL = 20.6110 +/- 4.22192", "PPL = nan +/- nan")
     assert math.isnan(ev.parse_perplexity_output(text)["ppl"])
-    r = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, text)
+    r = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, text)
     assert not r.ok and "nan" in r.error
 
 
 def test_judge_failures_keep_log_tail():
-    r = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 1, data("error"))
+    r = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 1, data("error"))
     assert not r.ok
     assert "status 1" in r.error and "Unsupported cache type" in r.error
     assert "to show complete usage" in r.log_tail
     assert len(r.log_tail.splitlines()) <= ev.TAIL_LINES
-    ok = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, data("kld"))
+    ok = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, data("kld"))
     assert ok.ok and ok.error is None and ok.top1 == pytest.approx(90.945)
-    other = ev._judge(ev.Result(ev.Config("turbo3", "turbo3")), 0, data("kld"))
+    other = ev.judge(ev.Result(ev.Config("turbo3", "turbo3")), 0, data("kld"))
     assert not other.ok and "K (q8_0) / V (turbo3)" in other.error
-    missing = ev._judge(ev.Result(ev.Config("f16", "f16")), 0, "nothing useful\n")
+    missing = ev.judge(ev.Result(ev.Config("f16", "f16")), 0, "nothing useful\n")
     assert not missing.ok and "no PPL" in missing.error
 
 

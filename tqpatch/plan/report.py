@@ -7,7 +7,6 @@ import os
 from dataclasses import asdict, dataclass
 
 from .. import formats
-from ..errors import TqpatchError
 from ..formats import type_info
 from .kv import (BOUNDARY_TYPE, DEFAULT_OVERHEAD_MIB, ENV_BOUNDARY_K, ENV_BOUNDARY_V, MIB,
                  boundary_suffix, budget_for_kv, effective_bpv, fmt_bytes, is_turbo, kv_bytes,
