@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import gguf
 
+from tqpatch import formats
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch.plan import (
@@ -276,6 +277,15 @@ def test_no_turbo_head_recommends_upstream(tmp_path):
 # recommendation
 
 
+def coherence_table(family, **results):
+    """A coherence table with one measurement: results as K_V='n_coherent/n_prompts'."""
+    rows = {}
+    for key, verdict in results.items():
+        n, of = map(int, verdict.split("/"))
+        rows[key.replace("_V_", "/")] = {"n_coherent": n, "n_prompts": of}
+    return {"families": {family: [{"backend": "cpu", "source": "test", "results": rows}]}}
+
+
 def test_recommend_q4_k_m(tmp_path):
     path = write_gguf(tmp_path / "q4.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
                       file_type=15)
@@ -284,17 +294,53 @@ def test_recommend_q4_k_m(tmp_path):
     assert rec.flags == f"llama-server -m {path} -c 8192 -ctk q8_0 -ctv turbo4 -fa on"
     text = " ".join(rec.reasons)
     assert "K precision dominates" in text and "Q4_K_M" in text
-    assert any("-ctv turbo3" in a and "tight" in a for a in rec.alternatives)
+    assert any("-ctv turbo3" in a and "smaller" in a for a in rec.alternatives)
     assert not any("-ctk turbo" in a for a in rec.alternatives)  # never symmetric on Q4_K_M
 
 
-def test_recommend_q8_0_allows_symmetric(tmp_path):
-    path = write_gguf(tmp_path / "q8.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
-                      file_type=7)
-    rec = recommend(read_model(path), 8192)
+def test_default_is_what_help_and_readme_say():
+    from pathlib import Path
+
+    from tqpatch.plan.recommend import DEFAULT
+
+    flags = f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}"
+    assert DEFAULT == ("q8_0", "turbo4")
+    assert flags in CliRunner().invoke(main, ["--help"]).output
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    headline = readme.split("```")[1]  # the first code block: the one-line pitch
+    assert flags in headline, headline
+
+
+def test_recommend_q8_0_symmetric_only_where_measured_coherent(tmp_path):
+    info = read_model(write_gguf(tmp_path / "q8.gguf", n_layer=8, n_embd=4096, n_head=32,
+                                 n_head_kv=8, file_type=7))
+    # a family without measurements: only q8_0 K
+    rec = recommend(info, 8192, table={"families": {}})
     assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
-    assert any("symmetric turbo4/turbo4 also works" in r for r in rec.reasons)
+    assert not any("-ctk turbo" in a for a in rec.alternatives)
+    assert any("no coherence measurement for this family" in r for r in rec.reasons)
+    # measured coherent: offered; measured incoherent: never
+    table = coherence_table("llama", turbo4_V_turbo4="3/3", turbo3_V_turbo3="1/3")
+    rec = recommend(info, 8192, table=table)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
     assert any("-ctk turbo4 -ctv turbo4" in a for a in rec.alternatives)
+    assert not any("-ctk turbo3" in a for a in rec.alternatives)
+    assert any("not turbo3/turbo3: greedy continuations go incoherent on llama (coherent "
+               "prompts: cpu 1/3" in r for r in rec.reasons)
+
+
+def test_recommend_drops_incoherent_q8_0_k_too(tmp_path):
+    info = read_model(write_gguf(tmp_path / "q4.gguf", n_layer=8, n_embd=4096, n_head=32,
+                                 n_head_kv=8, file_type=15))
+    table = coherence_table("llama", q8_0_V_turbo4="3/3", q8_0_V_turbo3="3/3",
+                            q8_0_V_turbo2="1/3")
+    need3 = kv_bytes(info, 32768, "q8_0", "turbo3")
+    # memory for q8_0/turbo2 only: still never the incoherent one
+    rec = recommend(info, 32768, vram_gib=(info.weight_bytes + need3 - 1) / GIB, overhead_mib=0,
+                    table=table)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo3")
+    assert not any("turbo2" in a for a in rec.alternatives)
+    assert any("even q8_0/turbo3 needs" in r for r in rec.reasons)
 
 
 def test_recommend_qwen_stays_asymmetric(tmp_path):
@@ -303,7 +349,28 @@ def test_recommend_qwen_stays_asymmetric(tmp_path):
     rec = recommend(read_model(path), 8192)
     assert rec.type_k == "q8_0"
     assert not any("-ctk turbo" in a for a in rec.alternatives)
-    assert any("Qwen" in r for r in rec.reasons)
+    assert any("its coherence is not measured for qwen2" in r for r in rec.reasons)
+
+
+def test_gemma3_never_gets_what_the_measured_table_shows_incoherent(tmp_path):
+    """The shipped table: whatever the weights and memory, plan stays off the configurations
+    the coherence check found incoherent on Gemma 3 (any backend)."""
+    from tqpatch import coherence
+
+    bad = {(k, v) for k, v in formats.KV_CONFIGS
+           if coherence.verdict("gemma3", k, v) == "incoherent"}
+    assert ("turbo2", "turbo2") in bad and ("turbo3", "turbo3") in bad
+    for file_type in (1, 7, 15):  # F16, Q8_0, Q4_K_M weights
+        info = read_model(write_gguf(tmp_path / f"g{file_type}.gguf", "gemma3", n_layer=18,
+                                     n_embd=640, n_head=4, n_head_kv=1, key_length=256,
+                                     value_length=256, sliding_window=512, ctx_train=32768,
+                                     file_type=file_type))
+        for vram_extra in (None, 1, 0.001):
+            vram = None if vram_extra is None else (info.weight_bytes / GIB + vram_extra)
+            rec = recommend(info, 32768, vram_gib=vram, overhead_mib=0)
+            offered = [(rec.type_k, rec.type_v)] + [
+                tuple(a.split("-ctk ")[1].split(" -fa")[0].split(" -ctv ")) for a in rec.alternatives]
+            assert not bad & set(offered), (file_type, vram, offered)
 
 
 def test_recommend_memory_tight(llama_gqa):
@@ -336,7 +403,9 @@ def test_recommend_memory_tight_q8_weights_goes_symmetric(tmp_path):
                                  n_head_kv=8, file_type=7, ctx_train=131072))
     ctx = 32768
     need = kv_bytes(info, ctx, "turbo4", "turbo4")
-    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need) / GIB, overhead_mib=0)
+    table = coherence_table("llama", turbo4_V_turbo4="3/3")
+    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need) / GIB, overhead_mib=0,
+                    table=table)
     assert (rec.type_k, rec.type_v) == ("turbo4", "turbo4")
 
 
@@ -590,6 +659,79 @@ def test_cli_plan_errors(tmp_path, make, msg):
     assert res.exit_code == 1
     assert msg in res.output and "Traceback" not in res.output
     assert isinstance(res.exception, SystemExit)
+
+
+def test_cli_plan_warns_beyond_trained_context(tmp_path):
+    p = write_gguf(tmp_path / "m.gguf", ctx_train=8192)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "16384"])
+    assert res.exit_code == 0, res.output
+    assert ("warning: -c 16384 is beyond the model's trained context of 8192 "
+            "(llama.context_length)") in res.output
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "16384", "--json"])
+    assert "beyond the model's trained context" in json.loads(res.output)["warnings"][0]
+    for ctx in ("8192", "0"):  # at the trained context (0 means it): no warning
+        res = CliRunner().invoke(main, ["plan", str(p), "--ctx", ctx])
+        assert res.exit_code == 0 and "warning" not in res.output
+
+
+def test_cli_plan_sizes_every_llama_cpp_cache_type(tmp_path):
+    from tqpatch.formats import UPSTREAM_TYPES, type_info
+
+    p = write_gguf(tmp_path / "m.gguf", n_layer=2, n_embd=512, n_head=4, n_head_kv=2)
+    configs = ",".join(f"{t}/{t}" for t in UPSTREAM_TYPES) + ",q8_0/turbo3:bv1"
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--json", "--configs", configs])
+    assert res.exit_code == 0, res.output
+    rows = {r["label"]: r for r in json.loads(res.output)["configs"]}
+    for t in UPSTREAM_TYPES:  # 2 layers x 2 KV heads x 128 x 4096 cells, K and V
+        ti = type_info(t)
+        assert rows[f"{t}/{t}"]["kv_bytes"] == 2 * 2 * 2 * 4096 * 128 // ti.block_size * ti.block_bytes
+    # a configuration with its own boundary layers: layer 0 and 1 of 2 at q8_0
+    assert rows["q8_0/turbo3:bv1"]["bpv_v"] == 8.5
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--configs", "q8_0/turbo9"])
+    assert res.exit_code == 1 and "unknown cache type 'turbo9'" in res.output
+
+
+def test_cli_plan_shows_measured_coherence(tmp_path):
+    p = write_gguf(tmp_path / "g3.gguf", "gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1,
+                   key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
+    out = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096"]).output
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line}
+    assert "NO (" in rows["turbo2/turbo2"] and "cuda 0/3" in rows["turbo2/turbo2"]
+    assert " yes" in rows["q8_0/turbo4"]
+    llama = write_gguf(tmp_path / "l.gguf", n_embd=512)  # head size 128: every type serves it
+    out = CliRunner().invoke(main, ["plan", str(llama), "--ctx", "4096"]).output
+    rows = [line for line in out.splitlines() if line.startswith("  ") and "x  " in line]
+    assert len(rows) == len(formats.KV_CONFIGS)  # llama: not measured
+    assert all(line.rstrip().endswith("x  -") for line in rows), rows
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--vram", "nan", "'nan' is not a finite number"),
+    ("--vram", "inf", "'inf' is not a finite number"),
+    ("--vram", "-inf", "not in the range x>0"),
+    ("--vram", "0", "not in the range x>0"),
+    ("--vram", "-2", "not in the range x>0"),
+    ("--overhead", "nan", "'nan' is not a finite number"),
+    ("--overhead", "inf", "'inf' is not a finite number"),
+    ("--overhead", "-1", "not in the range x>=0"),
+])
+def test_cli_plan_refuses_meaningless_memory(tmp_path, option, value, message):
+    p = write_gguf(tmp_path / "m.gguf")
+    args = ["plan", str(p), "--ctx", "4096", f"{option}={value}"]
+    if option != "--vram":
+        args.append("--vram=8")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"Invalid value for '{option}'" in res.output and message in res.output
+
+
+@pytest.mark.parametrize("vram,overhead", [(float("nan"), 0), (float("inf"), 0), (0, 0),
+                                           (8, float("nan")), (8, -1)])
+def test_library_refuses_meaningless_memory(llama_gqa, vram, overhead):
+    with pytest.raises(TqpatchError, match="must be a finite number"):
+        plan_rows(llama_gqa, 4096, vram_gib=vram, overhead_mib=overhead)
+    with pytest.raises(TqpatchError, match="must be a finite number"):
+        recommend(llama_gqa, 4096, vram_gib=vram, overhead_mib=overhead)
 
 
 # ---------------------------------------------------------------------------

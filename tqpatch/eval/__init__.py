@@ -42,17 +42,18 @@ Beside PPL and KLD, each configuration gets tqpatch.coherence's check (greedy
 continuations of a few prompts through llama-server against f16/f16's);
 coherence=False (`--no-coherence`) skips it.
 
-Modules: config (K/V configurations), perplexity (one llama-perplexity run:
-command, log parsing, verdict), runner (the evaluation), report (table,
-Markdown, JSON, plot).
+Modules: config (K/V configurations), result (one configuration's result),
+perplexity (one llama-perplexity run: command, log parsing, verdict), runner
+(the evaluation), report (table, Markdown, JSON, plot).
 """
 
 from __future__ import annotations
 
 
 from .config import BASELINE, BASELINE_TYPE, DEFAULT_CONFIGS, Config, known_types, parse_configs
-from .perplexity import (LOG_ARGS, TAIL_LINES, Result, build_command, command_line, delta_ppl_pct,
-                         fill_deltas, judge, parse_perplexity_output, run_logged, tail)
+from .perplexity import (LOG_ARGS, TAIL_LINES, build_command, delta_ppl_pct, fill_deltas, judge,
+                         parse_perplexity_output, run_logged, tail)
+from .result import Result, command_line
 from .report import (HEADERS, PLOT_INSTALL_HINT, command_lines, machine_meta, make_meta, plot,
                      render_markdown, render_table, table_rows, to_json)
 from .runner import (BASE_FILE_WARN_BYTES, DEFAULT_CHUNKS, DEFAULT_CTX, DEFAULT_TEXT_REL,

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from ..errors import TqpatchError
 from .config import Config
-from .perplexity import Result, command_line
+from .result import Result, command_line
 
 # --------------------------------------------------------------------------
 # reports
@@ -35,7 +35,7 @@ def _kld(r: Result) -> str:
 
 
 HEADERS = ("K", "V", "bpv K", "bpv V", "PPL", "ΔPPL %", "mean KLD", "KLD p99",
-           "top-1 %", "KV MiB", "time s")
+           "top-1 %", "coherent", "KV MiB", "time s")
 
 
 def _variant(cfg: Config) -> str:
@@ -47,12 +47,13 @@ def table_rows(results: Sequence[Result]) -> list[list[str]]:
     rows = []
     for r in results:
         base = [r.k, r.v + _variant(r.config), f"{r.eff_bpv_k:.3f}", f"{r.eff_bpv_v:.3f}"]
+        coherent = r.coherence.summary if r.coherence else "-"
         if not r.ok:
-            rows.append(base + ["FAILED", "-", "-", "-", "-", "-", f"{r.seconds:.1f}"])
+            rows.append(base + ["FAILED", "-", "-", "-", "-", coherent, "-", f"{r.seconds:.1f}"])
             continue
         rows.append(base + [
             _ppl(r), _fmt(r.delta_ppl_pct, "+.2f"), _kld(r), _fmt(r.kld_p99, ".5f"),
-            _fmt(r.top1, ".2f"), _fmt(r.kv_mib, ".2f"), f"{r.seconds:.1f}",
+            _fmt(r.top1, ".2f"), coherent, _fmt(r.kv_mib, ".2f"), f"{r.seconds:.1f}",
         ])
     return rows
 
@@ -125,6 +126,13 @@ def render_markdown(results: Sequence[Result], meta: dict) -> str:
         notes += ["mean KLD / KLD p99: KL divergence of the token distribution from the "
                   "f16/f16 run (mean, 99th percentile)",
                   "top-1 %: how often the most likely token equals f16/f16's (\"Same top p\")"]
+    if any(r.coherence for r in results):
+        from ..coherence import N_PREDICT, PROMPTS
+
+        notes.append(f"coherent: of {len(PROMPTS)} prompts, how many greedy continuations "
+                     f"({N_PREDICT} tokens, llama-server) contain the expected answer: "
+                     + "; ".join(f"{p.text!r} -> /{p.expect}/" for p in PROMPTS)
+                     + " (tqpatch.coherence; 'failed': the server did not answer)")
     notes.append("KV MiB: KV cache llama-perplexity allocated (all caches summed)")
     if kld:
         notes.append("the --kl-divergence-base file lived in a temporary folder that was "

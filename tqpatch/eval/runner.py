@@ -10,7 +10,8 @@ from typing import Sequence
 
 from ..errors import TqpatchError
 from .config import BASELINE, DEFAULT_CONFIGS, Config, parse_configs
-from .perplexity import Result, build_command, fill_deltas, judge, run_logged
+from .perplexity import build_command, fill_deltas, judge, run_logged
+from .result import Result
 
 DEFAULT_TEXT_REL = "tools/server/README.md"
 DEFAULT_CHUNKS = 20
@@ -83,6 +84,9 @@ class Progress:
     def warn(self, message: str) -> None:
         pass
 
+    def coherence(self, label: str, result) -> None:
+        """One configuration's coherence check finished (a tqpatch.coherence.Coherence)."""
+
 
 def evaluate(
     configs: Sequence[Config | str] | str = DEFAULT_CONFIGS,
@@ -99,12 +103,15 @@ def evaluate(
     extra_args: Sequence[str] = (),
     progress: Progress | None = None,
     workdir: Path | str | None = None,
+    server: Path | str | None = None,
 ) -> list[Result]:
     """Run llama-perplexity for each configuration; one Result per configuration, in order.
 
     binary: a llama-perplexity to use (default: find_binary for backend / build_dir).
     model / text default to the Gemma 3 270M test model and the pinned text.
     workdir: where the temporary folder for the base logits goes (default: the cache).
+    server: a llama-server: also run tqpatch.coherence's check for each configuration
+    (with the same threads and extra_args) into Result.coherence.
     Failing configurations come back with ok=False; nothing is raised for them.
     """
     progress = progress or Progress()
@@ -131,16 +138,42 @@ def evaluate(
 
     common = dict(ctx=ctx, chunks=chunks, threads=threads, extra_args=extra_args)
     bpv = layer_bpvs(configs, model, ctx)
-    results: list[Result] = []
     if not kld:
-        for i, cfg in enumerate(configs, 1):
-            results.append(_one(binary, model, text, cfg, i, len(configs), progress, common,
-                                bpv=bpv.get(cfg)))
+        results = [_one(binary, model, text, cfg, i, len(configs), progress, common,
+                        bpv=bpv.get(cfg)) for i, cfg in enumerate(configs, 1)]
         fill_deltas(results)
-        return results
+    else:
+        results = _with_kld(binary, model, text, configs, progress, common, bpv, chunks, ctx,
+                            workdir)
+    if server is not None:
+        check_coherence(results, Path(server), model, threads, extra_args, progress)
+    return results
 
+
+def check_coherence(results: Sequence[Result], server: Path, model: Path, threads: int,
+                    extra_args: Sequence[str], progress: Progress) -> None:
+    """Result.coherence for each result; a warning (and None) where the f16 reference
+    run fails or itself fails the check."""
+    from .. import coherence
+
+    todo = [(r.label, r.k, r.v, r.config.env()) for r in results]
+    try:
+        _, found = coherence.check(todo, server, model, threads=threads, extra_args=extra_args,
+                                   on_result=progress.coherence)
+    except TqpatchError as exc:
+        progress.warn(f"no coherence column: {exc.message}")
+        return
+    for r in results:
+        r.coherence = found.get(r.label)
+
+
+def _with_kld(binary: Path, model: Path, text: Path, configs: Sequence[Config],
+              progress: Progress, common: dict, bpv: dict, chunks: int, ctx: int,
+              workdir: Path | str | None) -> list[Result]:
+    """The f16 base-logits run, then each configuration against it."""
     from .. import paths
 
+    results: list[Result] = []
     root = Path(workdir) if workdir else paths.cache_root() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
     n_vocab = model_vocab_size(model) or GEMMA3_VOCAB

@@ -1,12 +1,40 @@
-"""The recommended K/V configuration for a model, with the llama-server flags."""
+"""The recommended K/V configuration for a model, with the llama-server flags.
+
+Policy, in order:
+  1. K precision dominates attention quality (softmax amplifies K error
+     exponentially, V error only linearly): K stays at SAFE_K (q8_0) and V takes
+     a turbo type, the most bits first (DEFAULT, q8_0/turbo4, is what the
+     README and `tqpatch --help` say); smaller V types when memory is tight.
+  2. Symmetric turbo K/V only for Q8_0-or-better weights, and only where the
+     coherence table (tqpatch.coherence) measured it coherent for the model's
+     family.
+  3. Never a configuration the coherence table shows incoherent for the
+     family on any backend; for a family it has not measured, only SAFE_K
+     configurations.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .kv import (DEFAULT_OVERHEAD_MIB, GIB, boundary_env, budget_for_kv, fmt_bytes, kv_bytes,
-                 max_ctx, support)
+from .. import coherence, formats
+from .kv import (DEFAULT_OVERHEAD_MIB, GIB, boundary_env, budget_for_kv, fmt_bytes, is_turbo,
+                 kv_bytes, max_ctx, support)
 from .modelinfo import ModelInfo, weight_class
+
+SAFE_K = "q8_0"
+
+
+def _bits(config: tuple[str, str]) -> float:
+    return sum(formats.type_info(t).bits_per_value for t in config)
+
+
+# q8_0 K with each turbo V, most bits first (formats.KV_CONFIGS order)
+ASYMMETRIC = tuple(c for c in formats.KV_CONFIGS if c[0] == SAFE_K and is_turbo(c[1]))
+SYMMETRIC = tuple(c for c in formats.KV_CONFIGS if is_turbo(c[0]) and c[0] == c[1])
+# for heads no turbo block divides: upstream types only
+UPSTREAM_LADDER = ((SAFE_K, SAFE_K), (SAFE_K, formats.ANCHOR_TYPE), coherence.REFERENCE)
+DEFAULT = ASYMMETRIC[0]
 
 @dataclass
 class Recommendation:
@@ -32,17 +60,17 @@ def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unif
 
 def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
               vram_gib: float | None = None, overhead_mib: float = DEFAULT_OVERHEAD_MIB,
-              unified: bool = True, boundary_k: int = 0, boundary_v: int = 0) -> Recommendation:
-    """A K/V configuration following the asymmetric K/V findings, with the flags.
+              unified: bool = True, boundary_k: int = 0, boundary_v: int = 0,
+              table: dict | None = None) -> Recommendation:
+    """A K/V configuration following the policy above, with the flags.
 
     boundary_k / boundary_v: the boundary layers the user runs with (sizes and
-    flags account for them).
+    flags account for them). table: the coherence table (default: the measured one).
     """
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
     ctx = ctx or info.ctx_train
     wclass = weight_class(info.file_type_name)
     budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
-    qwen = info.arch.startswith("qwen")
 
     def ok(k, v):
         return support(info, k, v) is None
@@ -53,28 +81,25 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
     def fits(k, v):
         return budget is None or need(k, v) <= budget
 
-    reasons = ["K precision dominates attention quality (softmax amplifies K error "
-               "exponentially, V error only linearly): keep K at q8_0, compress V."]
+    reasons = [f"K precision dominates attention quality (softmax amplifies K error "
+               f"exponentially, V error only linearly): keep K at {SAFE_K}, compress V."]
     alternatives: list[str] = []
 
-    if not ok("q8_0", "turbo4"):
+    if not any(ok(*c) for c in ASYMMETRIC):
         heads = "/".join(map(str, sorted(info.v_head_sizes())))
+        blocks = ", ".join(f"{f.name} {f.block}" for f in formats.TURBO_FORMATS.values())
         reasons.append(
-            f"head size {heads} is not a multiple of 64 (turbo4) or 128 (turbo3, turbo2): "
+            f"head size {heads} is not a multiple of any turbo block ({blocks}): "
             "the turbo types cannot serve this model; upstream types that work are listed."
         )
-        ladder = [c for c in (("q8_0", "q8_0"), ("q8_0", "q4_0"), ("f16", "f16")) if ok(*c)]
+        ladder = [c for c in UPSTREAM_LADDER if ok(*c)]
     else:
-        if wclass == "high" and not qwen:
-            ladder = [("q8_0", "turbo4"), ("q8_0", "turbo3"), ("turbo4", "turbo4"), ("turbo3", "turbo3")]
-        else:
-            ladder = [("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "turbo2")]
-        ladder = [c for c in ladder if ok(*c)]
-        if not ok("q8_0", "turbo3"):
-            reasons.append(
-                f"V head size {'/'.join(map(str, sorted(info.v_head_sizes())))} is not a multiple "
-                "of 128: turbo3 and turbo2 cannot serve it, turbo4 (block 64) can."
-            )
+        ladder = list(ASYMMETRIC) + (list(SYMMETRIC) if wclass == "high" else [])
+        unserved = [c for c in ladder if not ok(*c)]
+        ladder = sorted((c for c in ladder if ok(*c)), key=_bits, reverse=True)
+        if unserved:
+            reasons.append("not for this model's head sizes: "
+                           + "; ".join(f"{k}/{v} ({support(info, k, v)})" for k, v in unserved))
         if wclass in ("low", "unknown"):
             what = info.file_type_name if wclass == "low" else f"of unknown precision ({info.file_type_name})"
             reasons.append(
@@ -85,20 +110,16 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
         elif wclass == "mid":
             reasons.append(
                 f"weights are {info.file_type_name}: asymmetric is the safe default; symmetric "
-                "turbo4/turbo4 probably works at this weight precision, but validate PPL first "
-                "(tqpatch eval)."
+                "turbo K is not offered below Q8_0 weights (validate it with tqpatch eval)."
             )
         else:
             reasons.append(
-                f"weights are {info.file_type_name}: symmetric turbo4/turbo4 also works at this "
-                "weight precision (phi-4 Q8_0: +1.7% PPL) and saves more memory."
+                f"weights are {info.file_type_name}: symmetric turbo K/V is offered where the "
+                "coherence table measured it coherent for this family (phi-4 Q8_0 "
+                "turbo4/turbo4: +1.7% PPL)."
             )
-        if qwen:
-            reasons.append(
-                "Qwen family: symmetric turbo K is catastrophic on Qwen2.5 and Qwen3 at Q4_K_M; "
-                "use an asymmetric configuration only."
-            )
-
+    ladder, dropped = coherent_ladder(info.arch, ladder, table)
+    reasons += dropped
     if not ladder:  # nothing quantized serves it; f16 always does
         ladder = [("f16", "f16")]
     choice = next((c for c in ladder if fits(*c)), None)
@@ -127,20 +148,38 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
     for c in ladder:
         if c == choice:
             continue
-        note = {
-            ("q8_0", "turbo3"): "if memory is tight (+1-2% PPL)",
-            ("q8_0", "turbo2"): "maximum V compression (+3-10% PPL)",
-            ("q8_0", "turbo4"): "safest turbo configuration",
-            ("turbo4", "turbo4"): "symmetric, Q8_0+ weights only",
-            ("turbo3", "turbo3"): "symmetric, most compression; validate PPL first",
-            ("q8_0", "q4_0"): "more V compression, upstream type",
-            ("q8_0", "q8_0"): "upstream baseline",
-            ("f16", "f16"): "uncompressed",
-        }.get(c, "")
-        alternatives.append(
-            f"{_server_flags(info, ctx, c[0], c[1], parallel, unified, **bkw)}   # {note}".rstrip(" #")
-        )
+        note = (f"{'smaller' if _bits(c) < _bits(choice) else 'larger'}: "
+                f"{_bits(c) / 2:g} bits per value on average")
+        if c == DEFAULT:
+            note += ", the safe default"
+        alternatives.append(f"{_server_flags(info, ctx, c[0], c[1], parallel, unified, **bkw)}"
+                            f"   # {note}")
     return Recommendation(choice[0], choice[1],
                           _server_flags(info, ctx, choice[0], choice[1], parallel, unified, **bkw),
                           reasons, alternatives)
 
+
+
+def coherent_ladder(family: str, ladder: list[tuple[str, str]], table: dict | None = None
+                    ) -> tuple[list[tuple[str, str]], list[str]]:
+    """The ladder without what the coherence table rules out, and why each was dropped.
+
+    Out: every configuration measured incoherent for the family on any backend;
+    for a family (or a configuration) not measured, every one whose K is not
+    SAFE_K or f16 (the reference).
+    """
+    keep, why = [], []
+    measured = bool(coherence.measurements(family, table))
+    for k, v in ladder:
+        verdict = coherence.verdict(family, k, v, table)
+        if verdict == "incoherent":
+            where = ", ".join(coherence.incoherent_where(family, k, v, table))
+            why.append(f"not {k}/{v}: greedy continuations go incoherent on {family} "
+                       f"(coherent prompts: {where}; tqpatch.coherence)")
+        elif verdict == "unmeasured" and k not in (SAFE_K, coherence.REFERENCE[0]):
+            why.append(f"not {k}/{v}: its coherence is not measured for {family}"
+                       + ("" if measured else " (no coherence measurement for this family: "
+                          f"only {SAFE_K} K is recommended)"))
+        else:
+            keep.append((k, v))
+    return keep, why

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from .. import formats
+from .. import coherence, formats
 from ..formats import type_info
 from .kv import (BOUNDARY_TYPE, DEFAULT_OVERHEAD_MIB, ENV_BOUNDARY_K, ENV_BOUNDARY_V, MIB,
                  boundary_suffix, budget_for_kv, effective_bpv, fmt_bytes, is_turbo, kv_bytes,
@@ -31,6 +31,8 @@ class ConfigRow:
     max_ctx: int | None = None            # with --vram: largest -c that fits
     boundary_k: int = 0                   # boundary layers kept at q8_0 (turbo types only)
     boundary_v: int = 0
+    coherence: str = "unmeasured"         # the coherence table's verdict for the model family
+    incoherent_on: list[str] | None = None  # where it was measured incoherent ("cpu 1/3")
 
     @property
     def label(self) -> str:
@@ -43,25 +45,49 @@ class ConfigRow:
 
 
 def plan_rows(info: ModelInfo, ctx: int, parallel: int = 1, vram_gib: float | None = None,
-              overhead_mib: float = DEFAULT_OVERHEAD_MIB, configs=CONFIGS, **kw) -> list[ConfigRow]:
+              overhead_mib: float = DEFAULT_OVERHEAD_MIB, configs=CONFIGS, table: dict | None = None,
+              **kw) -> list[ConfigRow]:
+    """One row per configuration: (K, V) pairs take the boundary_k / boundary_v of kw,
+    (K, V, boundary K, boundary V) their own. table: the coherence table."""
     f16 = kv_bytes(info, ctx, "f16", "f16", parallel, **kw)
     budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
     rows = []
-    bk, bv = kw.get("boundary_k", 0), kw.get("boundary_v", 0)
-    for k, v in configs:
+    for config in configs:
+        k, v, bk, bv = config if len(config) == 4 else (
+            *config, kw.get("boundary_k", 0), kw.get("boundary_v", 0))
+        row_kw = {**kw, "boundary_k": bk, "boundary_v": bv}
         row = ConfigRow(k, v, type_info(k).bits_per_value, type_info(v).bits_per_value, True,
                         boundary_k=bk if is_turbo(k) else 0, boundary_v=bv if is_turbo(v) else 0)
+        row.coherence = coherence.verdict(info.arch, k, v, table)
+        row.incoherent_on = coherence.incoherent_where(info.arch, k, v, table) or None
         reason = support(info, k, v)
         if reason:
             row.supported, row.reason = False, reason
         else:
-            row.bpv_k, row.bpv_v = effective_bpv(info, ctx, k, v, parallel, **kw)
-            row.kv_bytes = kv_bytes(info, ctx, k, v, parallel, **kw)
+            row.bpv_k, row.bpv_v = effective_bpv(info, ctx, k, v, parallel, **row_kw)
+            row.kv_bytes = kv_bytes(info, ctx, k, v, parallel, **row_kw)
             row.compression = f16 / row.kv_bytes if row.kv_bytes else None
             if budget is not None:
-                row.max_ctx = max_ctx(info, k, v, budget, parallel, **kw) if budget > 0 else 0
+                row.max_ctx = max_ctx(info, k, v, budget, parallel, **row_kw) if budget > 0 else 0
         rows.append(row)
     return rows
+
+
+def plan_warnings(info: ModelInfo, ctx: int) -> list[str]:
+    """What the user should know about the request itself."""
+    if ctx > info.ctx_train:
+        return [f"-c {ctx} is beyond the model's trained context of {info.ctx_train} "
+                f"({info.arch}.context_length): llama.cpp runs it, but past {info.ctx_train} "
+                "tokens the model sees positions it never learned (quality drops unless it "
+                "was made for RoPE scaling); max ctx stays at the trained context"]
+    return []
+
+
+def _coherence_cell(row: ConfigRow) -> str:
+    if row.coherence == "incoherent":
+        return "NO (" + ", ".join(row.incoherent_on or []) + ")"
+    return {"coherent": "yes", "unmeasured": "-"}[row.coherence]
+
 
 # ----------------------------------------------------------------------------
 # text and JSON
@@ -95,6 +121,7 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
                 unified: bool, boundary_k: int = 0, boundary_v: int = 0) -> str:
     ctx = ctx or info.ctx_train
     out = describe_model(info)
+    out += [f"warning: {w}" for w in plan_warnings(info, ctx)]
     caches = kv_caches(info, ctx, "f16", "f16", parallel, unified=unified)
     layout = ", ".join(
         f"{c.kind} layers {c.cells} cells" + (f" x {c.n_stream} streams" if c.n_stream > 1 else "")
@@ -109,7 +136,8 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
                    f"layers of a turbo cache at {BOUNDARY_TYPE} ({ENV_BOUNDARY_K}={boundary_k} "
                    f"{ENV_BOUNDARY_V}={boundary_v}); bpv is the average over all layers")
     w = max([15] + [len(r.label) for r in rows])
-    header = f"  {'K/V':<{w}} {'K bpv':>6} {'V bpv':>6} {'KV MiB':>10} {'vs f16':>7}"
+    header = (f"  {'K/V':<{w}} {'K bpv':>6} {'V bpv':>6} {'KV MiB':>10} {'vs f16':>7}"
+              f"  {'coherent':<8}")
     if vram_gib is not None:
         header += f"  {'max ctx':>9}"
     out.append(header)
@@ -117,11 +145,14 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
         if not r.supported:
             out.append(f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f}  unsupported: {r.reason}")
             continue
-        line = f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f} {r.kv_mib:>10.2f} {r.compression:>6.2f}x"
+        line = (f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f} {r.kv_mib:>10.2f} "
+                f"{r.compression:>6.2f}x  {_coherence_cell(r):<8}")
         if vram_gib is not None:
             mc = r.max_ctx or 0
             line += f"  {mc:>9}" + (" (full)" if mc >= info.ctx_train else "")
-        out.append(line)
+        out.append(line.rstrip())
+    out.append(f"  coherent: tqpatch.coherence's check on this model family ({info.arch}) as "
+               "measured (yes / NO with the backend and prompts passed / - not measured)")
     if vram_gib is not None:
         budget = budget_for_kv(info, vram_gib, overhead_mib)
         out.append(
@@ -150,6 +181,7 @@ def plan_json(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommendat
     return {
         "model": info.to_dict(),
         "ctx": ctx,
+        "warnings": plan_warnings(info, ctx),
         "parallel": parallel,
         "unified": unified,
         "boundary_k": boundary_k,
