@@ -60,3 +60,13 @@ from .runner import (BASE_FILE_WARN_BYTES, DEFAULT_CHUNKS, DEFAULT_CTX, DEFAULT_
                      GEMMA3_VOCAB, Progress, base_file_bytes, check_model, check_text,
                      default_text, evaluate, layer_bpvs, model_vocab_size, perplexity_layout)
 
+__all__ = [  # the names other modules, tests and benchmarks import from here
+    "base_file_bytes", "BASE_FILE_WARN_BYTES", "BASELINE", "BASELINE_TYPE", "build_command",
+    "check_model", "check_text", "command_line", "command_lines", "Config", "DEFAULT_CHUNKS",
+    "DEFAULT_CONFIGS", "DEFAULT_CTX", "default_text", "DEFAULT_TEXT_REL", "delta_ppl_pct",
+    "evaluate", "fill_deltas", "GEMMA3_VOCAB", "HEADERS", "judge", "known_types", "layer_bpvs",
+    "LOG_ARGS", "machine_meta", "make_meta", "model_vocab_size", "parse_configs",
+    "parse_perplexity_output", "perplexity_layout", "plot", "PLOT_INSTALL_HINT", "Progress",
+    "render_markdown", "render_table", "Result", "run_logged", "table_rows", "tail",
+    "TAIL_LINES", "to_json",
+]

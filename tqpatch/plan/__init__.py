@@ -16,3 +16,13 @@ from .kv import (BOUNDARY_TYPE, CTX_PAD, DEFAULT_OVERHEAD_MIB, ENV_BOUNDARY_K, E
 from .modelinfo import ModelInfo, read_model, weight_class
 from .recommend import Recommendation, recommend
 from .report import CONFIGS, ConfigRow, describe_model, plan_json, plan_rows, render_text
+
+__all__ = [  # the names other modules, tests and benchmarks import from here
+    "boundary_env", "boundary_suffix", "BOUNDARY_TYPE", "budget_for_kv", "check_boundary",
+    "check_memory", "ConfigRow", "CONFIGS", "CTX_PAD", "DEFAULT_OVERHEAD_MIB",
+    "describe_model", "effective_bpv", "ENV_BOUNDARY_K", "ENV_BOUNDARY_V", "field_value",
+    "GIB", "is_turbo", "kv_bytes", "kv_caches", "KVCache", "layer_type", "MAX_BOUNDARY",
+    "max_ctx", "MIB", "ModelInfo", "open_gguf", "parse_kv_sizes", "plan_json", "plan_rows",
+    "read_model", "recommend", "Recommendation", "render_text", "row_size", "support",
+    "weight_class",
+]

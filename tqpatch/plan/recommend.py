@@ -149,7 +149,7 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
         if c == choice:
             continue
         note = (f"{'smaller' if _bits(c) < _bits(choice) else 'larger'}: "
-                f"{_bits(c) / 2:g} bits per value on average")
+                f"{_bits(c) / 2:.2f} bits per value on average")
         if c == DEFAULT:
             note += ", the safe default"
         alternatives.append(f"{_server_flags(info, ctx, c[0], c[1], parallel, unified, **bkw)}"

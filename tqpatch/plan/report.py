@@ -136,8 +136,9 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
                    f"layers of a turbo cache at {BOUNDARY_TYPE} ({ENV_BOUNDARY_K}={boundary_k} "
                    f"{ENV_BOUNDARY_V}={boundary_v}); bpv is the average over all layers")
     w = max([15] + [len(r.label) for r in rows])
+    wc = max(len("coherent"), *(len(_coherence_cell(r)) for r in rows))
     header = (f"  {'K/V':<{w}} {'K bpv':>6} {'V bpv':>6} {'KV MiB':>10} {'vs f16':>7}"
-              f"  {'coherent':<8}")
+              f"  {'coherent':<{wc}}")
     if vram_gib is not None:
         header += f"  {'max ctx':>9}"
     out.append(header)
@@ -146,7 +147,7 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
             out.append(f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f}  unsupported: {r.reason}")
             continue
         line = (f"  {r.label:<{w}} {r.bpv_k:>6.3f} {r.bpv_v:>6.3f} {r.kv_mib:>10.2f} "
-                f"{r.compression:>6.2f}x  {_coherence_cell(r):<8}")
+                f"{r.compression:>6.2f}x  {_coherence_cell(r):<{wc}}")
         if vram_gib is not None:
             mc = r.max_ctx or 0
             line += f"  {mc:>9}" + (" (full)" if mc >= info.ctx_train else "")
