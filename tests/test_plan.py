@@ -298,17 +298,21 @@ def test_recommend_q4_k_m(tmp_path):
     assert not any("-ctk turbo" in a for a in rec.alternatives)  # never symmetric on Q4_K_M
 
 
-def test_default_is_what_help_and_readme_say():
+def test_default_is_what_help_says():
+    from tqpatch.plan.recommend import DEFAULT
+
+    assert DEFAULT == ("q8_0", "turbo4")
+    assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_readme_headline_is_the_default():
     from pathlib import Path
 
     from tqpatch.plan.recommend import DEFAULT
 
-    flags = f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}"
-    assert DEFAULT == ("q8_0", "turbo4")
-    assert flags in CliRunner().invoke(main, ["--help"]).output
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     headline = readme.split("```")[1]  # the first code block: the one-line pitch
-    assert flags in headline, headline
+    assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in headline, headline
 
 
 def test_recommend_q8_0_symmetric_only_where_measured_coherent(tmp_path):

@@ -27,6 +27,7 @@ PPL / KLD, and benchmarks/coherence_table.py records a new measurement.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -169,7 +170,9 @@ class Server:
                  threads: int, env: dict[str, str] | None = None,
                  extra_args: Sequence[str] = ()):
         self.port = _free_port()
-        self.log = Path(tempfile.mkstemp(prefix="tqpatch-server-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix="tqpatch-server-", suffix=".log")
+        os.close(fd)
+        self.log = Path(log)
         self.cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                     "-ctk", type_k, "-ctv", type_v, "-fa", "on", "-c", str(SERVER_CTX),
                     "-np", "1", "-t", str(threads), "--no-warmup", *extra_args]
@@ -177,8 +180,13 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Server":
-        import os
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # a server that never became ready is stopped all the same
+            raise
 
+    def _start(self) -> "Server":
         with open(self.log, "w") as log:
             try:
                 self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -197,7 +205,7 @@ class Server:
                         return self
             except (OSError, urllib.error.URLError):
                 pass
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise TqpatchError(f"llama-server did not become ready within {START_TIMEOUT_S} s")
 
     def complete(self, prompt: Prompt, n_predict: int = N_PREDICT) -> Continuation:
