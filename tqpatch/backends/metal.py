@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .. import formats
 from ._base import *  # noqa: F403  (the defaults this backend keeps)
-from ._base import EndToEnd, Requirement, reject_arch
+from ._base import CompileCheck, EndToEnd, Requirement, reject_arch
 from ..toolchain import run_capture
 
 name = "metal"
@@ -96,6 +96,22 @@ def detect() -> tuple[bool, str]:
     if sys.platform != "darwin":
         return False, ""
     return True, f"macOS with {hardware() or 'an Apple GPU'}"
+
+
+def _compile_check(tree, work_dir) -> dict:
+    from .metal_host import check
+
+    return check.run(tree, work_dir)
+
+
+def _compile_check_unavailable() -> str | None:
+    from .metal_host import check
+
+    return check.unavailable()
+
+
+# the turbo Metal libraries as embedded, the host C++ and supports_op, compiled with g++ (metal_host/check.py)
+compile_check = CompileCheck(run=_compile_check, unavailable=_compile_check_unavailable)
 
 
 def verify_runner(record: dict | None):

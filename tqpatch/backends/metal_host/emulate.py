@@ -80,15 +80,31 @@ _RANGE_INIT = re.compile(
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"', re.M)
 
 
-def rewrite(text: str) -> str:
-    """The mechanical MSL -> C++ changes (see the module docstring); registration
-    of every dispatched instantiation by its host name."""
+_HEADS = re.compile(r"_dk(\d+)_dv(\d+)(_q\d+_ne\d+)?$")
+
+
+def dispatched(name: str) -> bool:
+    """Whether the emulated host code can ask for the kernel of this host name: the ops it
+    plays, at the head sizes tqpatch instantiates, in the baseline vector configuration."""
+    if not DISPATCHED.search(name) or NOT_DISPATCHED.search(name):
+        return False
+    from ... import formats
+
+    m = _HEADS.search(name)
+    return m is None or (int(m.group(1)) == int(m.group(2)) in formats.HEAD_SIZES and not m.group(3))
+
+
+def rewrite(text: str, register: bool = True) -> str:
+    """The mechanical MSL -> C++ changes (see the module docstring). With `register`, the
+    kernels the emulated host code dispatches are registered by their host names and
+    the other explicit instantiations are left out (nothing could call them)."""
     out = []
     for line in text.splitlines():
         m = _INSTANCE.match(line)
-        if m and DISPATCHED.search(m.group(1)) and not NOT_DISPATCHED.search(m.group(1)):
-            out.append(_ATTRIBUTE.sub("", line))
-            out.append(f'TQ_EMU_REGISTER("{m.group(1)}", {m.group(2)})')
+        if register and m:
+            if dispatched(m.group(1)):
+                out.append(_ATTRIBUTE.sub("", line))
+                out.append(f'TQ_EMU_REGISTER("{m.group(1)}", {m.group(2)})')
             continue
         out.append(line)
     text = "\n".join(out) + "\n"
@@ -116,8 +132,7 @@ def _is_template(text: str, pos: int) -> bool:
 def plain_kernels(text: str) -> list[str]:
     """Non-template kernels that the emulated host code dispatches (their name is the host name)."""
     return [m.group(1) for m in _PLAIN_KERNEL.finditer(text)
-            if not _is_template(text, m.start()) and DISPATCHED.search(m.group(1))
-            and not NOT_DISPATCHED.search(m.group(1))]
+            if not _is_template(text, m.start()) and dispatched(m.group(1))]
 
 
 def host_names(text: str) -> list[str]:
@@ -255,6 +270,14 @@ def compiler() -> str:
             return path
     raise TqpatchError("the Metal host emulation needs a C++17 compiler: install g++ "
                        "(Debian/Ubuntu: `apt install g++`)")
+
+
+def c_compiler() -> str:
+    for name in ("gcc", "cc", "clang"):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise TqpatchError("the Metal compile check needs a C compiler: install gcc")
 
 
 def _compile(cxx: str, source: Path, obj: Path, includes: list[Path], log: Path) -> None:
