@@ -57,6 +57,16 @@ NOT_DISPATCHED = re.compile(r"^kernel_flash_attn_ext_vec_idx$")
 
 CXX_FLAGS = ("-std=c++17", "-O1", "-fno-strict-aliasing", "-w")
 
+# what the emulation reads from the tree: these headers and kernels/*
+HEADERS = ("ggml/include/ggml.h", "ggml/src/ggml-common.h", "ggml/src/ggml-turbo-common.h",
+           f"{METAL}/ggml-metal-impl.h", f"{METAL}/ggml-metal-turbo.h")
+
+
+def tree_files(tree: Path) -> list[str]:
+    """Tree-relative paths of every file the emulation reads (e.g. to copy a tree to mutate)."""
+    kernels = sorted(p.relative_to(tree).as_posix() for p in (Path(tree) / KERNELS).iterdir() if p.is_file())
+    return [*HEADERS, *kernels]
+
 
 def turbo_libs() -> list[str]:
     from .. import metal
@@ -226,8 +236,7 @@ def prepare(tree: Path, work: Path, libs: list[str] | None = None) -> Prepared:
         shutil.rmtree(src)
     src.mkdir(parents=True)
     h = hashlib.sha256()
-    for rel in ("ggml/src/ggml-common.h", "ggml/src/ggml-turbo-common.h", f"{METAL}/ggml-metal-impl.h",
-                f"{METAL}/ggml-metal-turbo.h", "ggml/include/ggml.h"):
+    for rel in HEADERS:
         text = _read(tree, rel)
         (src / Path(rel).name).write_text(text)
         h.update(rel.encode() + text.encode())
