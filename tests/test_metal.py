@@ -220,14 +220,11 @@ def test_emulated_metal_passes_the_verification_contract(emulator):
         f"{k}/{v}" for k, v in verify.fa_pairs(formats.TURBO_TYPES)}
 
 
-def _fa_checks(pairs, d=128):
+def _fa_checks(pairs, nqs, d=128):
     rng = np.random.default_rng(7)
-    checks = []
-    for k, v in pairs:
-        checks.append(verify._fa_check(rng, k, v, d, 1, 4, 200, 1))   # decode, partial last chunk
-        checks.append(verify._fa_check(rng, k, v, d, 24, 4, 96, 2))   # a batch
-        checks.append(verify._fa_check(rng, k, v, d, 32, 4, 64, 2))   # a batch the host converts to f16
-    return checks
+    # decode with a partial last chunk of the cache (the pad pass), and batches
+    shapes = {1: (4, 200, 1), 24: (4, 96, 2), 32: (4, 64, 2)}
+    return [verify._fa_check(rng, k, v, d, nq, *shapes[nq]) for k, v in pairs for nq in nqs]
 
 
 def _judge(checks, binary):
@@ -236,14 +233,21 @@ def _judge(checks, binary):
     return [verify.judge(c, r, "metal", prec) for c, r in zip(checks, run.results)]
 
 
+# per forced path: K/V pairs (the recommended q8_0/turbo3 in each) and batch sizes
+FA_PATHS = {
+    "vec": ([("q8_0", "turbo3"), ("turbo3", "turbo3"), ("f16", "turbo4"), ("turbo2", "q8_0")], (1, 24)),
+    "mma": ([("q8_0", "turbo3"), ("f16", "turbo4"), ("turbo4", "turbo2")], (24,)),
+    "mma-kv-f16": ([("q8_0", "turbo3"), ("turbo2", "turbo4")], (32,)),  # K and V converted to f16 first
+}
+
+
 @pytest.mark.slow
 @needs_cxx
-@pytest.mark.parametrize("path", ["vec", "mma", "mma-kv-f16"])
+@pytest.mark.parametrize("path", list(FA_PATHS))
 def test_every_flash_attention_path_passes(emulator, monkeypatch, path):
-    # the host picks the path by batch size; forcing it covers each one with the same cases
+    # the host picks the path by batch size; forcing it covers each one with the same kind of cases
     monkeypatch.setenv("TQPATCH_METAL_EMU_FA_PATH", path)
-    pairs = [("q8_0", "turbo3"), ("turbo3", "turbo3"), ("f16", "turbo4"), ("turbo2", "q8_0"), ("turbo4", "turbo2")]
-    reports = _judge(_fa_checks(pairs), emulator)
+    reports = _judge(_fa_checks(*FA_PATHS[path]), emulator)
     bad = [(r.types, r.shape, r.result, r.note, r.details[:1]) for r in reports if r.result != "PASS"]
     assert not bad
 
