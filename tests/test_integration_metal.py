@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from test_integration_cpu import _complete, run  # noqa: F401  (one server helper for every backend)
+from test_integration_cpu import _complete, gemma, run  # noqa: F401  (one server helper and model for every backend)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -36,13 +36,6 @@ def metal_build():
     except TqpatchError as e:
         pytest.skip(f"no Metal build: {e}")
     return lambda name: build.find_binary(name, BACKEND)
-
-
-@pytest.fixture(scope="session")
-def gemma():
-    from tqpatch import model
-
-    return model.ensure_model()
 
 
 # what Metal leaves to the CPU on purpose: SET_ROWS from f16 rows and turbo -> turbo copies

@@ -329,6 +329,10 @@ def build(tree: Path | None = None, libs: list[str] | None = None, work: Path | 
     if proc.returncode != 0:
         raise TqpatchError("linking the Metal host emulation failed:\n" + (proc.stdout + proc.stderr)[-2000:])
     os.replace(str(binary) + ".tmp", binary)
+    if work is None:  # the cache keeps the emulator of the current sources only
+        for old in base.iterdir():
+            if old.is_dir() and old.name not in ("prepare", prep.digest):
+                shutil.rmtree(old, ignore_errors=True)
     if echo:
         echo(f"metal host emulation: built in {time.monotonic() - started:.0f} s: {binary}")
     return binary

@@ -614,18 +614,27 @@ result run_case(const test_case & c) {
     }
     const ggml_type tk = (ggml_type) c.type_k;
     const ggml_type tv = (ggml_type) c.type_v;
+    // the row ops: their buffers, and only turbo kernels are emulated
+    static const struct { uint32_t op; const char * name; size_t n_bufs; } row_ops[] = {
+        {OP_SET_ROWS, "SET_ROWS", 2}, {OP_GET_ROWS, "GET_ROWS", 2}, {OP_CPY, "CPY", 1}};
+    for (const auto & r : row_ops) {
+        if (c.op != r.op) {
+            continue;
+        }
+        if (c.bufs.size() != r.n_bufs || d[0] % ggml_blck_size(tk) != 0) {
+            res.message = std::string(r.name) + " needs " + std::to_string(r.n_bufs) +
+                          " buffer(s) and k a multiple of the block";
+            return res;
+        }
+        if (!ggml_metal_type_is_turbo(tk)) {
+            res.status = STATUS_UNSUPPORTED;
+            res.message = not_emulated(r.name, tk);
+            return res;
+        }
+    }
     try {
         switch (c.op) {
             case OP_SET_ROWS: {
-                if (c.bufs.size() != 2 || d[0] % ggml_blck_size(tk) != 0) {
-                    res.message = "SET_ROWS needs 2 buffers and k a multiple of the block";
-                    return res;
-                }
-                if (!ggml_metal_type_is_turbo(tk)) {
-                    res.status = STATUS_UNSUPPORTED;
-                    res.message = not_emulated("SET_ROWS", tk);
-                    return res;
-                }
                 const ggml_tensor dst = make_tensor(tk, d[0], d[1], 1, 1);
                 const ggml_tensor src = make_tensor(GGML_TYPE_F32, d[0], d[1], 1, 1);
                 const ggml_tensor idx = make_tensor(GGML_TYPE_I64, d[1], 1, 1, 1);
@@ -634,15 +643,6 @@ result run_case(const test_case & c) {
                 break;
             }
             case OP_GET_ROWS: {
-                if (c.bufs.size() != 2 || d[0] % ggml_blck_size(tk) != 0) {
-                    res.message = "GET_ROWS needs 2 buffers and k a multiple of the block";
-                    return res;
-                }
-                if (!ggml_metal_type_is_turbo(tk)) {
-                    res.status = STATUS_UNSUPPORTED;
-                    res.message = not_emulated("GET_ROWS", tk);
-                    return res;
-                }
                 const ggml_tensor src = make_tensor(tk, d[0], d[1], 1, 1);
                 const ggml_tensor idx = make_tensor(GGML_TYPE_I32, d[2], 1, 1, 1);
                 const ggml_tensor dst = make_tensor(GGML_TYPE_F32, d[0], d[2], 1, 1);
@@ -651,15 +651,6 @@ result run_case(const test_case & c) {
                 break;
             }
             case OP_CPY: {
-                if (c.bufs.size() != 1 || d[0] % ggml_blck_size(tk) != 0) {
-                    res.message = "CPY needs 1 buffer and k a multiple of the block";
-                    return res;
-                }
-                if (!ggml_metal_type_is_turbo(tk)) {
-                    res.status = STATUS_UNSUPPORTED;
-                    res.message = not_emulated("CPY", tk);
-                    return res;
-                }
                 const ggml_tensor src = make_tensor(tk, d[0], d[1], 1, 1);
                 const ggml_tensor dst = make_tensor(GGML_TYPE_F32, d[0], d[1], 1, 1);
                 res.data.assign(nbytes(dst), 0xFF);
