@@ -23,7 +23,7 @@ from tqpatch.backends.metal_host import emulate
 from tqpatch.errors import TqpatchError
 
 GEN = paths.generated_dir() / "ggml/src/ggml-metal"
-HOST_NAME = re.compile(r'\[\[host_name\("([^"]+)"\)\]\]')
+HOST_NAME = re.compile(r'\[\[host_name\(\s*"([^"]+)"\s*\)\]\]')
 
 
 def _host_names(text: str) -> set[str]:
@@ -157,12 +157,14 @@ def test_rewrite_drops_attributes_and_range_designators_and_registers_dispatched
         "}",
         'template [[host_name("kernel_get_rows_turbo3")]] kernel t_t kernel_get_rows_turbo<A, B>;',
         'template [[host_name("kernel_flash_attn_ext_vec_f16_turbo3_dk96_dv96")]] kernel t_t f<A>;',
+        'template [[host_name("kernel_flash_attn_ext_f16_dk64_dv64"  )]]  kernel t_t h<A, 64>;',
         'template [[host_name("kernel_lightning_indexer_f16")]] kernel t_t g<A>;',
     ])
     out = emulate.rewrite(src)
     assert "[[" not in out
     assert "float M[NQ]; for (int tq_i_ = 0; tq_i_ < NQ; ++tq_i_) M[tq_i_] = -FLT_MAX/2;" in out
     assert 'TQ_EMU_REGISTER("kernel_get_rows_turbo3", kernel_get_rows_turbo<A, B>)' in out
+    assert 'TQ_EMU_REGISTER("kernel_flash_attn_ext_f16_dk64_dv64", h<A, 64>)' in out  # upstream's spacing
     assert "dk96" not in out and "lightning" not in out  # never dispatched: not instantiated
     kept = emulate.rewrite(src, register=False)  # the syntax check keeps every instantiation
     assert "TQ_EMU_REGISTER" not in kept and "f<A>" in kept and "g<A>" in kept
@@ -220,11 +222,11 @@ def test_emulated_metal_passes_the_verification_contract(emulator):
         f"{k}/{v}" for k, v in verify.fa_pairs(formats.TURBO_TYPES)}
 
 
-def _fa_checks(pairs, nqs, d=128):
+def _fa_checks(cases, nqs):
     rng = np.random.default_rng(7)
     # decode with a partial last chunk of the cache (the pad pass), and batches
     shapes = {1: (4, 200, 1), 24: (4, 96, 2), 32: (4, 64, 2)}
-    return [verify._fa_check(rng, k, v, d, nq, *shapes[nq]) for k, v in pairs for nq in nqs]
+    return [verify._fa_check(rng, k, v, d, nq, *shapes[nq]) for k, v, d in cases for nq in nqs]
 
 
 def _judge(checks, binary):
@@ -233,11 +235,13 @@ def _judge(checks, binary):
     return [verify.judge(c, r, "metal", prec) for c, r in zip(checks, run.results)]
 
 
-# per forced path: K/V pairs (the recommended q8_0/turbo3 in each) and batch sizes
+# per forced path: (K, V, head size) -- the recommended q8_0/turbo3 in each -- and batch sizes
 FA_PATHS = {
-    "vec": ([("q8_0", "turbo3"), ("turbo3", "turbo3"), ("f16", "turbo4"), ("turbo2", "q8_0")], (1, 24)),
-    "mma": ([("q8_0", "turbo3"), ("f16", "turbo4"), ("turbo4", "turbo2")], (24,)),
-    "mma-kv-f16": ([("q8_0", "turbo3"), ("turbo2", "turbo4")], (32,)),  # K and V converted to f16 first
+    "vec": ([("q8_0", "turbo3", 128), ("turbo3", "turbo3", 256), ("f16", "turbo4", 64), ("turbo2", "q8_0", 128)],
+            (1, 24)),
+    "mma": ([("q8_0", "turbo3", 128), ("f16", "turbo4", 64), ("turbo4", "turbo2", 256)], (24,)),
+    # K and V converted to f16 first, then upstream's f16 kernel
+    "mma-kv-f16": ([("q8_0", "turbo3", 128), ("turbo2", "turbo4", 256), ("turbo4", "q8_0", 64)], (32,)),
 }
 
 

@@ -80,7 +80,7 @@ def all_libs() -> list[str]:
 
 # ---------------------------------------------------------------- source rewrites
 
-_INSTANCE = re.compile(r'^\s*template\s*\[\[\s*host_name\("([^"]+)"\)\s*\]\]\s*kernel\s+\w+\s+(\w+<.*>)\s*;\s*$')
+_INSTANCE = re.compile(r'^\s*template\s*\[\[\s*host_name\(\s*"([^"]+)"\s*\)\s*\]\]\s*kernel\s+\w+\s+(\w+<.*>)\s*;\s*$')
 _PLAIN_KERNEL = re.compile(r"^kernel\s+void\s+(\w+)\s*\(", re.M)
 _FUNCTION_CONSTANT = re.compile(
     r"constant\s+(\w+)\s+(\w+)\s*\[\[\s*function_constant\(([^\]]*)\)\s*\]\]\s*;")
