@@ -145,12 +145,6 @@ def plain_kernels(text: str) -> list[str]:
             if not _is_template(text, m.start()) and dispatched(m.group(1))]
 
 
-def host_names(text: str) -> list[str]:
-    """Every kernel name a Metal source defines (instantiations and plain kernels)."""
-    names = [m.group(1) for line in text.splitlines() if (m := _INSTANCE.match(line))]
-    return names + [m.group(1) for m in _PLAIN_KERNEL.finditer(text) if not _is_template(text, m.start())]
-
-
 # ---------------------------------------------------------------- preparing a build
 
 @dataclass
