@@ -11,9 +11,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from tqpatch.backends import BACKENDS
 
 pytestmark = pytest.mark.slow
 
@@ -122,11 +123,9 @@ def test_quality_bars_against_upstream_caches(ppl_table):
 
 # ------------------------------------------------------------------ coherence (llama-server)
 
-# tqpatch.coherence's check over every configuration, on the CPU backend. The
-# Gemma 3 Q4_K_M weights hit an upstream segfault in ggml's AMX matmul
-# (ggml-org/llama.cpp#20824) on Xeons with AMX: --no-repack keeps them off it.
-AMX = "amx_int8" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
-CPU_TOOL_ARGS = ("--device", "none", *(("--no-repack",) if AMX else ()))
+# tqpatch.coherence's check over every configuration, on the CPU backend (its
+# e2e tool arguments carry the AMX workaround where the CPU needs it).
+CPU_TOOL_ARGS = BACKENDS["cpu"].e2e.tool_args
 
 
 def coherence_run(server, model, tool_args):

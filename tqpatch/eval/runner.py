@@ -136,6 +136,11 @@ def evaluate(
         raise TqpatchError(f"{binary} is missing: build it with "
                            f"`tqpatch build --backend {backend}`")
 
+    # what puts llama.cpp's tools on this backend (e.g. -ngl 99, or --device none and
+    # the CPU's AMX workaround) comes first; the user's extra arguments can override it
+    from ..backends import get as get_backend
+
+    extra_args = (*get_backend(backend).e2e.tool_args, *extra_args)
     common = dict(ctx=ctx, chunks=chunks, threads=threads, extra_args=extra_args)
     bpv = layer_bpvs(configs, model, ctx)
     if not kld:
