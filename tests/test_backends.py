@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tqpatch import backends, paths
+from tqpatch import backends, formats, paths
 from tqpatch.backends import cpu, cuda, hip, metal, vulkan
 from tqpatch.errors import TqpatchError
 
@@ -120,7 +120,7 @@ def test_cuda_rejects_garbage_with_accepted_forms(arch):
 
 def test_default_fa_pairs_cover_every_cache_type_pair_plus_upstream_defaults():
     pairs = cuda.fa_pairs(None)
-    assert len(pairs) == 27 == len(set(pairs))
+    assert len(pairs) == len(formats.CACHE_TYPES) ** 2 + 2 == len(set(pairs))
     types = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
     assert {f"{k}-{v}" for k in types for v in types} <= set(pairs)
     assert set(cuda.UPSTREAM_DEFAULT_FA) <= set(pairs)  # what upstream builds by default stays

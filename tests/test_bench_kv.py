@@ -300,8 +300,8 @@ def test_kv_row_synth_real(synth_info):
 
 
 def test_kv_unsupported_and_render(tmp_path, synth_info):
-    info = _gguf(tmp_path / "h96.gguf", "llama", n_layer=2, n_embd=384, n_head=4, n_head_kv=4,
-                 ctx_train=4096)  # head 96: no turbo block fits
+    info = _gguf(tmp_path / "h80.gguf", "llama", n_layer=2, n_embd=320, n_head=4, n_head_kv=4,
+                 ctx_train=4096)  # head 80: no turbo block (32, 64, 96) fits
     row = bk.kv_row(info, 4096, "q8_0", "turbo3", None)
     assert row["unsupported"] and row["pred_mib"] is None
     ok = bk.kv_row(synth_info, 4096, "turbo4", "turbo4",

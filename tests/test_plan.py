@@ -234,7 +234,10 @@ def test_key_length_differs_from_value_length(tmp_path):
     info = read_model(write_gguf(tmp_path / "kv.gguf", n_layer=2, n_embd=512, n_head=4,
                                  n_head_kv=2, key_length=192, value_length=128))
     assert kv_bytes(info, 256, "f16", "f16") == 2 * 256 * 2 * 2 * (192 + 128)
-    assert "K head size 192" in support(info, "turbo3", "turbo3")
+    assert support(info, "turbo3", "turbo3") is None      # 192 and 128: turbo3's 64-value blocks
+    assert "K head size 200" in support(
+        read_model(write_gguf(tmp_path / "kv2.gguf", n_layer=2, n_embd=512, n_head=4, n_head_kv=2,
+                              key_length=200, value_length=128)), "turbo3", "turbo3")
     assert support(info, "q8_0", "turbo3") is None
 
 
@@ -243,9 +246,10 @@ def test_key_length_differs_from_value_length(tmp_path):
 
 
 @pytest.mark.parametrize("head,bad", [
-    (64, {"turbo3", "turbo2"}),
-    (96, {"turbo4", "turbo3", "turbo2"}),
-    (192, {"turbo3", "turbo2"}),
+    (32, set()),       # turbo2_b32 / turbo3_b32
+    (64, set()),
+    (96, set()),       # turbo2_b96 / turbo3_b96, turbo4
+    (192, set()),
     (256, set()),
     (80, {"q8_0", "q4_0", "turbo4", "turbo3", "turbo2"}),
 ])
@@ -265,12 +269,22 @@ def test_unsupported_head_sizes(tmp_path, head, bad):
 
 
 def test_no_turbo_head_recommends_upstream(tmp_path):
+    # every multiple of 32 has a turbo variant; 80 has none (and no q8_0 either)
+    info = read_model(write_gguf(tmp_path / "h80.gguf", n_layer=2, n_embd=320, n_head=4,
+                                 n_head_kv=2))
+    rec = recommend(info, 4096)
+    assert (rec.type_k, rec.type_v) == ("f16", "f16")
+    assert any("turbo types cannot serve" in r for r in rec.reasons)
+    assert "-ctk f16 -ctv f16" in rec.flags
+
+
+def test_head_96_gets_the_turbo_variants(tmp_path):
     info = read_model(write_gguf(tmp_path / "h96.gguf", n_layer=2, n_embd=384, n_head=4,
                                  n_head_kv=2))
     rec = recommend(info, 4096)
-    assert (rec.type_k, rec.type_v) == ("q8_0", "q8_0")
-    assert any("turbo types cannot serve" in r for r in rec.reasons)
-    assert "-ctk q8_0 -ctv q8_0" in rec.flags
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
+    # turbo3 on a head of 96 is turbo3_b96: 37 bytes per 96 values
+    assert kv_bytes(info, 256, "turbo3", "turbo3") == 2 * 2 * 256 * 2 * 37
 
 
 # ---------------------------------------------------------------------------
@@ -647,9 +661,13 @@ def test_cli_plan_json_and_unsupported(tmp_path):
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
     rows = {c["label"]: c for c in d["configs"]}
-    assert rows["q8_0/turbo3"]["supported"] is False
-    assert "turbo3's block of 128" in rows["q8_0/turbo3"]["reason"]
+    assert rows["q8_0/turbo3"]["supported"] is True          # turbo3 blocks of 64
     assert rows["f16/f16"]["kv_bytes"] == 2 * 2 * 128 * 2 * 2048
+    p80 = write_gguf(tmp_path / "h80.gguf", n_layer=2, n_embd=320, n_head=4, n_head_kv=2)
+    res = CliRunner().invoke(main, ["plan", str(p80), "--ctx", "2048", "--json"])
+    rows = {c["label"]: c for c in json.loads(res.output)["configs"]}
+    assert rows["q8_0/turbo3"]["supported"] is False
+    assert "turbo3's block of 64/96/32" in rows["q8_0/turbo3"]["reason"]
     assert d["recommendation"]["flags"].endswith("-np 2 -kvu")
 
 

@@ -24,49 +24,109 @@ def hand_block(name: str, pattern):
     x = cent[idx].astype(np.float32)
     x[0] = 1.0
     c = cent[idx].astype(np.float64)
-    d = (x.astype(np.float64) @ c) / (c @ c)
-    return x, idx, f16_bits(np.float32(d))
+    s = (x.astype(np.float64) @ c) / (c @ c)
+    return x, idx, s
+
+
+def log8_code(s: float) -> int:
+    """The log8 code by hand: the nearest of 2^((e-128)/8) in linear distance."""
+    vals = 2.0 ** ((np.arange(1, 255) - 128) / 8)
+    return int(np.argmin(np.abs(vals - s))) + 1
 
 
 def test_turbo3_bytes_decoded_by_hand():
-    x, idx, d_bits = hand_block("turbo3", lambda j: j % 8)
+    x, idx, s = hand_block("turbo3", lambda j: j % 8)
     row = R.quantize_rows(x[None, :], "turbo3")[0]
-    assert row.shape == (50,)
-    assert le16(row) == d_bits                      # little-endian fp16 scale first
+    assert row.shape == (25,)                       # 1 + 64*2/8 + 64/8
+    assert row[0] == log8_code(s) == 128            # s ~ 1: code 128 = 2^0, first byte
     # indices 0,1,2,3 -> low bits 00,01,10,11 packed low-first: 0b11100100
     # (index 7 at j=0 puts 3 in the low bits of byte 0 as well)
-    assert row[2] == 0b11100111
-    assert all(b == 0b11100100 for b in row[3:34])
+    assert row[1] == 0b11100111
+    assert all(b == 0b11100100 for b in row[2:17])
     # third bit: j%8 in 4..7 -> bits 4..7 of every qh byte (and j=0's index 7 -> bit 0)
-    assert row[34] == 0b11110001
-    assert all(b == 0b11110000 for b in row[35:50])
+    assert row[17] == 0b11110001
+    assert all(b == 0b11110000 for b in row[18:25])
 
 
 def test_turbo2_and_turbo4_bytes_decoded_by_hand():
-    x2, idx2, d2 = hand_block("turbo2", lambda j: j % 4)
+    x2, idx2, s2 = hand_block("turbo2", lambda j: j % 4)
     row = R.quantize_rows(x2[None, :], "turbo2")[0]
-    assert row.shape == (34,) and le16(row) == d2
-    assert row[2] == 0b11100111 and all(b == 0b11100100 for b in row[3:])
-    x4, idx4, d4 = hand_block("turbo4", lambda j: j % 16)
+    assert row.shape == (17,) and row[0] == log8_code(s2)
+    assert row[1] == 0b11100111 and all(b == 0b11100100 for b in row[2:])
+    x4, idx4, s4 = hand_block("turbo4", lambda j: j % 16)
     row = R.quantize_rows(x4[None, :], "turbo4")[0]
-    assert row.shape == (34,) and le16(row) == d4
+    assert row.shape == (17,) and row[0] == log8_code(s4)
     # value 2j in the low nibble: (0,1) -> 0x10, (2,3) -> 0x32 ...; j=0 holds index 15
-    assert row[2] == 0x1F and row[3] == 0x32 and row[9] == 0xFE
+    assert row[1] == 0x1F and row[2] == 0x32 and row[8] == 0xFE
+
+
+def test_fp16_scale_layout_still_supported(monkeypatch):
+    """A format with an fp16 scale (the first layout) keeps its bytes: {fp16 d; planes}."""
+    fmt = formats.TURBO_FORMATS["turbo3"]
+    old = formats.TurboFormat("turbo3", bits=3, block=64, codebook=fmt.codebook, ggml_id=44,
+                              planes=fmt.planes, scale=formats.FP16)
+    monkeypatch.setitem(formats.TURBO_FORMATS, "turbo3", old)
+    monkeypatch.setitem(formats.ALL_TYPES, "turbo3", formats.TypeInfo("turbo3", 64, old.block_bytes, 44))
+    x, idx, s = hand_block("turbo3", lambda j: j % 8)
+    row = R.quantize_rows(x[None, :], "turbo3")[0]
+    assert row.shape == (26,) and le16(row) == f16_bits(np.float32(s))
+    assert row[2] == 0b11100111
+    y = R.dequantize_rows(row[None, :], "turbo3", 64)
+    np.testing.assert_array_equal(y[0], np.float32(np.float16(np.float32(s))) * R.codebook_arrays("turbo3")[0][idx])
 
 
 @pytest.mark.parametrize("name", list(formats.TURBO_FORMATS))
 def test_dequantize_is_scale_times_centroid(name):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((5, 256)).astype(np.float32)
-    data = R.quantize_rows(x, name)
-    y = R.dequantize_rows(data, name, 256)
     fmt = formats.TURBO_FORMATS[name]
+    x = rng.standard_normal((5, 4 * fmt.block)).astype(np.float32)
+    data = R.quantize_rows(x, name)
+    y = R.dequantize_rows(data, name, x.shape[1])
     cent, bounds = R.codebook_arrays(name)
     xb = x.reshape(-1, fmt.block)
-    u = xb * (np.float32(1) / np.abs(xb).max(axis=1, keepdims=True))
-    idx = np.searchsorted(bounds, u, side="left")
-    d = data.reshape(-1, fmt.block_bytes)[:, :2].copy().view("<f2").astype(np.float32)
-    np.testing.assert_array_equal(y.reshape(-1, fmt.block), d * cent[idx])
+    codes = data.reshape(-1, fmt.block_bytes)[:, 0]
+    table, inv, _ = R.scale_arrays(fmt.scale)
+    idx = np.searchsorted(bounds, xb * inv[codes][:, None], side="left")   # the second pass
+    np.testing.assert_array_equal(y.reshape(-1, fmt.block), table[codes][:, None] * cent[idx])
+
+
+@pytest.mark.parametrize("name", list(formats.TURBO_FORMATS))
+def test_log8_code_is_the_nearest_table_value_to_the_least_squares_scale(name):
+    rng = np.random.default_rng(8)
+    fmt = formats.TURBO_FORMATS[name]
+    x = (rng.standard_normal((64, fmt.block)) * 10.0 ** rng.uniform(-3, 3, (64, 1))).astype(np.float32)
+    cent, bounds = R.codebook_arrays(name)
+    u = x * (np.float32(1) / np.abs(x).max(axis=1, keepdims=True))
+    idx1 = np.searchsorted(bounds, u, side="left")
+    s = R.turbo_ls_scale(x, idx1, cent)
+    codes = R.quantize_rows(x, name)[:, 0]
+    assert [log8_code(v) for v in s] == list(codes)
+
+
+def test_log8_tables():
+    sc = formats.LOG8
+    table, inv, bounds = R.scale_arrays(sc)
+    assert table[0] == 0 and np.isnan(table[255]) and table[128] == 1.0 and inv[128] == 1.0
+    assert table[136] == 2.0 and table[120] == 0.5 and inv[136] == 0.5
+    assert np.all(np.diff(table[1:255]) > 0) and len(bounds) == 253
+    assert np.all((bounds > table[1:254]) & (bounds < table[2:255]))
+    # covers what fp16 covers at the top and far below the bottom of the normal range
+    assert table[254] > 50000 and table[1] < 2.0 ** -15
+
+
+def test_served_head_sizes_have_a_variant_within_budget_where_one_exists():
+    for family, budget in formats.BPV_BUDGET.items():
+        for h in formats.SERVED_HEAD_SIZES:
+            t = formats.fit_type(family, h)
+            assert h % formats.type_info(t).block_size == 0
+            within = [v for v in formats.FAMILIES[family]
+                      if formats.type_info(v).bits_per_value <= budget and h % formats.type_info(v).block_size == 0]
+            if within:
+                assert formats.type_info(t).bits_per_value <= budget, (family, h, t)
+    assert formats.fit_type("turbo3", 96) == "turbo3_b96" and formats.fit_type("turbo3", 32) == "turbo3_b32"
+    assert formats.fit_type("turbo3", 192) == "turbo3" and formats.fit_type("turbo4", 96) == "turbo4"
+    with pytest.raises(TqpatchError, match="cache types that fit"):
+        formats.fit_type("turbo3", 48)
 
 
 @pytest.mark.parametrize("name", ["turbo2", "turbo3", "turbo4", "q8_0", "q4_0", "f16"])
@@ -147,14 +207,14 @@ def test_attention_asymmetric_types_close_to_float64():
 
 
 def test_nonfinite_is_an_error_or_a_poisoned_block():
-    x = np.ones((2, 128), dtype=np.float32)
+    x = np.ones((2, 64), dtype=np.float32)
     x[1, 5] = np.nan
     with pytest.raises(TqpatchError, match="non-finite"):
         R.quantize_rows(x, "turbo3")
     data = R.quantize_rows(x, "turbo3", nonfinite="poison")
-    assert le16(data[1]) == R.F16_NAN_BITS and not data[1, 2:].any()
-    assert le16(data[0]) != R.F16_NAN_BITS
-    y = R.dequantize_rows(data, "turbo3", 128)
+    assert data[1, 0] == formats.LOG8.NAN_CODE and not data[1, 1:].any()
+    assert data[0, 0] != formats.LOG8.NAN_CODE
+    y = R.dequantize_rows(data, "turbo3", 64)
     assert np.isnan(y[1]).all() and np.isfinite(y[0]).all()
     x[1, 5] = np.inf
     with pytest.raises(TqpatchError):
@@ -171,7 +231,7 @@ def test_zero_block_quantizes_to_zero():
     lambda: R.quantize_rows(np.ones((1, 128), np.float32), "turbo9"),
     lambda: R.quantize_rows(np.ones((2, 2, 128), np.float32), "turbo3"),
     lambda: R.dequantize_rows(np.zeros((1, 49), np.uint8), "turbo3", 128),
-    lambda: R.dequantize_rows(np.zeros((1, 34), np.uint8), "turbo4", 100),
+    lambda: R.dequantize_rows(np.zeros((1, 17), np.uint8), "turbo4", 100),
 ])
 def test_bad_input_is_a_clear_error(call):
     with pytest.raises(TqpatchError) as e:
@@ -188,5 +248,6 @@ def test_type_info_within_bit_budgets():
     for name, budget in formats.BPV_BUDGET.items():
         info = R.type_info(name)
         assert info.bits_per_value <= budget
-    assert R.type_info("turbo3").block_bytes == 50 and R.type_info("turbo3").block_size == 128
+    assert R.type_info("turbo3").block_bytes == 25 and R.type_info("turbo3").block_size == 64
+    assert R.type_info("turbo4").block_bytes == 17 and R.type_info("turbo4").block_size == 32
     assert R.type_info("q8_0").bits_per_value == 8.5

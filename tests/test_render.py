@@ -50,9 +50,10 @@ def test_fa_pairs_cover_every_pair_with_a_turbo_type():
     n_turbo = len(formats.TURBO_FORMATS)
     assert len(pairs) == len(names) ** 2 - (len(names) - n_turbo) ** 2
     assert "q8_0-q8_0" not in pairs and "q8_0-turbo3" in pairs and "turbo3-f16" in pairs
-    # head sizes: only those both blocks divide (turbo2/3 rows are 128-value blocks)
-    assert pairs["turbo3-turbo4"]["head_sizes"] == [128, 256]
-    assert pairs["turbo4-f16"]["head_sizes"] == [64, 128, 256]
+    # head sizes: only those both blocks divide (a 96-value variant divides none of them)
+    assert pairs["turbo3-turbo4"]["head_sizes"] == [h for h in formats.HEAD_SIZES if h % 64 == 0]
+    assert pairs["turbo4-f16"]["head_sizes"] == list(formats.HEAD_SIZES)
+    assert "turbo3_b96-f16" not in pairs or pairs["turbo3_b96-f16"]["head_sizes"] == []
     assert pairs["q8_0-turbo2"]["K"] == "Q8_0" and pairs["q8_0-turbo2"]["v_enum"] == "GGML_TYPE_TURBO2"
 
 
@@ -62,7 +63,8 @@ def test_expansion_renders_one_instance_file_per_pair():
     assert len(inst) == len(cuda.fa_instance_pairs())
     text = inst["ggml/src/ggml-cuda/template-instances/fattn-vec-instance-turbo3-q8_0.cu"]
     decls = re.findall(r"DECL_FATTN_VEC_CASE\(\s*(\d+), (\w+), (\w+)\);", text)
-    assert decls == [("128", "GGML_TYPE_TURBO3", "GGML_TYPE_Q8_0"), ("256", "GGML_TYPE_TURBO3", "GGML_TYPE_Q8_0")]
+    assert decls == [(str(h), "GGML_TYPE_TURBO3", "GGML_TYPE_Q8_0") for h in formats.HEAD_SIZES
+                     if h % formats.TURBO_FORMATS["turbo3"].block == 0]
     # the dispatch list in fattn-turbo.cuh names exactly the instantiated cases
     cuh = files["ggml/src/ggml-cuda/fattn-turbo.cuh"].decode()
     block = cuh.split("#define GGML_CUDA_TURBO_FATTN_VEC_CASES")[1].split("\n\n")[0]
@@ -167,7 +169,8 @@ def test_render_refuses_a_codebook_that_does_not_fit_its_provenance(tmp_path, mo
         render.render_all()
     msg = exc.value.message
     assert f"{cid}.json" in msg and "changed after generation" in msg
-    assert f"tqpatch codebook --dist absmax --dim 128 --bits 3" in msg
+    dist, dim, bits = codebook.parse_id(cid)
+    assert f"tqpatch codebook --dist {dist} --dim {dim} --bits {bits}" in msg
 
 
 def test_render_check_cli_reports_current():

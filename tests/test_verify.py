@@ -142,13 +142,24 @@ def test_flipped_index_far_from_boundary_fails(name):
 
 
 def boundary_row(name="turbo3"):
-    """A row whose value 5 lies 1e-8 above a decision boundary (u units; max|x| = 1)."""
+    """A row whose value 5 lies one float32 ulp above a decision boundary of the stored
+    indices (for a log scale: u = x * inverse[e] with the block's code e)."""
     rng = np.random.default_rng(7)
+    fmt = formats.TURBO_FORMATS[name]
     _, bounds = R.codebook_arrays(name)
-    x = (rng.uniform(-0.9, 0.9, size=(1, 128))).astype(np.float32)
+    x = (rng.uniform(-0.9, 0.9, size=(1, 2 * fmt.block))).astype(np.float32)
     x[0, 0] = 1.0
     b = np.float32(bounds[len(bounds) // 2 + 1])
-    x[0, 5] = np.nextafter(b, np.float32(2))          # one float32 ulp above the boundary
+    for _ in range(4):      # the code can move with x[5]; settle it
+        e = int(R.quantize_rows(x, name)[0, 0])
+        inv = R.scale_arrays(fmt.scale)[1][e]
+        v = np.float32(b / inv)
+        while np.float32(v * inv) <= b:
+            v = np.nextafter(v, np.float32(2))
+        while np.float32(np.nextafter(v, np.float32(-2)) * inv) > b:
+            v = np.nextafter(v, np.float32(-2))
+        x[0, 5] = v
+    assert int(R.quantize_rows(x, name)[0, 0]) == e
     return x, 5
 
 
@@ -161,10 +172,6 @@ def test_flipped_index_at_boundary_is_counted_not_failed():
     _, idx = VCMP._turbo_fields(ref, name)
     got = ref.copy()
     flip_index(got[0], name, j, idx[0, j] - 1)        # the other side of that boundary
-    # the backend's scale follows its indices: least squares for the flipped indices
-    cent, _ = R.codebook_arrays(name)
-    _, gidx = VCMP._turbo_fields(got, name)
-    set_d(got[0], 0, int(VCMP._scale_for(x, gidx, cent)[0]), 50)
     rep = V.judge(ch, ok(ch, placed(ch, got)), "cpu", CPU)
     assert rep.result == "PASS", rep
     assert rep.boundary == 1 and rep.mismatches == 0 and rep.near_boundary >= 1
@@ -174,8 +181,8 @@ def test_flipped_index_at_boundary_is_counted_not_failed():
     assert rep.result == "FAIL"
 
 
-@pytest.mark.parametrize("name", ["turbo2", "turbo4", "q8_0"])
-def test_scale_one_ulp_counted_two_ulps_fail(name):
+def test_scale_one_ulp_counted_two_ulps_fail():
+    name = "q8_0"
     ch = quantize_check(name)
     ref = R.quantize_rows(ch.data["x"], name)
     bb = formats.type_info(name).block_bytes
@@ -191,6 +198,44 @@ def test_scale_one_ulp_counted_two_ulps_fail(name):
     assert "2 fp16 ulps" in rep.details[0]
 
 
+def scale_boundary_block(name, seed=4):
+    """A block whose least-squares scale lies on the boundary between two log codes."""
+    fmt = formats.TURBO_FORMATS[name]
+    cent, bounds = R.codebook_arrays(name)
+    x = np.random.default_rng(seed).standard_normal((1, fmt.block)).astype(np.float32)
+    u = x * (np.float32(1) / np.abs(x).max())
+    s = R.turbo_ls_scale(x, np.searchsorted(bounds, u, side="left"), cent)[0]
+    target = R.scale_arrays(fmt.scale)[2][100]          # boundary between codes 101 and 102
+    return (x * np.float32(target / s)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["turbo2", "turbo4"])
+def test_log_scale_one_step_at_a_boundary_counted_else_fails(name):
+    fmt = formats.TURBO_FORMATS[name]
+    x = scale_boundary_block(name)
+    ch = quantize_check(name, x)
+    ref = R.quantize_rows(x, name)
+    e = int(ref[0, 0])
+    assert e in (101, 102)
+    other = 203 - e
+    # the neighbouring code, with the indices of that code: a counted scale step
+    alt = R.turbo_blocks(np.array([other]), R.turbo_reindex(x, np.array([other]), name), name)
+    rep = V.judge(ch, ok(ch, placed(ch, alt)), "cpu", CPU)
+    assert rep.result == "PASS" and rep.scale_ulp == 1 and rep.mismatches == 0, rep
+    # the neighbouring code with the reference's indices: those are the wrong indices (unless equal)
+    # two codes away: not a boundary case
+    far = R.turbo_blocks(np.array([e + 2]), R.turbo_reindex(x, np.array([e + 2]), name), name)
+    rep = V.judge(ch, ok(ch, placed(ch, far)), "cpu", CPU)
+    assert rep.result == "FAIL" and "scale code" in rep.details[0]
+    # a code one step off far from any boundary fails as well
+    ch2 = quantize_check(name)
+    ref2 = R.quantize_rows(ch2.data["x"], name)
+    bad = ref2.copy()
+    bad[2, 0] += 1
+    rep = V.judge(ch2, ok(ch2, placed(ch2, bad)), "cpu", CPU)
+    assert rep.result == "FAIL"
+
+
 def test_poisoned_block_must_be_exact():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 256)).astype(np.float32)
@@ -199,9 +244,13 @@ def test_poisoned_block_must_be_exact():
     ref = R.quantize_rows(x, "turbo3", nonfinite="poison")
     assert V.judge(ch, ok(ch), "cpu", CPU).result == "PASS"
     bad = ref.copy()
-    bad[0, 1] = 0x7C                                  # d = +inf instead of NaN
+    bad[0, 0] = 254                                   # the largest scale instead of NaN
     rep = V.judge(ch, ok(ch, placed(ch, bad)), "cpu", CPU)
     assert rep.result == "FAIL" and "poison" in rep.details[0]
+    bad = ref.copy()
+    bad[0, 1] = 1                                     # an index of a poisoned block
+    rep = V.judge(ch, ok(ch, placed(ch, bad)), "cpu", CPU)
+    assert rep.result == "FAIL"
 
 
 def test_q8_0_tie_rounding_is_a_boundary_case():
@@ -347,11 +396,17 @@ def test_make_checks_covers_the_contract():
     for t in V.TURBO_TYPES:
         for op in ("SET_ROWS", "GET_ROWS", "CPY", "MUL_MAT"):
             assert (op, t) in ops
-    pairs = {(c.case.type_k, c.case.type_v) for c in checks if c.op == "FLASH_ATTN_EXT"}
-    assert pairs == set(V.fa_pairs(V.TURBO_TYPES)) and len(pairs) == 21
     fa = [c for c in checks if c.op == "FLASH_ATTN_EXT"]
-    assert {c.case.dims[0] for c in fa} == {64, 128, 256}
-    assert not any(c.case.dims[0] == 64 and "turbo3" in c.types for c in fa)
+    by_head = {}
+    for c in fa:
+        by_head.setdefault(c.case.dims[0], set()).add((c.case.type_k, c.case.type_v))
+    # every K/V pair each head size produces (served_pairs), variants at the heads they serve
+    assert set(by_head) == set(VC.fa_heads()) >= set(formats.HEAD_SIZES) | {32, 96}
+    for d, pairs in by_head.items():
+        assert pairs == set(VC.fa_pairs_at(d, V.TURBO_TYPES)), d
+    assert by_head[96] >= {("turbo3_b96", "turbo3_b96"), ("q8_0", "turbo2_b96"), ("turbo3_b96", "turbo4")}
+    assert ("turbo3_b32", "turbo3_b32") in by_head[32] and ("turbo3", "turbo3") in by_head[64]
+    assert all(c.case.dims[0] % formats.type_info(t).block_size == 0 for c in fa for t in c.types.split("/"))
     assert {c.case.dims[1] == 1 for c in fa} == {True, False}
     assert all(c.case.dims[2] % c.case.dims[4] == 0 and c.case.dims[4] < c.case.dims[2] for c in fa)
     assert any(np.isinf(c.data["mask"]).any() for c in fa)

@@ -48,12 +48,12 @@ from .errors import TqpatchError
 
 FORMAT = "tqpatch-codebook/1"
 DISTRIBUTIONS = ("sphere", "gaussian", "absmax")
-DIMS = (32, 64, 128, 256, 512)
+DIMS = (32, 64, 96, 128, 256, 512)
 BITS = (1, 2, 3, 4)
 
 # What ships in tqpatch/codebooks (and what `tqpatch codebook --all/--check` cover).
 SHIPPED_DISTS = DISTRIBUTIONS
-SHIPPED_DIMS = (64, 128, 256)
+SHIPPED_DIMS = (32, 64, 96, 128, 256)
 SHIPPED_BITS = BITS
 
 TOLERANCE = 1e-10        # stop when no centroid moves by this much (codebook units)

@@ -15,12 +15,14 @@ Formats (little-endian, packed, no padding):
   f16     one IEEE half per value (round to nearest even)
   q8_0    {fp16 d; int8 qs[32]}: d = max|x|/127, qs = round-half-away(x * (1/d))  (upstream)
   q4_0    {fp16 d; uint8 qs[16]}: upstream's reference quantizer
-  turbo*  {fp16 d; one uint8 array per index bit plane}: layouts, planes and the
-          algorithm are described in tqpatch.formats (the single source).
+  turbo*  {scale (fp16 d or log8 code e); one uint8 array per index bit plane}:
+          layouts, planes, scales and the algorithm are described in
+          tqpatch.formats (the single source).
 
 Non-finite input: quantize_rows raises by default (nonfinite="error"). Kernels
 cannot raise, so they poison the block instead: a block holding any NaN or inf
-is written with d = NaN (0x7E00) and all indices 0, and dequantizes to NaN,
+is written with a NaN scale (fp16 d = 0x7E00, log8 e = 255) and all indices 0,
+and dequantizes to NaN,
 the way an f16 cache would carry the NaN. `nonfinite="poison"` gives those
 bytes here.
 """
@@ -34,6 +36,12 @@ from .errors import TqpatchError
 from .formats import type_info  # noqa: F401  (public API)
 
 F16_NAN_BITS = 0x7E00
+
+
+def scale_arrays(scale: formats.Scale) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(table, inverse, boundaries) of a log scale as float32: exactly the kernel constants."""
+    return (np.asarray(scale.table, dtype=np.float32), np.asarray(scale.inverse, dtype=np.float32),
+            np.asarray(scale.boundaries, dtype=np.float32))
 
 
 class QuantInputError(TqpatchError):
@@ -115,10 +123,12 @@ def _unpack(packed: np.ndarray, plane: formats.Plane) -> np.ndarray:
 
 
 def turbo_fields(blocks: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(fp16 scale bits (nb,), indices (nb, block)) of turbo blocks (nb, block_bytes)."""
+    """(raw scale field (nb,): fp16 bits as uint16 or log8 codes as uint8, indices (nb, block))
+    of turbo blocks (nb, block_bytes)."""
     fmt = formats.TURBO_FORMATS[name]
     blocks = np.asarray(blocks, dtype=np.uint8).reshape(-1, fmt.block_bytes)
-    d = blocks[:, :formats.SCALE_BYTES].copy().view("<u2")[:, 0]
+    raw = blocks[:, :fmt.scale.nbytes].copy()
+    d = raw[:, 0] if fmt.scale.is_log else raw.view("<u2")[:, 0]
     idx = np.zeros((blocks.shape[0], fmt.block), dtype=np.uint8)
     for plane, offset in fmt.plane_offsets:
         idx |= _unpack(blocks[:, offset:offset + plane.nbytes(fmt.block)], plane)
@@ -126,11 +136,50 @@ def turbo_fields(blocks: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def turbo_blocks(d_bits: np.ndarray, idx: np.ndarray, name: str) -> np.ndarray:
-    """Inverse of turbo_fields: blocks (nb, block_bytes) from scale bits and indices."""
+    """Inverse of turbo_fields: blocks (nb, block_bytes) from raw scale fields and indices."""
     fmt = formats.TURBO_FORMATS[name]
     idx = np.asarray(idx, dtype=np.uint8).reshape(-1, fmt.block)
-    d = np.asarray(d_bits, dtype=np.uint16).reshape(-1).astype("<u2").view(np.uint8).reshape(-1, 2)
+    if fmt.scale.is_log:
+        d = np.asarray(d_bits, dtype=np.uint8).reshape(-1, 1)
+    else:
+        d = np.asarray(d_bits, dtype=np.uint16).reshape(-1).astype("<u2").view(np.uint8).reshape(-1, 2)
     return np.concatenate([d, *(_pack(idx, plane) for plane in fmt.planes)], axis=1)
+
+
+def turbo_scales(d_raw: np.ndarray, name: str) -> np.ndarray:
+    """float32 scale of each block from its raw scale field (what dequantize multiplies by)."""
+    fmt = formats.TURBO_FORMATS[name]
+    if fmt.scale.is_log:
+        return scale_arrays(fmt.scale)[0][np.asarray(d_raw, dtype=np.int64)]
+    return np.asarray(d_raw, dtype=np.uint16).view("<f2").astype(np.float32)
+
+
+def turbo_ls_scale(xb: np.ndarray, idx: np.ndarray, cent: np.ndarray) -> np.ndarray:
+    """The least-squares scale sum(x c) / sum(c c) of blocks for given indices (float64)."""
+    c = cent[idx].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xb.astype(np.float64) * c).sum(axis=1) / (c * c).sum(axis=1)
+
+
+def log_scale_code(s: np.ndarray, scale: formats.Scale) -> np.ndarray:
+    """The code of a log scale for least-squares scales s: 0 unless float32(s) > 0, else
+    1 + the number of the scale's boundaries strictly below float32(s)."""
+    _, _, bounds = scale_arrays(scale)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s32 = np.asarray(s, dtype=np.float64).astype(np.float32)
+    code = 1 + np.searchsorted(bounds, s32, side="left")
+    return np.where(s32 > 0, code, scale.ZERO_CODE).astype(np.uint8)
+
+
+def turbo_reindex(xb: np.ndarray, codes: np.ndarray, name: str) -> np.ndarray:
+    """Indices of blocks for given log-scale codes: #codebook boundaries strictly below
+    x * inverse[code] (float32), the second pass of a log-scale type's quantizer."""
+    fmt = formats.TURBO_FORMATS[name]
+    _, bounds = codebook_arrays(name)
+    inv = scale_arrays(fmt.scale)[1][np.asarray(codes, dtype=np.int64)]
+    with np.errstate(invalid="ignore", over="ignore"):
+        u = xb.astype(np.float32) * inv[:, None]
+    return np.searchsorted(bounds, u, side="left").astype(np.uint8)
 
 
 def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
@@ -140,19 +189,22 @@ def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
     bad = _nonfinite_blocks(xb, nonfinite, name)
     _, idx = _turbo_indices(xb, bounds)
     idx[bad] = 0
-    c = cent[idx].astype(np.float64)
-    x64 = xb.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        s = (x64 * c).sum(axis=1) / (c * c).sum(axis=1)
-    d = s.astype(np.float32).astype(np.float16).view(np.uint16)
-    d[bad] = F16_NAN_BITS
+    s = turbo_ls_scale(xb, idx, cent)
+    if fmt.scale.is_log:
+        d = log_scale_code(np.where(bad, 0.0, s), fmt.scale)
+        idx = turbo_reindex(np.where(bad[:, None], 0, xb), d, name)
+        d[bad] = fmt.scale.NAN_CODE
+    else:
+        d = s.astype(np.float32).astype(np.float16).view(np.uint16)
+        d[bad] = F16_NAN_BITS
+    idx[bad] = 0
     return turbo_blocks(d, idx, name).reshape(x.shape[0], -1)
 
 
 def _turbo_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
     cent, _ = codebook_arrays(name)
-    d_bits, idx = turbo_fields(data, name)
-    d = d_bits.view("<f2").astype(np.float32)[:, None]
+    d_raw, idx = turbo_fields(data, name)
+    d = turbo_scales(d_raw, name)[:, None]
     y = d * cent[idx]
     return y.reshape(data.shape[0], k).astype(np.float32)
 
@@ -258,14 +310,21 @@ def roundtrip(x, name: str) -> np.ndarray:
 def boundary_margin(x, name: str) -> np.ndarray:
     """Distance of each pre-quantization value to its nearest decision boundary.
 
-    In the units the decision is taken in (u = x/max|x| for turbo types, x/d
-    for q8_0 (boundaries at half-integers)); f16 has none (inf).
+    In the units the decision is taken in (u = x/max|x| for turbo types with an
+    fp16 scale, u = x * inverse[e] for a log scale's stored code e, x/d for q8_0
+    (boundaries at half-integers)); f16 has none (inf).
     """
     x = _check_rows(x, name)
     if name in formats.TURBO_FORMATS:
         fmt = formats.TURBO_FORMATS[name]
         _, bounds = codebook_arrays(name)
-        u, _ = _turbo_indices(x.reshape(-1, fmt.block), bounds)
+        xb = x.reshape(-1, fmt.block)
+        if fmt.scale.is_log:
+            codes = turbo_fields(_turbo_quantize(np.nan_to_num(x), name, "poison"), name)[0]
+            inv = scale_arrays(fmt.scale)[1][codes.astype(np.int64)]
+            u = xb * inv[:, None]
+        else:
+            u, _ = _turbo_indices(xb, bounds)
         m = np.abs(u[..., None].astype(np.float64) - bounds.astype(np.float64)).min(axis=-1)
         return m.reshape(x.shape)
     if name == "q8_0":

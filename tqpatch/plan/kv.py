@@ -14,6 +14,8 @@ src/llama-kv-cache.cpp, src/llama-kv-cache-iswa.cpp):
                V = row_size(type_v, n_head_kv(il) * head_v(il)) * cells * streams
                (without flash attention V rows are padded to the largest layer)
   row_size(t, n) = n / block_size(t) * block_bytes(t)   (n must be a multiple)
+  with t the block variant of a turbo type that the layer's head size gets
+  (formats.fit_type: -ctk turbo3 is turbo3_b96 on a head of 96, turbo3_b32 on 32)
 
 A model with sliding-window layers gets two caches (and llama.cpp prints two
 `llama_kv_cache: size = ...` lines): the global layers first, then the SWA
@@ -33,7 +35,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import TqpatchError
-from ..formats import TURBO_FORMATS, type_info
+from ..formats import FAMILIES, TURBO_FORMATS, fit_type_or_self, type_info
 from .modelinfo import ModelInfo
 
 MIB = 1024 * 1024
@@ -140,12 +142,12 @@ def support(info: ModelInfo, type_k: str, type_v: str) -> str | None:
     """None if the K/V types can serve every layer's head size, else the reason."""
     reasons = []
     for side, t, sizes in (("K", type_k, info.k_head_sizes()), ("V", type_v, info.v_head_sizes())):
-        block = type_info(t).block_size
-        bad = sorted(s for s in sizes if s % block)
+        bad = sorted(s for s in sizes if s % type_info(fit_type_or_self(t, s)).block_size)
         if bad:
+            blocks = "/".join(str(type_info(v).block_size) for v in (FAMILIES.get(t) or (t,)))
             reasons.append(
                 f"{side} head size {'/'.join(map(str, bad))} is not a multiple of "
-                f"{t}'s block of {block}"
+                f"{t}'s block of {blocks}"
             )
     return "; ".join(reasons) or None
 
@@ -198,8 +200,8 @@ def kv_caches(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int
     def build(kind: str, cells: int, layers: list[int]) -> KVCache:
         k = v = 0
         for il in layers:
-            tk = layer_type(type_k, il, info.n_layer, boundary_k)
-            tv = layer_type(type_v, il, info.n_layer, boundary_v)
+            tk = fit_type_or_self(layer_type(type_k, il, info.n_layer, boundary_k), info.layer_head_k(il))
+            tv = fit_type_or_self(layer_type(type_v, il, info.n_layer, boundary_v), info.layer_head_v(il))
             k += row_size(tk, info.n_embd_k_gqa(il)) * cells * n_stream
             nv = info.n_embd_v_gqa(il) if flash_attn else v_rows_max
             v += row_size(tv, nv) * cells * n_stream

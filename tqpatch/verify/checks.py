@@ -199,6 +199,43 @@ def fa_pairs(types: tuple[str, ...]) -> list[tuple[str, str]]:
             if k in types or v in types]
 
 
+def _row_len(name: str, target: int) -> int:
+    """A row length near `target` that is a whole number of the type's blocks."""
+    blk = _block(name)
+    return blk * max(1, round(target / blk))
+
+
+def _heads_for(name: str, quick: bool) -> tuple[int, ...]:
+    """Head sizes whose rows a type is checked on: the ones it serves among HEAD_SIZES
+    (a turbo variant: the head sizes it serves; upstream types: HEAD_SIZES)."""
+    if name not in TURBO_TYPES:
+        return (128,) if quick else HEAD_SIZES
+    served = formats.serving_heads(name)
+    main = tuple(h for h in served if h in HEAD_SIZES) or served
+    return main[:1] if quick else main
+
+
+def fa_heads(quick: bool = False) -> tuple[int, ...]:
+    """Head sizes of the flash-attention checks: HEAD_SIZES, plus those only a variant serves."""
+    extra = tuple(h for h in formats.SERVED_HEAD_SIZES if h not in HEAD_SIZES
+                  and any(formats.TURBO_FORMATS[t].is_variant for t in formats.variants_for_head(h)))
+    return ((128,) + extra[:1]) if quick else HEAD_SIZES + extra
+
+
+def fa_pairs_at(d: int, types: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The K/V pairs head size d produces (formats.served_pairs) that involve one of `types`;
+    at a head size outside HEAD_SIZES only those with a block variant (the rest are covered)."""
+    out = []
+    for k, v in formats.served_pairs(d):
+        if not (k in types or v in types):
+            continue
+        if d not in HEAD_SIZES and not any(t in formats.TURBO_FORMATS and formats.TURBO_FORMATS[t].is_variant
+                                           for t in (k, v)):
+            continue
+        out.append((k, v))
+    return out
+
+
 def make_checks(types=TURBO_TYPES, seed: int = 0, quick: bool = False) -> list[Check]:
     types = tuple(types)
     for t in types:
@@ -206,34 +243,30 @@ def make_checks(types=TURBO_TYPES, seed: int = 0, quick: bool = False) -> list[C
             raise TqpatchError(f"--types: {t!r} is not a turbo type ({', '.join(TURBO_TYPES)})")
     rng = np.random.default_rng(seed)
     checks: list[Check] = []
-    heads = (128,) if quick else HEAD_SIZES
     n_gauss = 16 if quick else 48
 
     for name in (*types, *BASELINE_TYPES):
         blk = _block(name)
-        for k in heads:
-            if k % blk == 0:
-                x, labels = _row_set(rng, ("gaussian",), k, blk, n_gauss)
-                checks.append(_set_rows_check(rng, name, x, labels, "gaussian"))
-        x, labels = _row_set(rng, ROW_CLASSES, 256, blk, 1 if quick else 2)
+        for k in _heads_for(name, quick):
+            x, labels = _row_set(rng, ("gaussian",), k, blk, n_gauss)
+            checks.append(_set_rows_check(rng, name, x, labels, "gaussian"))
+        x, labels = _row_set(rng, ROW_CLASSES, _row_len(name, 256), blk, 1 if quick else 2)
         checks.append(_set_rows_check(rng, name, x, labels, "adversarial"))
         if name in TURBO_TYPES:
-            x, labels = _row_set(rng, ("nan", "inf", "gaussian"), 256, blk)
+            x, labels = _row_set(rng, ("nan", "inf", "gaussian"), _row_len(name, 256), blk)
             checks.append(_set_rows_check(rng, name, x, labels, "nan/inf (poison)"))
 
     for name in types:
-        checks.append(_get_rows_check(rng, name, 256))
-        checks.append(_cpy_check(rng, name, 256))
-        if not quick and 128 % _block(name) == 0:
-            checks.append(_cpy_check(rng, name, 128))
-        checks.append(_mul_mat_check(rng, name, 256, 16, 1))
+        checks.append(_get_rows_check(rng, name, _row_len(name, 256)))
+        checks.append(_cpy_check(rng, name, _row_len(name, 256)))
+        if not quick and _row_len(name, 128) != _row_len(name, 256):
+            checks.append(_cpy_check(rng, name, _row_len(name, 128)))
+        checks.append(_mul_mat_check(rng, name, _row_len(name, 256), 16, 1))
         if not quick:
-            checks.append(_mul_mat_check(rng, name, 128, 24, 8))
+            checks.append(_mul_mat_check(rng, name, _row_len(name, 128), 24, 8))
 
-    for tk, tv in fa_pairs(types):
-        for d in heads:
-            if d % _block(tk) or d % _block(tv):
-                continue
+    for d in fa_heads(quick):
+        for tk, tv in fa_pairs_at(d, types):
             # decode: one query, GQA 4:1; prefill-ish: 8..32 queries, GQA 2:1
             checks.append(_fa_check(rng, tk, tv, d, 1, 4, 128 if quick else 256, 1))
             nq = int(rng.integers(8, 33))

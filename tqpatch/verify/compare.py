@@ -10,7 +10,8 @@ from .. import formats, reference
 from ..precision import Precision
 from ..verify_io import Result
 from .checks import Check, _attention_expected, _dequant_expected, _dot_expected, _quantize
-from .tolerance import BOUNDARY_TOL, BOUNDARY_TOL_Q8, attention_tolerance, dot_tolerance
+from .tolerance import (BOUNDARY_TOL, BOUNDARY_TOL_Q8, SCALE_REL_TOL, attention_tolerance,
+                        dot_tolerance)
 
 
 @dataclass
@@ -23,7 +24,7 @@ class CaseReport:
     result: str                 # PASS | FAIL | UNSUPPORTED
     boundary: int = 0           # quantize: indices flipped at a decision boundary (allowed)
     near_boundary: int = 0      # quantize: values within the boundary tolerance
-    scale_ulp: int = 0          # quantize: scales 1 fp16 ulp off (allowed)
+    scale_ulp: int = 0          # quantize: scales 1 fp16 ulp / 1 log step off (allowed)
     mismatches: int = 0
     max_err: float = 0.0
     tol: float | None = None    # dot / attention: the largest per-element tolerance
@@ -73,6 +74,37 @@ def _scale_for(xb: np.ndarray, idx: np.ndarray, cent: np.ndarray) -> np.ndarray:
     return s.astype(np.float32).astype(np.float16).view(np.uint16)
 
 
+def log_codes_allowed(xb: np.ndarray, name: str) -> list[set[int]]:
+    """Per block, the log-scale codes a correct backend may store.
+
+    The reference's code, and its neighbour where the least-squares scale lies
+    within SCALE_REL_TOL of the boundary between them, for the reference's
+    first-pass indices and for each first-pass index within BOUNDARY_TOL of a
+    decision boundary moved across it (a backend may take either side there,
+    which moves the scale)."""
+    fmt = formats.TURBO_FORMATS[name]
+    cent, bounds = reference.codebook_arrays(name)
+    u = _turbo_u(xb).astype(np.float64)
+    idx1 = np.searchsorted(bounds, u.astype(np.float32), side="left")
+    dist = np.abs(u[..., None] - bounds.astype(np.float64))
+    near = dist.min(axis=-1) <= BOUNDARY_TOL
+    s = reference.turbo_ls_scale(xb, idx1, cent)
+    out = []
+    for b in range(xb.shape[0]):
+        cands = [s[b]]
+        for j in np.flatnonzero(near[b]):
+            k = int(np.argmin(dist[b, j]))               # the boundary u is at: levels k and k+1
+            alt = idx1[b].copy()
+            alt[j] = k + 1 if idx1[b, j] == k else k
+            cands.append(float(reference.turbo_ls_scale(xb[b:b + 1], alt[None, :], cent)[0]))
+        codes = set()
+        for c in cands:
+            for f in (1.0 - SCALE_REL_TOL, 1.0, 1.0 + SCALE_REL_TOL):
+                codes.add(int(reference.log_scale_code(np.array([c * f]), fmt.scale)[0]))
+        out.append(codes)
+    return out
+
+
 def _where(check: Check, row: int, col: int | None = None) -> str:
     labels = check.data.get("labels")
     lab = f" ({labels[row]})" if labels is not None and row < len(labels) else ""
@@ -113,6 +145,8 @@ def compare_quantize(check: Check, got: bytes) -> CaseReport:
         near = margin <= BOUNDARY_TOL_Q8
         allowed = near & (np.abs(i_o - i_r) == 1)
         exp_d = d_r
+    elif formats.TURBO_FORMATS[name].scale.is_log:
+        return _compare_log_quantize(check, rep, out, ref, ob, rb, xb, name, nb_per_row, blk, k)
     else:
         cent, bounds = reference.codebook_arrays(name)
         d_o, i_o = _turbo_fields(ob, name)
@@ -155,6 +189,53 @@ def compare_quantize(check: Check, got: bytes) -> CaseReport:
     for b in np.flatnonzero(bad_d)[:3]:
         rep.details.append(f"{_where(check, b // nb_per_row)}, block {b % nb_per_row}: scale "
                            f"{d_o[b]:#06x}, expected {exp_d[b]:#06x} ({ulps[b]} fp16 ulps apart)")
+    _max_err_deq(rep, out, ref, name, k)
+    return _finish(rep)
+
+
+def _compare_log_quantize(check, rep, out, ref, ob, rb, xb, name, nb_per_row, blk, k) -> CaseReport:
+    """A log-scale turbo type: the code within the allowed set, the indices those of
+    the backend's code (the second pass) up to decision-boundary flips."""
+    fmt = formats.TURBO_FORMATS[name]
+    _, bounds = reference.codebook_arrays(name)
+    x = check.data["x"]
+    d_o, i_o = _turbo_fields(ob, name)
+    d_r, i_r = _turbo_fields(rb, name)
+    poisoned = ~np.isfinite(xb).all(axis=1)
+    d_o, d_r = d_o.astype(np.int64), d_r.astype(np.int64)
+    diff_code = np.flatnonzero((d_o != d_r) & ~poisoned)
+    code_ok = np.ones(xb.shape[0], dtype=bool)
+    if diff_code.size:
+        allowed_codes = log_codes_allowed(xb[diff_code], name)
+        code_ok[diff_code] = [int(d_o[b]) in allowed_codes[i] for i, b in enumerate(diff_code)]
+    code_ok[poisoned] = d_o[poisoned] == d_r[poisoned]
+    # the indices follow the stored code: expect the second pass with the backend's code
+    codes = np.where(code_ok & ~poisoned, d_o, d_r)
+    x0 = np.where(poisoned[:, None], 0, xb)
+    exp_i = reference.turbo_reindex(x0, codes, name).astype(np.int64)
+    exp_i[poisoned] = 0
+    inv = reference.scale_arrays(fmt.scale)[1][codes]
+    u = (x0.astype(np.float32) * inv[:, None]).astype(np.float64)
+    lower = np.minimum(i_o, exp_i).clip(0, len(bounds) - 1)
+    dist = np.abs(u - bounds.astype(np.float64)[lower])
+    allowed = (np.abs(i_o - exp_i) == 1) & (dist <= BOUNDARY_TOL) & ~poisoned[:, None]
+    near = (np.abs(u[..., None] - bounds.astype(np.float64)).min(axis=-1) <= BOUNDARY_TOL) & ~poisoned[:, None]
+    idx_diff = i_o != exp_i
+    bad_idx = idx_diff & ~allowed
+    rep.boundary = int((idx_diff & allowed).sum())
+    rep.near_boundary = int(near.sum())
+    rep.scale_ulp = int(((d_o != d_r) & code_ok).sum())
+    bad_d = ~code_ok
+    rep.mismatches += int(bad_idx.sum()) + int(bad_d.sum())
+    for b, j in np.argwhere(bad_idx)[:3]:
+        r, col = b // nb_per_row, (b % nb_per_row) * blk + j
+        rep.details.append(f"{_where(check, r, col)}: index {i_o[b, j]}, expected {exp_i[b, j]} for the "
+                           f"stored scale code {codes[b]} (x={x[r, col]:.9g}, not at a decision boundary)")
+    for b in np.flatnonzero(bad_d)[:3]:
+        why = ("the block holds a NaN/inf: expected the poison block (code "
+               f"{fmt.scale.NAN_CODE}, indices 0)") if poisoned[b] else "not within one step at a scale boundary"
+        rep.details.append(f"{_where(check, b // nb_per_row)}, block {b % nb_per_row}: scale code "
+                           f"{d_o[b]}, reference {d_r[b]} ({why})")
     _max_err_deq(rep, out, ref, name, k)
     return _finish(rep)
 
