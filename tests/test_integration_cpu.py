@@ -77,15 +77,17 @@ def test_backend_ops_run_turbo_cases_on_cpu(cpu_build, op):
 
 
 def test_unsupported_head_size_names_what_works(cpu_build, tmp_path):
-    model = tmp_path / "hd64.gguf"
-    run([sys.executable, "-m", "tqpatch.cli", "synth-model", model, "--layers", "1", "--embd", "256",
-         "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--ff", "64"])
+    # every multiple of 32 has a turbo variant (tests/test_head_sizes.py); 80 has none
+    model = tmp_path / "hd80.gguf"
+    run([sys.executable, "-m", "tqpatch.cli", "synth-model", model, "--layers", "1", "--embd", "320",
+         "--heads", "4", "--kv-heads", "2", "--head-dim", "80", "--ff", "64"])
     proc = run([cpu_build("llama-cli"), "-m", model, "-ctk", "turbo3", "-ctv", "turbo3", "-p", "hi",
-                "-n", "1", "--no-warmup", "-t", THREADS], check=False, timeout=300, stdin=subprocess.DEVNULL)
+                "-n", "1", "--no-warmup", "-t", THREADS, *CPU_TOOL_ARGS], check=False, timeout=300,
+               stdin=subprocess.DEVNULL)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "K cache type turbo3 with block size 128 does not divide n_embd_head_k=64" in log, log[-2000:]
-    assert "turbo4" in log.split("fit this model:")[1].splitlines()[0]
+    assert "K cache type turbo3 with block size 64 does not divide n_embd_head_k=80" in log, log[-2000:]
+    assert "f16" in log.split("fit this model:")[1].splitlines()[0]
 
 
 # ------------------------------------------------------------------ real model

@@ -380,3 +380,16 @@ def served_pairs(n_embd_head: int, names: tuple[str, ...] = USER_CACHE_TYPES) ->
                     and all(n_embd_head % type_info(t).block_size == 0 for t in (tk, tv)):
                 out.append((tk, tv))
     return out
+
+
+def fa_cases() -> list[tuple[int, str, str]]:
+    """(head size, K type, V type) of every flash-attention case kernels are checked on
+    (verify, test-backend-ops): every pair `served_pairs` gives at each of HEAD_SIZES, and
+    at the other SERVED_HEAD_SIZES the pairs with a block variant that only they use
+    (the family types there run the same kernels as at HEAD_SIZES)."""
+    out = []
+    for h in sorted(set(HEAD_SIZES) | set(SERVED_HEAD_SIZES)):
+        for k, v in served_pairs(h):
+            if h in HEAD_SIZES or any(t in TURBO_FORMATS and TURBO_FORMATS[t].is_variant for t in (k, v)):
+                out.append((h, k, v))
+    return out

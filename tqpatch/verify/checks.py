@@ -216,24 +216,15 @@ def _heads_for(name: str, quick: bool) -> tuple[int, ...]:
 
 
 def fa_heads(quick: bool = False) -> tuple[int, ...]:
-    """Head sizes of the flash-attention checks: HEAD_SIZES, plus those only a variant serves."""
-    extra = tuple(h for h in formats.SERVED_HEAD_SIZES if h not in HEAD_SIZES
-                  and any(formats.TURBO_FORMATS[t].is_variant for t in formats.variants_for_head(h)))
-    return ((128,) + extra[:1]) if quick else HEAD_SIZES + extra
+    """Head sizes of the flash-attention checks (formats.fa_cases); quick: 128 and one variant head."""
+    heads = tuple(dict.fromkeys(h for h, _, _ in formats.fa_cases()))
+    extra = tuple(h for h in heads if h not in HEAD_SIZES)
+    return ((128,) + extra[:1]) if quick else heads
 
 
 def fa_pairs_at(d: int, types: tuple[str, ...]) -> list[tuple[str, str]]:
-    """The K/V pairs head size d produces (formats.served_pairs) that involve one of `types`;
-    at a head size outside HEAD_SIZES only those with a block variant (the rest are covered)."""
-    out = []
-    for k, v in formats.served_pairs(d):
-        if not (k in types or v in types):
-            continue
-        if d not in HEAD_SIZES and not any(t in formats.TURBO_FORMATS and formats.TURBO_FORMATS[t].is_variant
-                                           for t in (k, v)):
-            continue
-        out.append((k, v))
-    return out
+    """The K/V pairs formats.fa_cases checks at head size d that involve one of `types`."""
+    return [(k, v) for h, k, v in formats.fa_cases() if h == d and (k in types or v in types)]
 
 
 def make_checks(types=TURBO_TYPES, seed: int = 0, quick: bool = False) -> list[Check]:

@@ -18,6 +18,36 @@
     X(turbo3_b96, TURBO3_B96, 48) \
     X(turbo3_b32, TURBO3_B32, 49)
 
+// GGML_TURBO_FAMILIES(X): the cache-type names users give (-ctk / -ctv), X(name, NAME, id).
+#define GGML_TURBO_FAMILIES(X) \
+    X(turbo2, TURBO2, 43) \
+    X(turbo3, TURBO3, 44) \
+    X(turbo4, TURBO4, 45)
+
+// GGML_TURBO_VARIANTS(X): the block variant a family uses for a head size, in the
+// order the cache tries them (the first whose block divides the head serves it):
+// X(family, FAMILY, variant, VARIANT, block).
+#define GGML_TURBO_VARIANTS(X) \
+    X(turbo2, TURBO2, turbo2, TURBO2, 64) \
+    X(turbo2, TURBO2, turbo2_b96, TURBO2_B96, 96) \
+    X(turbo2, TURBO2, turbo2_b32, TURBO2_B32, 32) \
+    X(turbo3, TURBO3, turbo3, TURBO3, 64) \
+    X(turbo3, TURBO3, turbo3_b96, TURBO3_B96, 96) \
+    X(turbo3, TURBO3, turbo3_b32, TURBO3_B32, 32) \
+    X(turbo4, TURBO4, turbo4, TURBO4, 32)
+
+// GGML_TURBO_FIT_TYPE_FN(fn) defines `static enum ggml_type fn(enum ggml_type type,
+// int64_t n_embd_head)`: the variant of a turbo family whose block divides the
+// head (any other type, or a family with no such variant, is returned as is).
+// Expand it where enum ggml_type is complete.
+#define GGML_TURBO_FIT_CASE_(fam, FAM, var, VAR, blk) \
+    if (type == GGML_TYPE_##FAM && n_embd_head % (blk) == 0) { return GGML_TYPE_##VAR; }
+#define GGML_TURBO_FIT_TYPE_FN(fn) \
+    static enum ggml_type fn(enum ggml_type type, int64_t n_embd_head) { \
+        GGML_TURBO_VARIANTS(GGML_TURBO_FIT_CASE_) \
+        return type; \
+    }
+
 // GGML_TYPE_COUNT once the turbo types are in
 #define GGML_TURBO_TYPE_COUNT 50
 

@@ -1,0 +1,108 @@
+"""Every head size that is a multiple of 32 gets a turbo block variant (issue 14).
+
+Fast: formats' variant choice, its bits per value and plan's sizes per head size.
+Slow (a CPU build): a synthetic model per head size runs with -ctk/-ctv turbo*
+in llama-cli, the cache holds the variant tqpatch.formats names (KV bytes as
+plan predicts them), heads that are a multiple of 32 only are rotated in
+blocks of 32, and a head size no block divides is refused with the cache types
+that fit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tqpatch import formats
+from tqpatch.plan import kv_caches, parse_kv_sizes, read_model
+from tqpatch.synth import SynthShape, synth_model
+
+FAMILIES = formats.FAMILY_TYPES
+
+
+@pytest.mark.parametrize("head", formats.SERVED_HEAD_SIZES)
+def test_every_family_serves_the_head_size(head):
+    for fam in FAMILIES:
+        t = formats.fit_type(fam, head)
+        assert formats.TURBO_FORMATS[t].family_name == fam and head % formats.type_info(t).block_size == 0
+        bpv = formats.type_info(t).bits_per_value
+        # over budget only where no block within it divides the head (turbo2/3 at 32)
+        assert bpv <= formats.BPV_BUDGET[fam] or head == 32, (fam, head, t, bpv)
+
+
+def test_variants_cost_what_the_issue_allows():
+    bpv = {t: formats.type_info(t).bits_per_value for t in formats.TURBO_TYPES}
+    assert bpv["turbo2"] == 2.125 and bpv["turbo3"] == 3.125 and bpv["turbo4"] == 4.25
+    assert bpv["turbo2_b96"] < 2.125 and bpv["turbo3_b96"] < 3.125
+    assert bpv["turbo2_b32"] == 2.25 and bpv["turbo3_b32"] == 3.25
+
+
+def _shape(head: int) -> SynthShape:
+    return SynthShape(layers=2, n_embd=4 * head, n_head=4, n_head_kv=2, head_dim=head, ff=64,
+                      vocab=512, ctx_train=4096)
+
+
+@pytest.mark.parametrize("head", formats.SERVED_HEAD_SIZES)
+def test_plan_sizes_use_the_variant(tmp_path, head):
+    model = tmp_path / f"h{head}.gguf"
+    synth_model(model, _shape(head), seed=1)
+    info = read_model(model)
+    for fam in FAMILIES:
+        var = formats.fit_type(fam, head)
+        want = 2 * 2 * 2 * (head // formats.type_info(var).block_size) * formats.type_info(var).block_bytes * 1024
+        got = sum(c.k_bytes + c.v_bytes for c in kv_caches(info, 1024, fam, fam))
+        assert got == want, (fam, head)
+
+
+# ---------------------------------------------------------------- slow: llama.cpp itself
+
+
+def _llama_cli():
+    from tqpatch.build import find_binary
+    from tqpatch.errors import TqpatchError
+
+    try:
+        return str(find_binary("llama-cli", "cpu"))
+    except TqpatchError as exc:
+        pytest.skip(f"llama-cli has not been built: {exc}")
+
+
+def _run(binary, model, type_k, type_v, ctx=512):
+    from tqpatch.backends import BACKENDS
+
+    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v, "-fa", "on",
+           "-ngl", "0", "-fit", "off", "-n", "4", "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2",
+           *BACKENDS["cpu"].e2e.tool_args]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          errors="replace", timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", formats.SERVED_HEAD_SIZES)
+@pytest.mark.parametrize("types", [("turbo3", "turbo2"), ("turbo4", "turbo3"), ("q8_0", "turbo2")])
+def test_synthetic_model_runs_with_the_variant(tmp_path, head, types):
+    binary = _llama_cli()
+    model = tmp_path / f"h{head}.gguf"
+    synth_model(model, _shape(head), seed=1)
+    rc, log = _run(binary, model, *types)
+    assert rc == 0, log[-3000:]
+    expected = kv_caches(read_model(model), 512, *types)
+    got = parse_kv_sizes(log)[-len(expected):]
+    assert [(g.k_bytes, g.v_bytes) for g in got] == [(e.k_bytes, e.v_bytes) for e in expected], log[-3000:]
+    if head % 64:
+        # rotated in blocks of 32 (upstream rotates multiples of 64 only)
+        assert "attn_rot_k = 1" in log and "attn_rot_v = 1" in log or not formats.TURBO_FORMATS.get(types[0]), log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_head_no_block_divides_is_refused_naming_what_fits(tmp_path):
+    binary = _llama_cli()
+    model = tmp_path / "h80.gguf"
+    synth_model(model, _shape(80), seed=1)
+    rc, log = _run(binary, model, "turbo3", "turbo3")
+    assert rc != 0
+    assert "does not divide n_embd_head_k=80" in log, log[-3000:]
+    fits = log.split("fit this model:")[1].splitlines()[0]
+    assert "f16" in fits and "turbo" not in fits
