@@ -135,3 +135,39 @@ def read(path) -> dict:
 
 def layers(rows: dict[tuple[str, int], Rows], kind: str) -> list[int]:
     return sorted(key[1] for key in rows if isinstance(key, tuple) and key[0] == kind)
+
+
+# ---------------------------------------------------------------- running the tool
+
+DEFAULT_TEXT_REL = "docs/build.md"   # not the text eval scores (tools/server/README.md)
+DEFAULT_CHUNKS = 4
+DEFAULT_CTX = 512
+
+
+def default_text() -> Path:
+    """docs/build.md of the pinned llama.cpp tree: a text of its own, so that what is
+    fitted on it is measured on another (eval's tools/server/README.md)."""
+    from . import fetch, paths
+
+    path = paths.pristine_tree() / DEFAULT_TEXT_REL
+    if not path.is_file():
+        fetch.ensure_pristine()
+    fetch.read_pristine(DEFAULT_TEXT_REL)
+    return path
+
+
+def run(model, out, *, text=None, chunks: int = DEFAULT_CHUNKS, ctx: int = DEFAULT_CTX,
+        queries: bool = True, backend: str = "cpu", threads: int | None = None,
+        build_dir=None, log=None) -> Path:
+    """Run the built tqpatch-capture on a model; returns `out` (a capture file)."""
+    import os
+
+    from . import build, ui
+
+    binary = build.find_binary("tqpatch-capture", backend, build_dir)
+    text = Path(text) if text else default_text()
+    threads = threads or max(1, min(8, os.cpu_count() or 1))
+    cmd = [binary, "-m", model, "-f", text, "--out", out, "-c", ctx, "--chunks", chunks,
+           "-t", threads, *(["--queries"] if queries else [])]
+    ui.run(cmd, log=Path(log) if log else None, what="tqpatch-capture")
+    return Path(out)

@@ -31,6 +31,7 @@ COMMANDS = {
     "eval": "Measure PPL / KLD of K/V cache configurations.",
     "plan": "KV-cache memory per K/V configuration for a GGUF model.",
     "synth-model": "Write a random-weight GGUF with a chosen attention shape.",
+    "calibrate": "Fit a turbo cache's calibration to a model (LLAMA_TURBO_CALIB).",
 }
 
 

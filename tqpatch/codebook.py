@@ -30,6 +30,16 @@ reported MSE is computed with exactly those float32 values.
 
 Codebooks are written as JSON (``to_json``) with their provenance, and the
 shipped ones live in ``tqpatch/codebooks/<id>.json``.
+
+``fitted``
+    A codebook fitted to real K/V rows of a model (``tqpatch codebook --fit``,
+    tqpatch.codebook_fit) rather than to a distribution: its provenance names
+    the rows (``source``) and its MSE is measured on them. Fitted codebooks are
+    per-model overrides: a folder of ``<type>.json`` files named by
+    $TQPATCH_CODEBOOKS replaces the shipped codebook of each type it holds, for
+    render, apply, build and verify alike (``load_for``); the render digest
+    covers the books used, so a build made with other codebooks is refused as
+    stale by verify.
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ from .errors import TqpatchError
 
 FORMAT = "tqpatch-codebook/1"
 DISTRIBUTIONS = ("sphere", "gaussian", "absmax")
+FITTED = "fitted"            # fitted to data: read, never generated from a density
+OVERRIDE_ENV = "TQPATCH_CODEBOOKS"
 DIMS = (32, 64, 96, 128, 256, 512)
 BITS = (1, 2, 3, 4)
 
@@ -68,6 +80,7 @@ _M_MAX = 10.0
 
 _FIELDS = ("format", "id", "distribution", "dim", "bits", "centroids", "boundaries",
            "iterations", "tolerance", "mse", "relative_mse", "tool_version")
+_OPTIONAL_FIELDS = ("source",)   # fitted codebooks: what they were fitted to
 _ID_RE = re.compile(r"^(?P<dist>[a-z]+)-d(?P<dim>\d+)-b(?P<bits>\d+)$")
 
 
@@ -94,14 +107,17 @@ class Codebook:
     relative_mse: float
     tool_version: str
     format: str = FORMAT
+    source: str = ""
 
     @property
     def levels(self) -> int:
         return 1 << self.bits
 
     def to_dict(self) -> dict:
-        return {name: (list(getattr(self, name)) if name in ("centroids", "boundaries")
-                       else getattr(self, name)) for name in _FIELDS}
+        out = {name: (list(getattr(self, name)) if name in ("centroids", "boundaries")
+                      else getattr(self, name)) for name in _FIELDS}
+        out.update({name: getattr(self, name) for name in _OPTIONAL_FIELDS if getattr(self, name)})
+        return out
 
 
 # --------------------------------------------------------------------------- ids
@@ -129,6 +145,8 @@ def all_shipped() -> list[str]:
 
 
 def _check_args(dist, dim, bits) -> None:
+    if dist == FITTED and isinstance(dim, int) and dim in DIMS and bits in BITS:
+        return  # ids of fitted codebooks parse; generate() refuses them below
     if dist not in DISTRIBUTIONS:
         raise TqpatchError(f"unknown distribution {dist!r}; allowed: {', '.join(DISTRIBUTIONS)}")
     if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim not in DIMS:
@@ -287,6 +305,8 @@ def check_values(cb: Codebook, source: str = "codebook") -> None:
     the stored mse, and each centroid the mean of its cell (Lloyd-Max). A book
     scaled or hand-edited after generation fails here, not in a kernel.
     """
+    if cb.distribution == FITTED:
+        return  # fitted to data (from_dict checked its shape); its MSE is the data's
     table = _table(cb.distribution, cb.dim)
     c = np.asarray(cb.centroids, dtype=np.float64)
     mse = _mse(table, c, cb.boundaries)
@@ -322,6 +342,8 @@ def generate(dist: str, dim: int, bits: int) -> Codebook:
     symmetric and deterministic.
     """
     _check_args(dist, dim, bits)
+    if dist == FITTED:
+        raise TqpatchError("fitted codebooks come from data: `tqpatch codebook --fit MODEL.gguf`")
     dim, bits = int(dim), int(bits)
     table = _table(dist, dim)
     levels = 1 << bits
@@ -393,14 +415,14 @@ def from_dict(d, source: str = "codebook") -> Codebook:
     missing = [k for k in _FIELDS if k not in d]
     if missing:
         fail(f"missing field(s): {', '.join(missing)}")
-    unknown = sorted(k for k in d if k not in _FIELDS)
+    unknown = sorted(k for k in d if k not in _FIELDS and k not in _OPTIONAL_FIELDS)
     if unknown:
         fail(f"unknown field(s): {', '.join(unknown)}")
     if d["format"] != FORMAT:
         fail(f"wrong format tag {d['format']!r} (expected {FORMAT!r})")
     dist, dim, bits = d["distribution"], d["dim"], d["bits"]
-    if dist not in DISTRIBUTIONS:
-        fail(f"distribution {dist!r} unknown; allowed: {', '.join(DISTRIBUTIONS)}")
+    if dist not in DISTRIBUTIONS and dist != FITTED:
+        fail(f"distribution {dist!r} unknown; allowed: {', '.join((*DISTRIBUTIONS, FITTED))}")
     if not isinstance(dim, int) or isinstance(dim, bool) or dim not in DIMS:
         fail(f"dim {dim!r} out of range; allowed: {', '.join(map(str, DIMS))}")
     if not isinstance(bits, int) or isinstance(bits, bool) or bits not in BITS:
@@ -452,6 +474,8 @@ def from_dict(d, source: str = "codebook") -> Codebook:
             fail(f"{name} = {v!r} is negative")
     if not isinstance(d["tool_version"], str):
         fail(f"tool_version must be a string, got {d['tool_version']!r}")
+    if not isinstance(d.get("source", ""), str):
+        fail(f"source must be a string, got {d['source']!r}")
 
     return Codebook(
         id=d["id"], distribution=dist, dim=dim, bits=bits,
@@ -459,7 +483,7 @@ def from_dict(d, source: str = "codebook") -> Codebook:
         boundaries=tuple(float(v) for v in d["boundaries"]),
         iterations=it, tolerance=float(d["tolerance"]), mse=float(d["mse"]),
         relative_mse=float(d["relative_mse"]), tool_version=d["tool_version"],
-        format=d["format"],
+        format=d["format"], source=d.get("source", ""),
     )
 
 
@@ -518,3 +542,40 @@ def load_shipped(cid: str) -> Codebook:
     if cb.id != cid:
         raise TqpatchError(f"{path}: file holds codebook {cb.id!r}, not {cid!r}")
     return cb
+
+
+# ------------------------------------------------------------ per-model overrides
+
+
+def override_dir() -> Path | None:
+    """The folder of fitted codebooks named by $TQPATCH_CODEBOOKS (None when unset)."""
+    import os
+
+    val = os.environ.get(OVERRIDE_ENV, "").strip()
+    if not val:
+        return None
+    path = Path(val).expanduser()
+    if not path.is_dir():
+        raise TqpatchError(f"{OVERRIDE_ENV}={val}: not a folder (a folder of <type>.json codebooks "
+                           "written by `tqpatch codebook --fit`); unset it to use the shipped codebooks")
+    return path
+
+
+def override_dir_key() -> str:
+    """What the codebook caches key on: the override folder ('' when none)."""
+    path = override_dir()
+    return str(path.resolve()) if path else ""
+
+
+def load_for(fmt) -> Codebook:
+    """The codebook a turbo type uses: <type>.json from $TQPATCH_CODEBOOKS when that folder
+    holds one (it must match the type's block and bits), else the shipped one."""
+    folder = override_dir()
+    if folder is not None and (folder / f"{fmt.name}.json").is_file():
+        path = folder / f"{fmt.name}.json"
+        cb = load(path)
+        if cb.dim != fmt.block or cb.bits != fmt.bits:
+            raise TqpatchError(f"{path}: a codebook for blocks of {cb.dim} with {cb.bits} bits, but "
+                               f"{fmt.name} has blocks of {fmt.block} with {fmt.bits} bits")
+        return cb
+    return load_shipped(fmt.codebook)

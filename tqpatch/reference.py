@@ -51,19 +51,23 @@ class QuantInputError(TqpatchError):
 def _codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     from . import codebook
 
-    cb = codebook.load_shipped(formats.TURBO_FORMATS[name].codebook)
+    cb = codebook.load_for(formats.TURBO_FORMATS[name])
     return (np.asarray(cb.centroids, dtype=np.float32),
             np.asarray(cb.boundaries, dtype=np.float32))
 
 
-_CODEBOOK_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_CODEBOOK_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids, boundaries) as float32 for a turbo type; exactly the kernel constants."""
-    if name not in _CODEBOOK_CACHE:
-        _CODEBOOK_CACHE[name] = _codebook_arrays(name)
-    return _CODEBOOK_CACHE[name]
+    """(centroids, boundaries) as float32 for a turbo type; exactly the kernel constants
+    (the shipped codebook, or its override from $TQPATCH_CODEBOOKS: codebook.load_for)."""
+    from . import codebook
+
+    key = (name, codebook.override_dir_key())
+    if key not in _CODEBOOK_CACHE:
+        _CODEBOOK_CACHE[key] = _codebook_arrays(name)
+    return _CODEBOOK_CACHE[key]
 
 
 def _check_rows(x, name: str) -> np.ndarray:
@@ -171,33 +175,43 @@ def log_scale_code(s: np.ndarray, scale: formats.Scale) -> np.ndarray:
     return np.where(s32 > 0, code, scale.ZERO_CODE).astype(np.uint8)
 
 
-def turbo_reindex(xb: np.ndarray, codes: np.ndarray, name: str) -> np.ndarray:
+def turbo_reindex(xb: np.ndarray, codes: np.ndarray, name: str, book=None) -> np.ndarray:
     """Indices of blocks for given log-scale codes: #codebook boundaries strictly below
     x * inverse[code] (float32), the second pass of a log-scale type's quantizer."""
     fmt = formats.TURBO_FORMATS[name]
-    _, bounds = codebook_arrays(name)
+    _, bounds = book if book is not None else codebook_arrays(name)
     inv = scale_arrays(fmt.scale)[1][np.asarray(codes, dtype=np.int64)]
     with np.errstate(invalid="ignore", over="ignore"):
         u = xb.astype(np.float32) * inv[:, None]
     return np.searchsorted(bounds, u, side="left").astype(np.uint8)
 
 
-def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+def turbo_encode(xb: np.ndarray, name: str, book=None, bad=None) -> tuple[np.ndarray, np.ndarray]:
+    """(raw scale fields, indices) of finite blocks xb (nb, block) of a turbo type, with
+    its codebook or `book` = (centroids, boundaries) as float32 (codebook fitting tries
+    candidates through this); blocks flagged in `bad` get the poison fields."""
     fmt = formats.TURBO_FORMATS[name]
-    cent, bounds = codebook_arrays(name)
-    xb = x.reshape(-1, fmt.block)
-    bad = _nonfinite_blocks(xb, nonfinite, name)
+    cent, bounds = book if book is not None else codebook_arrays(name)
+    bad = np.zeros(xb.shape[0], dtype=bool) if bad is None else bad
     _, idx = _turbo_indices(xb, bounds)
     idx[bad] = 0
     s = turbo_ls_scale(xb, idx, cent)
     if fmt.scale.is_log:
         d = log_scale_code(np.where(bad, 0.0, s), fmt.scale)
-        idx = turbo_reindex(np.where(bad[:, None], 0, xb), d, name)
+        idx = turbo_reindex(np.where(bad[:, None], 0, xb), d, name, (cent, bounds))
         d[bad] = fmt.scale.NAN_CODE
     else:
         d = s.astype(np.float32).astype(np.float16).view(np.uint16)
         d[bad] = F16_NAN_BITS
     idx[bad] = 0
+    return d, idx
+
+
+def _turbo_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+    fmt = formats.TURBO_FORMATS[name]
+    xb = x.reshape(-1, fmt.block)
+    bad = _nonfinite_blocks(xb, nonfinite, name)
+    d, idx = turbo_encode(xb, name, bad=bad)
     return turbo_blocks(d, idx, name).reshape(x.shape[0], -1)
 
 

@@ -67,9 +67,9 @@ def render_context() -> dict:
     turbo = []
     books = {}
     for fmt in formats.TURBO_FORMATS.values():
-        cb = codebook.load_shipped(fmt.codebook)
+        cb = codebook.load_for(fmt)   # shipped, or a fitted override ($TQPATCH_CODEBOOKS)
         codebook.check_values(cb, str(codebook.path_for(fmt.codebook)))
-        books[fmt.codebook] = codebook.to_json(cb).encode()
+        books[fmt.name] = codebook.to_json(cb).encode()
         turbo.append({"fmt": fmt, "cb": cb})
     ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
            "tool_version": __version__, "f32": float32_literal}

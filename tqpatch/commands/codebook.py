@@ -30,15 +30,24 @@ Distributions (--dist):
             point masses 1/(2 DIM) at +-1 (the maximum itself)
 
 \b
-The turbo types scale each block by its absolute maximum and use:
-  turbo2 -> absmax-d128-b2   turbo3 -> absmax-d128-b3   turbo4 -> absmax-d64-b4
+The turbo types scale each block by its absolute maximum and use (tqpatch.formats):
+  turbo2 -> absmax-d64-b2   turbo3 -> absmax-d64-b3   turbo4 -> absmax-d32-b4
+  (block variants: absmax-d96-* and absmax-d32-*)
 
 \b
 Allowed: --bits {', '.join(map(str, cbmod.BITS))}; --dim {', '.join(map(str, cbmod.DIMS))}.
 Shipped in the package: every dist x dim {', '.join(map(str, cbmod.SHIPPED_DIMS))} x bits 1-4.
 
 \b
+Fitted to a model (--fit): Lloyd's iteration on the real encoder and the
+model's own rotated K/V rows, one codebook per turbo type its head sizes use,
+written as <type>.json into the --out folder; set TQPATCH_CODEBOOKS to that
+folder for render, apply, build and verify (a build made without it is
+refused by verify as stale).
+
 Examples:
+  tqpatch codebook --fit model.gguf --out fitted/          # run the model, fit, write fitted/<type>.json
+  TQPATCH_CODEBOOKS=fitted tqpatch build && TQPATCH_CODEBOOKS=fitted tqpatch verify
   tqpatch codebook --dist absmax --dim 128 --bits 3       # write into the package
   tqpatch codebook --dist sphere --dim 64 --bits 2 --out cb.json
   tqpatch codebook --all      # regenerate every shipped codebook
@@ -133,6 +142,30 @@ def _run_all() -> None:
     click.echo(f"wrote {len(books)} codebooks into {folder}")
 
 
+def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
+    import tempfile
+
+    from .. import calibrate, capture, codebook_fit
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TqpatchError(f"cannot create the folder {folder}: {e.strerror or e}") from None
+    with tempfile.TemporaryDirectory(prefix="tqpatch-fit-") as tmp:
+        rows_path = src
+        if src.suffix == ".gguf":
+            click.echo(f"running {src.name} on {capture.DEFAULT_TEXT_REL} to record its K/V rows")
+            rows_path = capture.run(src, Path(tmp) / "rows.bin", queries=False)
+        rows = capture.read(rows_path)
+        results = codebook_fit.fit_all(rows, calibrate.read(calib) if calib else None,
+                                       source=f"{src.name}" + (f" through {calib.name}" if calib else ""))
+    for r in results:
+        path = folder / f"{r.name}.json"
+        _atomic_write(path, cbmod.to_json(r.book))
+        click.echo(codebook_fit.gain_line(r) + f" -> {path}")
+    click.echo(f"use them: export TQPATCH_CODEBOOKS={folder} (render, apply, build and verify all read it)")
+
+
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bits", type=int, metavar="N", help="Index bits per value (1-4): 2**N levels.")
 @click.option("--dim", type=int, metavar="D",
@@ -145,7 +178,24 @@ def _run_all() -> None:
 @click.option("--check", is_flag=True,
               help="Regenerate every shipped codebook in memory; exit nonzero listing "
                    "files that are missing or differ byte-for-byte. Writes nothing.")
-def command(bits, dim, dist, out, all_, check):
+@click.option("--fit", "fit_src", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="MODEL.gguf|ROWS.bin",
+              help="Fit codebooks to a model's K/V rows (a GGUF model is run with tqpatch-capture; "
+                   "a .bin is a tqpatch-capture file); needs --out FOLDER.")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --fit: a calibration file (tqpatch calibrate): fit K as a calibrated cache stores it.")
+def command(bits, dim, dist, out, all_, check, fit_src, calib):
+    if fit_src is not None:
+        given = [name for name, v in (("--bits", bits), ("--dim", dim), ("--dist", dist)) if v is not None]
+        if given or all_ or check:
+            raise TqpatchError(f"--fit takes no {', '.join(given) or ('--all' if all_ else '--check')}")
+        if out is None:
+            raise TqpatchError("--fit needs --out FOLDER (then TQPATCH_CODEBOOKS=FOLDER for render, "
+                               "build and verify)")
+        _run_fit(fit_src, Path(out).expanduser(), calib)
+        return
+    if calib is not None:
+        raise TqpatchError("--calib goes with --fit")
     if all_ and check:
         raise TqpatchError("--all and --check exclude each other")
     if all_ or check:
