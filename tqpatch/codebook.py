@@ -561,6 +561,23 @@ def override_dir() -> Path | None:
     return path
 
 
+class shipped_only:
+    """Context: load_for ignores $TQPATCH_CODEBOOKS (the shipped codebooks only)."""
+
+    def __enter__(self):
+        import os
+
+        self._saved = os.environ.pop(OVERRIDE_ENV, None)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        if self._saved is not None:
+            os.environ[OVERRIDE_ENV] = self._saved
+        return False
+
+
 def override_dir_key() -> str:
     """What the codebook caches key on: the override folder ('' when none)."""
     path = override_dir()

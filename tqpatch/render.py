@@ -264,9 +264,22 @@ def load_rendered(out_dir: Path | None = None) -> RenderResult:
     fresh render alone would put sources on a tree that nobody reviewed, since
     generated/ is the reviewed, committed copy. Requiring the two to agree means
     a tree only ever gets sources that are both current and committed.
+
+    With per-model codebooks ($TQPATCH_CODEBOOKS, codebook.load_for) the
+    render with them is placed, once the render with the shipped codebooks
+    agrees with generated/: the templates are the reviewed ones, only the
+    codebook constants differ (and the render digest records which).
     """
+    from . import codebook
+
     result = render_all()
-    stale = diff_against_disk(result, out_dir)
+    if codebook.override_dir() is not None:
+        with codebook.shipped_only():
+            stale = diff_against_disk(render_all(), out_dir)
+        if not stale:
+            return result
+    else:
+        stale = diff_against_disk(result, out_dir)
     if stale:
         shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
         raise TqpatchError(
