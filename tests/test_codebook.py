@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tqpatch import codebook as C
+from tqpatch import formats
 from tqpatch.commands.codebook import command
 from tqpatch.errors import TqpatchError
 
@@ -371,5 +372,5 @@ def test_cli_check_passes_and_fails(books):
 def test_cli_help_mentions_distributions():
     r = CliRunner().invoke(command, ["--help"])
     assert r.exit_code == 0
-    for word in ("sphere", "gaussian", "absmax", "turbo3", "absmax-d128-b3", "--check"):
+    for word in ("sphere", "gaussian", "absmax", "turbo3", formats.TURBO_FORMATS["turbo3"].codebook, "--check", "--fit"):
         assert word in r.output

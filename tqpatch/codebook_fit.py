@@ -71,11 +71,10 @@ def _calibrated(rows: dict, rec: capture.Rows, data: np.ndarray, calib: dict) ->
     transform, the rotation again (the capture holds them rotated, untransformed)."""
     rot = rows["rotation"].get((rec.kind, rec.layer))
     t = data.shape[0]
+    if rec.kind != "k":
+        return data                       # the calibration leaves V as it is
     plain = calibrate.rotate(data, rot).reshape(t, rec.n_head, rec.n_embd_head)
-    if rec.kind == "k":
-        plain = plain * calib[f"blk.{rec.layer}.k_scale"] + calib[f"blk.{rec.layer}.k_shift"]
-    else:
-        plain = plain + calib[f"blk.{rec.layer}.v_shift"]
+    plain = plain * calib[f"blk.{rec.layer}.k_scale"] + calib[f"blk.{rec.layer}.k_shift"]
     return calibrate.rotate(plain.reshape(t, -1), rot)
 
 

@@ -17,13 +17,15 @@
 //   and all indices 0.
 // Dequantize: y_i = scale * c[idx_i], scale = float(d) or ggml_turbo_<kind>_scale[e].
 
+// the NaN of a poisoned block's log scale (the last entry of each scale table)
+#ifndef GGML_TURBO_SCALE_NAN
+#define GGML_TURBO_SCALE_NAN __builtin_nanf("")
+#endif
+
 #if defined(GGML_COMMON_DECL) && !defined(GGML_TURBO_COMMON_DECL)
 #define GGML_TURBO_COMMON_DECL
 
 #define GGML_TURBO_FP16_NAN 0x7E00
-#ifndef GGML_TURBO_SCALE_NAN
-#define GGML_TURBO_SCALE_NAN __builtin_nanf("")
-#endif
 // log8 scale: code e -> 2^((e-128)/8); 0 = all-zero block, 255 = NaN
 #define GGML_TURBO_LOG8_ZERO_CODE 0
 #define GGML_TURBO_LOG8_NAN_CODE 255
@@ -50,6 +52,24 @@
 #define QK_TURBO3_B32 32
 #define TURBO3_B32_BITS 3
 #define TURBO3_B32_LEVELS 8
+
+// Row validation (ggml_validate_row_data, expanded in ggml-quants.c): an fp16
+// scale must be finite (upstream's check), a log scale must not be the NaN code.
+#define GGML_TURBO_VALIDATE_LOG_(type, field, nan_code, data, nb) { \
+    const type * q_ = (const type *) (data); \
+    for (size_t i_ = 0; i_ < (nb); ++i_) { \
+        if (q_[i_].field == (nan_code)) { \
+            fprintf(stderr, "ggml_validate_row_data: NaN scale in block %zu\n", i_); \
+            return false; \
+        } \
+    } }
+#define GGML_TURBO_VALIDATE_TURBO2(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo2, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO3(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo3, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO4(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo4, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO2_B96(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo2_b96, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO2_B32(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo2_b32, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO3_B96(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo3_b96, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
+#define GGML_TURBO_VALIDATE_TURBO3_B32(data, nb) GGML_TURBO_VALIDATE_LOG_(block_turbo3_b32, e, GGML_TURBO_LOG8_NAN_CODE, data, nb)
 
 // turbo2: 2-bit indices, 64 values, 17 bytes (2.125 bits per value)
 typedef struct {

@@ -32,7 +32,7 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO2, &partial, 0, c, 0, y + i*QK_TURBO2, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -56,7 +56,7 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO3, &partial, 0, c, 0, y + i*QK_TURBO3, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -80,7 +80,7 @@ void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO4, &partial, 0, c, 0, y + i*QK_TURBO4, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -104,7 +104,7 @@ void ggml_vec_dot_turbo2_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO2_B96, &partial, 0, c, 0, y + i*QK_TURBO2_B96, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -128,7 +128,7 @@ void ggml_vec_dot_turbo2_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO2_B32, &partial, 0, c, 0, y + i*QK_TURBO2_B32, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -152,7 +152,7 @@ void ggml_vec_dot_turbo3_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO3_B96, &partial, 0, c, 0, y + i*QK_TURBO3_B96, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
@@ -176,7 +176,7 @@ void ggml_vec_dot_turbo3_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
         }
         float partial;
         ggml_vec_dot_f32(QK_TURBO3_B32, &partial, 0, c, 0, y + i*QK_TURBO3_B32, 0, 1);
-        sum += GGML_CPU_FP16_TO_FP32(x[i].d) * partial;
+        sum += ggml_turbo_log8_scale[(&x[i])->e] * partial;
     }
     *s = sum;
 }
