@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from math import lcm
 
+from .. import formats
 from ._base import *  # noqa: F403  (the defaults this backend keeps)
 from ._base import Requirement, reject_arch
 from ..toolchain import read_file_version, run_capture
@@ -79,3 +81,23 @@ def detect() -> tuple[bool, str]:
     if missing:
         return False, f"Vulkan device {devices[0]} found but {', '.join(missing)} missing"
     return True, f"Vulkan device {', '.join(devices)}"
+
+
+# ---------------------------------------------------------------- shaders
+
+# The quantize shader (turbo_quantize.comp) lets this many threads share one
+# block; each takes whole 16-bit words of every index plane.
+QUANT_THREADS_PER_BLOCK = 8
+
+
+def quant_geometry(fmt: formats.TurboFormat) -> dict:
+    """Threads per block (tpb) and consecutive values per thread (vpt) of the quantizer."""
+    words = lcm(*(16 // p.bits for p in fmt.planes))  # values filling whole words of every plane
+    vpt = max(words, fmt.block // QUANT_THREADS_PER_BLOCK)
+    if fmt.block % vpt:
+        raise ValueError(f"{fmt.name}: a block of {fmt.block} is not a whole number of {vpt}-value runs")
+    return {"tpb": fmt.block // vpt, "vpt": vpt}
+
+
+def render_context() -> dict:
+    return {"quant": {name: quant_geometry(fmt) for name, fmt in formats.TURBO_FORMATS.items()}}
