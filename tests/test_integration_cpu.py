@@ -2,6 +2,12 @@
 
 Slow (a llama.cpp build is ~10 min on 2 cores); CI runs it through `make test`.
 Nothing here is skipped for lack of a build: the session fixture builds.
+
+The CPU backend is in every build, so these tests run the CPU backend of the
+build named by TQPATCH_TEST_CPU_BUILD (default `cpu`): CI builds once, for
+Vulkan (`make test BUILD=vulkan`), and runs both these tests and the Vulkan ones
+from that build. The llama.cpp tools always get the CPU backend's
+e2e.tool_args (`--device none`), so a GPU build's tools stay on the CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +24,12 @@ from pathlib import Path
 
 import pytest
 
+from tqpatch.backends import cpu
+
 pytestmark = pytest.mark.slow
+
+CPU_BUILD = os.environ.get("TQPATCH_TEST_CPU_BUILD", "cpu")  # the build whose CPU backend is tested
+CPU_ARGS = cpu.e2e.tool_args
 
 THREADS = str(max(1, min(4, os.cpu_count() or 1)))
 
@@ -32,11 +43,11 @@ def run(cmd, timeout=3600, check=True, **kw):
 
 @pytest.fixture(scope="session")
 def cpu_build():
-    """`tqpatch build --backend cpu` from whatever state the cache is in."""
-    run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", "cpu"], timeout=5000)
+    """`tqpatch build --backend $TQPATCH_TEST_CPU_BUILD` from whatever state the cache is in."""
+    run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", CPU_BUILD], timeout=5000)
     from tqpatch import build
 
-    return lambda name: build.find_binary(name, "cpu")
+    return lambda name: build.find_binary(name, CPU_BUILD)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +94,8 @@ def test_unsupported_head_size_names_what_works(cpu_build, tmp_path):
     run([sys.executable, "-m", "tqpatch.cli", "synth-model", model, "--layers", "1", "--embd", "256",
          "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--ff", "64"])
     proc = run([cpu_build("llama-cli"), "-m", model, "-ctk", "turbo3", "-ctv", "turbo3", "-p", "hi",
-                "-n", "1", "--no-warmup", "-t", THREADS], check=False, timeout=300, stdin=subprocess.DEVNULL)
+                "-n", "1", "--no-warmup", "-t", THREADS, *CPU_ARGS], check=False, timeout=300,
+               stdin=subprocess.DEVNULL)
     log = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "K cache type turbo3 with block size 128 does not divide n_embd_head_k=64" in log, log[-2000:]
@@ -99,9 +111,9 @@ PPL_CONFIGS = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3"
 @pytest.fixture(scope="session")
 def ppl_table(cpu_build, gemma, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--no-kld", "--chunks", "20",
-                "--configs", ",".join(PPL_CONFIGS), "--json",
-                "--markdown", out / "ppl.md"], timeout=5000)
+    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", CPU_BUILD, "--no-kld",
+                "--chunks", "20", "--configs", ",".join(PPL_CONFIGS), "--json",
+                "--markdown", out / "ppl.md", *(f"--extra-arg={a}" for a in CPU_ARGS)], timeout=5000)
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     rows = report["results"]
     print((out / "ppl.md").read_text())
@@ -136,10 +148,17 @@ def _free_port() -> int:
 
 def _complete(server_bin, model, ctk, ctv, n_predict=16, extra=()) -> tuple[list[int], str]:
     """Greedy continuation of PROMPT by a fresh llama-server: (tokens, text)."""
+    return _completions(server_bin, model, ctk, ctv, [PROMPT], n_predict, extra)[0]
+
+
+def _completions(server_bin, model, ctk, ctv, prompts, n_predict=16, extra=(),
+                 env=None) -> list[tuple[list[int], str]]:
+    """Greedy continuations of prompts by one fresh llama-server: [(tokens, text)]."""
     port = _free_port()
     proc = subprocess.Popen([str(server_bin), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                              "-ctk", ctk, "-ctv", ctv, "-c", "2048", "-t", THREADS, "-np", "1", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -153,13 +172,16 @@ def _complete(server_bin, model, ctk, ctv, n_predict=16, extra=()) -> tuple[list
                 time.sleep(0.5)
         else:
             raise AssertionError("llama-server did not become healthy in 180 s")
-        body = json.dumps({"prompt": PROMPT, "n_predict": n_predict, "temperature": 0, "top_k": 1,
-                           "return_tokens": True, "cache_prompt": False}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=300) as r:
-            res = json.loads(r.read())
-        return res["tokens"], res["content"]
+        out = []
+        for prompt in prompts:
+            body = json.dumps({"prompt": prompt, "n_predict": n_predict, "temperature": 0, "top_k": 1,
+                               "return_tokens": True, "cache_prompt": False}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=600) as r:
+                res = json.loads(r.read())
+            out.append((res["tokens"], res["content"]))
+        return out
     finally:
         proc.terminate()
         try:
@@ -171,7 +193,7 @@ def _complete(server_bin, model, ctk, ctv, n_predict=16, extra=()) -> tuple[list
 @pytest.mark.parametrize("ctk,ctv", [("q8_0", "turbo3"), ("turbo3", "turbo3")])
 def test_server_greedy_continuation_matches_f16(cpu_build, gemma, ctk, ctv):
     server = cpu_build("llama-server")
-    base_tokens, base_text = _complete(server, gemma, "f16", "f16")
-    tokens, text = _complete(server, gemma, ctk, ctv)
+    base_tokens, base_text = _complete(server, gemma, "f16", "f16", extra=CPU_ARGS)
+    tokens, text = _complete(server, gemma, ctk, ctv, extra=CPU_ARGS)
     assert "13" in base_text, base_text   # the model counts on
     assert tokens[:8] == base_tokens[:8], (base_text, text)
