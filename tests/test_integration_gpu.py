@@ -28,6 +28,7 @@ import pytest
 
 from tqpatch import backends
 from tqpatch.backends import cpu
+from tqpatch.backends._base import EndToEnd
 from test_integration_cpu import _complete, _completions, run  # noqa: F401  (one server helper for both)
 
 pytestmark = pytest.mark.slow
@@ -40,9 +41,15 @@ GPU_BACKENDS = [pytest.param("cuda", marks=pytest.mark.gpu),
 class Target:
     backend: str
     device: str          # ggml device name, for test-backend-ops -b
-    tool_args: tuple     # llama.cpp tool arguments that put everything on the device
-    env: dict            # environment of every binary (and of tqpatch's subprocesses)
-    ops_filter: dict | None
+    e2e: EndToEnd        # the backend's end-to-end parameters
+
+    @property
+    def tool_args(self) -> tuple:  # llama.cpp tool arguments that put everything on the device
+        return tuple(self.e2e.tool_args)
+
+    @property
+    def env(self) -> dict:  # environment of every binary (and of tqpatch's subprocesses)
+        return dict(self.e2e.env)
 
     def bin(self, name: str):
         from tqpatch import build
@@ -66,8 +73,7 @@ def gpu(request) -> Target:
         build.load_record(be.name)
     except TqpatchError as e:
         pytest.skip(f"no {be.name} build: {e}")
-    return Target(be.name, be.ggml_backend_name, tuple(be.e2e.tool_args), dict(be.e2e.env),
-                  dict(be.e2e.ops_filter) if be.e2e.ops_filter is not None else None)
+    return Target(be.name, be.ggml_backend_name, be.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +86,7 @@ def gemma():
 @pytest.mark.parametrize("op", ["SET_ROWS", "GET_ROWS", "CPY", "FLASH_ATTN_EXT"])
 def test_backend_ops_turbo_cases_match_cpu(gpu, op):
     # -b <device>: test-backend-ops compares that backend with the CPU backend
-    pattern = (gpu.ops_filter or {}).get(op, "turbo")
+    pattern = (gpu.e2e.ops_filter or {}).get(op, "turbo")
     proc = gpu.run([gpu.bin("test-backend-ops"), "test", "-b", gpu.device, "-o", op, "-p", pattern],
                    timeout=3600)
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
@@ -99,20 +105,26 @@ def test_backend_ops_turbo_cases_match_cpu(gpu, op):
 
 
 def test_tqpatch_verify_passes(gpu):
-    proc = gpu.run([sys.executable, "-m", "tqpatch.cli", "verify", "--backend", gpu.backend, "--json"],
-                   timeout=3600)
+    proc = gpu.run([sys.executable, "-m", "tqpatch.cli", "verify", "--backend", gpu.backend, "--json",
+                    *gpu.e2e.verify_args], timeout=3600)
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert report["passed"] is True, proc.stdout[-3000:]
 
 
-PPL_CONFIGS = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3", "q8_0/turbo2",
-               "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2"]
-PPL_CHUNKS = "8"
+PPL_CONFIGS = ("f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3", "q8_0/turbo2",
+               "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2")
+
+
+def _ppl_configs(gpu: Target) -> list[str]:
+    configs = list(gpu.e2e.ppl_configs or PPL_CONFIGS)
+    return configs if "f16/f16" in configs else ["f16/f16", *configs]  # the bound needs f16's PPL
 
 
 def _eval(gpu: Target, extra: tuple[str, ...]) -> dict:
     args = [sys.executable, "-m", "tqpatch.cli", "eval", "--backend", gpu.backend, "--no-kld",
-            "--chunks", PPL_CHUNKS, "--configs", ",".join(PPL_CONFIGS), "--json"]
+            "--chunks", str(gpu.e2e.ppl_chunks), "--configs", ",".join(_ppl_configs(gpu)), "--json"]
+    if gpu.e2e.ppl_ctx:
+        args += ["--ctx", str(gpu.e2e.ppl_ctx)]
     for a in extra:
         args.append(f"--extra-arg={a}")
     proc = gpu.run(args, timeout=5000)
@@ -125,8 +137,9 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
     # the same binary twice: every layer and the KV cache on the device, then no device at all
     dev = _eval(gpu, gpu.tool_args)
     host = _eval(gpu, cpu.e2e.tool_args)
+    configs = _ppl_configs(gpu)
     table = "\n".join(f"{c:14s} {gpu.backend} {dev[c]:9.4f}  cpu {host[c]:9.4f}  "
-                      f"{100 * (dev[c] / host[c] - 1):+.3f}%" for c in PPL_CONFIGS)
+                      f"{100 * (dev[c] / host[c] - 1):+.3f}%" for c in configs)
     print(table)
     # Within noise. The K/V bytes are identical on both; what differs is arithmetic
     # (Q as q8_1 or f16, K/V rounded to f16 in the device's attention, summation
@@ -136,8 +149,8 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
     # moved 0.8% (of its 13.5%), turbo4/turbo4 2.1% (of 16%) and the degenerate
     # turbo2/turbo2 14.5% (of +2000%) between CUDA and the CPU on the H100 machine
     # (docs/measurements/cuda-20261123; the bound was set after that run).
-    for c in PPL_CONFIGS:
-        allowed = max(0.015, 0.25 * (host[c] / host["f16/f16"] - 1))
+    for c in configs:
+        allowed = max(gpu.e2e.ppl_rel, 0.25 * (host[c] / host["f16/f16"] - 1))
         assert abs(dev[c] / host[c] - 1) <= allowed, (c, allowed, table)
 
 

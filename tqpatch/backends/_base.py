@@ -47,12 +47,21 @@ class EndToEnd:
     ops_filter: test-backend-ops `-p` filter per op, for slow devices (None: all turbo cases)
     ppl_rel:    allowed |PPL_backend / PPL_cpu - 1| floor (then a quarter of the
                 configuration's own PPL increase over f16, if that is larger)
+    verify_args: extra `tqpatch verify` options of the end-to-end test (e.g.
+                a smaller case set on a slow device; the full run is documented)
+    ppl_configs, ppl_chunks, ppl_ctx: the PPL comparison's K/V configurations
+                (None: every one the test knows), chunks and context (None:
+                tqpatch eval's default)
     """
     tool_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     ops_filter: Mapping[str, str] | None = None
     ppl_rel: float = 0.015
     runnable: Callable[[], str | None] = lambda: None  # why it cannot run here; None if it can
+    verify_args: tuple[str, ...] = ()
+    ppl_configs: tuple[str, ...] | None = None
+    ppl_chunks: int = 8
+    ppl_ctx: int | None = None
 
 
 @dataclass(frozen=True)
