@@ -6,11 +6,15 @@
 // K.Q: the kernel keeps Q in registers as float2 (half2 where the GPU has a
 // dot2 f32 instruction), laid out as for f16 K, and each thread walks
 // 2*cpy_ne neighbouring values of a K row: sum_l c[idx_l] q_l over the block's
-// codebook entries, times the block scale. V: four neighbouring values at a
-// time, d * c[idx]. Both read the codebooks from shared memory (at most 16
-// floats per type: every entry in its own bank, so lanes never conflict), filled
-// once per CUDA block by ggml_cuda_turbo_fattn_init. Warp-size agnostic: no
-// warp intrinsics here, lane indices come from the caller's nthreads.
+// codebook entries, times the block scale. V: four (eight, where one block
+// takes a GQA group) neighbouring values at a time, d * c[idx]. Both read the
+// codebooks from shared memory (at most 16 floats per type: every entry in its
+// own bank, so lanes never conflict), filled once per CUDA block by
+// ggml_cuda_turbo_fattn_init. When one block decodes the query heads of a GQA
+// group (fattn-vec.cuh gqa_cols), each K chunk is decoded once for all heads
+// (vec_dot_fattn_vec_KQ_*_cols) and the heads' partial sums are reduced
+// together (ggml_cuda_turbo_reduce_cols). Lane indices come from the caller's
+// nthreads; the one shuffle helper works within the kernel's lane groups.
 
 #include "turbo.cuh"
 
@@ -65,6 +69,32 @@ static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init(const int tid)
     }
 }
 
+// ncols partial sums per lane over a group of `width` lanes (width % ncols == 0, both powers of
+// two): halves the live values at each of the first log2(ncols) butterfly steps (a lane keeps
+// the upper or lower half by its lane bit and sends the other), so ncols sums cost
+// ncols - 1 + log2(width/ncols) shuffles instead of ncols*log2(width). Returns the full sum
+// of column lane / (width/ncols).
+template <int width, int ncols>
+static __device__ __forceinline__ float ggml_cuda_turbo_reduce_cols(float * v, const int lane) {
+    static_assert(width % ncols == 0 && (ncols & (ncols - 1)) == 0 && (width & (width - 1)) == 0, "bad width/ncols");
+#pragma unroll
+    for (int m = ncols, offset = width/2; m > 1; m /= 2, offset /= 2) {
+        const bool upper = lane & offset;
+#pragma unroll
+        for (int i = 0; i < m/2; ++i) {
+            const float send = upper ? v[i] : v[i + m/2];
+            const float keep = upper ? v[i + m/2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xFFFFFFFF, send, offset, width);
+        }
+    }
+    float sum = v[0];
+#pragma unroll
+    for (int offset = width/(2*ncols); offset > 0; offset /= 2) {
+        sum += __shfl_xor_sync(0xFFFFFFFF, sum, offset, width);
+    }
+    return sum;
+}
+
 // ---- turbo2 ----
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
@@ -112,6 +142,52 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2(
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo2): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo2 * K = (const block_turbo2 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo2 * x = K + i/QK_TURBO2;
+        const uint32_t codes = turbo2_fattn_codes<2*cpy_ne>(x, i % QK_TURBO2);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 0)];
+            const float c1 = ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 1)];
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -189,6 +265,52 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3(
     return sum;
 }
 
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo3): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo3 * K = (const block_turbo3 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo3 * x = K + i/QK_TURBO3;
+        const uint32_t codes = turbo3_fattn_codes<2*cpy_ne>(x, i % QK_TURBO3);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 0)];
+            const float c1 = ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 1)];
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
+}
+
 template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3 * x = (const block_turbo3 *) vx + i0/QK_TURBO3;
@@ -262,6 +384,52 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo4(
     return sum;
 }
 
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo4): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo4 * K = (const block_turbo4 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo4 * x = K + i/QK_TURBO4;
+        const uint32_t codes = turbo4_fattn_codes<2*cpy_ne>(x, i % QK_TURBO4);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 0)];
+            const float c1 = ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 1)];
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
+}
+
 template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo4 * x = (const block_turbo4 *) vx + i0/QK_TURBO4;
@@ -297,6 +465,20 @@ constexpr __device__ vec_dot_KQ_t ggml_cuda_turbo_vec_dot_KQ() {
         return vec_dot_fattn_vec_KQ_turbo4<D, nthreads>;
     } else {
         return nullptr;
+    }
+}
+
+// K_turbo_cols in fattn-vec.cuh: the ncols heads' partial sums of one K row
+template <ggml_type type_K, int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void ggml_cuda_turbo_vec_dot_KQ_cols(const char * __restrict__ K, const q_t * __restrict__ Q, float * __restrict__ sum) {
+    if constexpr (type_K == GGML_TYPE_TURBO2) {
+        vec_dot_fattn_vec_KQ_turbo2_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO3) {
+        vec_dot_fattn_vec_KQ_turbo3_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO4) {
+        vec_dot_fattn_vec_KQ_turbo4_cols<D, nthreads, ncols>(K, Q, sum);
+    } else {
+        static_assert(type_K == GGML_TYPE_COUNT, "not a turbo type");
     }
 }
 
