@@ -22,6 +22,13 @@
 static __shared__ float ggml_cuda_turbo_lut_K[16];
 static __shared__ float ggml_cuda_turbo_lut_V[16];
 
+// bits [pos, pos + popcount(mask)) of w as bits shift + 2 up: a plane's field of an index,
+// already times 4 (pos, mask and shift are compile-time constants once loops unroll)
+static __device__ __forceinline__ uint32_t turbo_field_x4(const uint32_t w, const int pos, const uint32_t mask, const int shift) {
+    const int s = pos - shift - 2;
+    return (s >= 0 ? w >> s : w << -s) & (mask << (shift + 2));
+}
+
 // levels and codebook of a turbo type (0, nullptr for other types)
 template <ggml_type type>
 static __device__ __forceinline__ const float * ggml_cuda_turbo_centroids() {
@@ -99,7 +106,7 @@ static __device__ __forceinline__ float ggml_cuda_turbo_reduce_cols(float * v, c
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo2_fattn_index(codes, l) is value l's index.
+// turbo2_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -108,10 +115,13 @@ static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2
         ;
 }
 
-static __device__ __forceinline__ int turbo2_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo2_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -136,8 +146,8 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
@@ -169,8 +179,8 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
         }
 #pragma unroll
         for (int l = 0; l < cpy_ne; ++l) {
-            const float c0 = ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 0)];
-            const float c1 = ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 1)];
+            const float c0 = turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
 #pragma unroll
             for (int j = 0; j < ncols; ++j) {
 #ifdef V_DOT2_F32_F16_AVAILABLE
@@ -199,15 +209,15 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -218,7 +228,7 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs, qh);
-// turbo3_fattn_index(codes, l) is value l's index.
+// turbo3_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -228,11 +238,14 @@ static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3
         ;
 }
 
-static __device__ __forceinline__ int turbo3_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
-        | (((codes >> (16 + 1*l)) & 1) << 2)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo3_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
+        | turbo_field_x4(codes, 16 + 1*l, 1, 2)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -257,8 +270,8 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
@@ -290,8 +303,8 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
         }
 #pragma unroll
         for (int l = 0; l < cpy_ne; ++l) {
-            const float c0 = ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 0)];
-            const float c1 = ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 1)];
+            const float c0 = turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
 #pragma unroll
             for (int j = 0; j < ncols; ++j) {
 #ifdef V_DOT2_F32_F16_AVAILABLE
@@ -320,15 +333,15 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -339,7 +352,7 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo4_fattn_index(codes, l) is value l's index.
+// turbo4_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -348,10 +361,13 @@ static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4
         ;
 }
 
-static __device__ __forceinline__ int turbo4_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 4*l)) & 15) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo4_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -376,8 +392,8 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo4(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
@@ -409,8 +425,8 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
         }
 #pragma unroll
         for (int l = 0; l < cpy_ne; ++l) {
-            const float c0 = ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 0)];
-            const float c1 = ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 1)];
+            const float c0 = turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
 #pragma unroll
             for (int j = 0; j < ncols; ++j) {
 #ifdef V_DOT2_F32_F16_AVAILABLE
@@ -439,15 +455,15 @@ static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
