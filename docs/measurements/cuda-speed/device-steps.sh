@@ -49,7 +49,7 @@ step() {
     say "[$name] rc=$rc $(( $(date +%s) - t )) s (t=$(( $(date +%s) - T0 )) s)"
     return $rc
 }
-T() { python3 -m tqpatch.cli "$@"; }
+TQ="python3 -m tqpatch.cli"   # word-split on purpose: `timeout` needs a program, not a function
 
 # ---- 0. environment ----------------------------------------------------------
 mkdir -p /tmp/pylib
@@ -67,16 +67,16 @@ if [ -z "${PRISTINE:-}" ]; then
     done
 fi
 if [ -n "${PRISTINE:-}" ]; then
-    step fetch 120 T fetch --from "$PRISTINE"
+    step fetch 120 $TQ fetch --from "$PRISTINE"
 else
-    step fetch 120 T fetch
+    step fetch 120 $TQ fetch
 fi
 # the FA vector-kernel pairs the checks and tables use (every pair of f16, q8_0,
 # turbo3, turbo4, plus turbo2 with itself and with q8_0); other pairs take the f16 fallback
 FAQ=f16-f16,f16-q8_0,q8_0-f16,q8_0-q8_0
 for k in f16 q8_0 turbo3 turbo4; do for v in turbo3 turbo4; do FAQ=$FAQ,$k-$v; [ $k != $v ] && case $k in turbo*) ;; *) FAQ=$FAQ,$v-$k;; esac; done; done
 FAQ=$FAQ,turbo2-turbo2,q8_0-turbo2
-step build 400 T build --backend cuda --arch 90 -j 16 --fa-quants "$FAQ" \
+step build 400 $TQ build --backend cuda --arch 90 -j 16 --fa-quants "$FAQ" \
     --targets test-backend-ops,llama-bench,tqpatch-verify
 B=$TQPATCH_CACHE/build/cuda
 BIN=$B/bin
@@ -88,7 +88,7 @@ for op in SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
     L=$OUT/tbo_$op.log
     say "    $op: OK $(grep -c ': OK' "$L"), FAIL $(grep -c 'FAIL' "$L"), not supported $(grep -c 'not supported' "$L"); $(grep -E 'tests passed' "$L" | head -1)"
 done
-step verify 150 T verify --backend cuda
+step verify 150 $TQ verify --backend cuda
 say "    $(grep -E '^[0-9]+ passed' "$OUT/verify.log" | head -1)"
 say "    $(grep -E '^(PASS|FAIL)' "$OUT/verify.log" | head -1 | cut -c1-150)"
 # byte check: CUDA SET_ROWS/CPY quantizer == C reference on random and adversarial blocks

@@ -1,4 +1,4 @@
-// One-off check (tqpatch CUDA bring-up, not part of the tree): the CUDA turbo
+// Byte check (tqpatch CUDA bring-up; rerun by device-steps.sh beside it): the CUDA turbo
 // quantizer (CPY f32->turbo, SET_ROWS f32/f16->turbo) must give the C
 // reference's bytes, and the CUDA dequantizer (CPY turbo->f32) its floats,
 // on random and adversarial blocks.
