@@ -74,38 +74,50 @@ void quantize_row_turbo2(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, 
     quantize_row_turbo2_ref(x, (block_turbo2 *) y, k);
 }
 
+// Indices are decoded 8 at a time from the 32-bit words of each plane: values
+// j..j+31 (j % 32 == 0) of a plane with b bits per value span b words, and group
+// g (values j+8g..j+8g+7) sits in word 8g*b/32 at bit 8g*b % 32, so with g a
+// literal the shifts are constants and neighbouring groups share a word load.
+static inline uint32_t turbo2_word(const uint8_t * GGML_RESTRICT plane, const int j, const int bits, const int g) {
+    uint32_t w;
+    memcpy(&w, plane + j*bits/8 + 4*(8*g*bits/32), 4);
+    return w;
+}
+
 #if defined(TURBO_CPU_AVX2)
-// the indices of values j..j+7 (j % 8 == 0) of block x, one per 32-bit lane
-static inline __m256i turbo2_idx8(const block_turbo2 * GGML_RESTRICT x, const int j) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x, one per 32-bit lane
+static inline __m256i turbo2_idx8(const block_turbo2 * GGML_RESTRICT x, const int j, const int g) {
     __m256i idx = _mm256_setzero_si256();
     {
-        uint32_t w = 0; // 8 values x 2 bit(s) of plane qs
-        memcpy(&w, x->qs + j*2/8, 2);
-        const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) w), shift), _mm256_set1_epi32(3));
-        idx = _mm256_or_si256(idx, _mm256_slli_epi32(v, 0));
+        const int base = 8*g*2 % 32; // plane qs: 2 bit(s) per value
+        const __m256i shift = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        const __m256i w = _mm256_set1_epi32((int) turbo2_word(x->qs, j, 2, g));
+        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(w, shift), _mm256_set1_epi32(3));
+        idx = _mm256_or_si256(idx, v);
     }
     return idx;
 }
 #elif defined(TURBO_CPU_NEON)
-// the indices of values j..j+7 (j % 8 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
-static inline void turbo2_idx8(const block_turbo2 * GGML_RESTRICT x, const int j, uint32x4_t * lo, uint32x4_t * hi) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
+static inline void turbo2_idx8(const block_turbo2 * GGML_RESTRICT x, const int j, const int g, uint32x4_t * lo, uint32x4_t * hi) {
     uint32x4_t a = vdupq_n_u32(0);
     uint32x4_t b = vdupq_n_u32(0);
     {
-        uint32_t w = 0; // 8 values x 2 bit(s) of plane qs
-        memcpy(&w, x->qs + j*2/8, 2);
+        const int32_t base = 8*g*2 % 32; // plane qs: 2 bit(s) per value
         const int32_t sa[4] = { -0, -2, -4, -6 };
         const int32_t sb[4] = { -8, -10, -12, -14 };
+        const int32x4_t nbase = vdupq_n_s32(-base);
         const uint32x4_t m = vdupq_n_u32(3);
-        const uint32x4_t ww = vdupq_n_u32(w);
-        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sa)), m), 0));
-        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sb)), m), 0));
+        const uint32x4_t w = vdupq_n_u32(turbo2_word(x->qs, j, 2, g));
+        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sa))), m), 0));
+        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sb))), m), 0));
     }
     *lo = a;
     *hi = b;
 }
 #endif
+
+static_assert(QK_TURBO2 % 32 == 0, "the SIMD paths decode 32 values per step");
 
 void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
@@ -122,9 +134,11 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO2;
         __m256 p0 = _mm256_setzero_ps(); // two chains: FMA latency
         __m256 p1 = _mm256_setzero_ps();
-        for (int j = 0; j < QK_TURBO2; j += 16) {
-            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j + 0)), _mm256_loadu_ps(yb + j + 0), p0);
-            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j + 8)), _mm256_loadu_ps(yb + j + 8), p1);
+        for (int j = 0; j < QK_TURBO2; j += 32) {
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 0)), _mm256_loadu_ps(yb + j +  0), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 1)), _mm256_loadu_ps(yb + j +  8), p1);
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
         acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
     }
@@ -136,11 +150,13 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO2;
         float32x4_t p0 = vdupq_n_f32(0.0f);
         float32x4_t p1 = vdupq_n_f32(0.0f);
-        for (int j = 0; j < QK_TURBO2; j += 8) {
-            uint32x4_t ia, ib;
-            turbo2_idx8(&x[i], j, &ia, &ib);
-            p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO2_LEVELS, ia), vld1q_f32(yb + j + 0));
-            p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO2_LEVELS, ib), vld1q_f32(yb + j + 4));
+        for (int j = 0; j < QK_TURBO2; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo2_idx8(&x[i], j, g, &ia, &ib);
+                p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO2_LEVELS, ia), vld1q_f32(yb + j + 8*g + 0));
+                p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO2_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
+            }
         }
         acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
     }
@@ -171,9 +187,11 @@ static void ggml_vec_mad_turbo2(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2;
         const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
-        for (int j = 0; j < QK_TURBO2; j += 8) {
-            const __m256 c = turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j));
-            _mm256_storeu_ps(yb + j, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j)));
+        for (int j = 0; j < QK_TURBO2; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                const __m256 c = turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, g));
+                _mm256_storeu_ps(yb + j + 8*g, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j + 8*g)));
+            }
         }
     }
 #elif defined(TURBO_CPU_NEON)
@@ -181,11 +199,13 @@ static void ggml_vec_mad_turbo2(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2;
         const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
-        for (int j = 0; j < QK_TURBO2; j += 8) {
-            uint32x4_t ia, ib;
-            turbo2_idx8(&x[i], j, &ia, &ib);
-            vst1q_f32(yb + j + 0, vfmaq_n_f32(vld1q_f32(yb + j + 0), turbo_lookup4(lut, TURBO2_LEVELS, ia), dv));
-            vst1q_f32(yb + j + 4, vfmaq_n_f32(vld1q_f32(yb + j + 4), turbo_lookup4(lut, TURBO2_LEVELS, ib), dv));
+        for (int j = 0; j < QK_TURBO2; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo2_idx8(&x[i], j, g, &ia, &ib);
+                vst1q_f32(yb + j + 8*g + 0, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 0), turbo_lookup4(lut, TURBO2_LEVELS, ia), dv));
+                vst1q_f32(yb + j + 8*g + 4, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 4), turbo_lookup4(lut, TURBO2_LEVELS, ib), dv));
+            }
         }
     }
 #else
@@ -204,55 +224,67 @@ void quantize_row_turbo3(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, 
     quantize_row_turbo3_ref(x, (block_turbo3 *) y, k);
 }
 
+// Indices are decoded 8 at a time from the 32-bit words of each plane: values
+// j..j+31 (j % 32 == 0) of a plane with b bits per value span b words, and group
+// g (values j+8g..j+8g+7) sits in word 8g*b/32 at bit 8g*b % 32, so with g a
+// literal the shifts are constants and neighbouring groups share a word load.
+static inline uint32_t turbo3_word(const uint8_t * GGML_RESTRICT plane, const int j, const int bits, const int g) {
+    uint32_t w;
+    memcpy(&w, plane + j*bits/8 + 4*(8*g*bits/32), 4);
+    return w;
+}
+
 #if defined(TURBO_CPU_AVX2)
-// the indices of values j..j+7 (j % 8 == 0) of block x, one per 32-bit lane
-static inline __m256i turbo3_idx8(const block_turbo3 * GGML_RESTRICT x, const int j) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x, one per 32-bit lane
+static inline __m256i turbo3_idx8(const block_turbo3 * GGML_RESTRICT x, const int j, const int g) {
     __m256i idx = _mm256_setzero_si256();
     {
-        uint32_t w = 0; // 8 values x 2 bit(s) of plane qs
-        memcpy(&w, x->qs + j*2/8, 2);
-        const __m256i shift = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) w), shift), _mm256_set1_epi32(3));
-        idx = _mm256_or_si256(idx, _mm256_slli_epi32(v, 0));
+        const int base = 8*g*2 % 32; // plane qs: 2 bit(s) per value
+        const __m256i shift = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+        const __m256i w = _mm256_set1_epi32((int) turbo3_word(x->qs, j, 2, g));
+        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(w, shift), _mm256_set1_epi32(3));
+        idx = _mm256_or_si256(idx, v);
     }
     {
-        uint32_t w = 0; // 8 values x 1 bit(s) of plane qh
-        memcpy(&w, x->qh + j*1/8, 1);
-        const __m256i shift = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) w), shift), _mm256_set1_epi32(1));
+        const int base = 8*g*1 % 32; // plane qh: 1 bit(s) per value
+        const __m256i shift = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i w = _mm256_set1_epi32((int) turbo3_word(x->qh, j, 1, g));
+        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(w, shift), _mm256_set1_epi32(1));
         idx = _mm256_or_si256(idx, _mm256_slli_epi32(v, 2));
     }
     return idx;
 }
 #elif defined(TURBO_CPU_NEON)
-// the indices of values j..j+7 (j % 8 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
-static inline void turbo3_idx8(const block_turbo3 * GGML_RESTRICT x, const int j, uint32x4_t * lo, uint32x4_t * hi) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
+static inline void turbo3_idx8(const block_turbo3 * GGML_RESTRICT x, const int j, const int g, uint32x4_t * lo, uint32x4_t * hi) {
     uint32x4_t a = vdupq_n_u32(0);
     uint32x4_t b = vdupq_n_u32(0);
     {
-        uint32_t w = 0; // 8 values x 2 bit(s) of plane qs
-        memcpy(&w, x->qs + j*2/8, 2);
+        const int32_t base = 8*g*2 % 32; // plane qs: 2 bit(s) per value
         const int32_t sa[4] = { -0, -2, -4, -6 };
         const int32_t sb[4] = { -8, -10, -12, -14 };
+        const int32x4_t nbase = vdupq_n_s32(-base);
         const uint32x4_t m = vdupq_n_u32(3);
-        const uint32x4_t ww = vdupq_n_u32(w);
-        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sa)), m), 0));
-        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sb)), m), 0));
+        const uint32x4_t w = vdupq_n_u32(turbo3_word(x->qs, j, 2, g));
+        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sa))), m), 0));
+        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sb))), m), 0));
     }
     {
-        uint32_t w = 0; // 8 values x 1 bit(s) of plane qh
-        memcpy(&w, x->qh + j*1/8, 1);
+        const int32_t base = 8*g*1 % 32; // plane qh: 1 bit(s) per value
         const int32_t sa[4] = { -0, -1, -2, -3 };
         const int32_t sb[4] = { -4, -5, -6, -7 };
+        const int32x4_t nbase = vdupq_n_s32(-base);
         const uint32x4_t m = vdupq_n_u32(1);
-        const uint32x4_t ww = vdupq_n_u32(w);
-        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sa)), m), 2));
-        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sb)), m), 2));
+        const uint32x4_t w = vdupq_n_u32(turbo3_word(x->qh, j, 1, g));
+        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sa))), m), 2));
+        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sb))), m), 2));
     }
     *lo = a;
     *hi = b;
 }
 #endif
+
+static_assert(QK_TURBO3 % 32 == 0, "the SIMD paths decode 32 values per step");
 
 void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
@@ -269,9 +301,11 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO3;
         __m256 p0 = _mm256_setzero_ps(); // two chains: FMA latency
         __m256 p1 = _mm256_setzero_ps();
-        for (int j = 0; j < QK_TURBO3; j += 16) {
-            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j + 0)), _mm256_loadu_ps(yb + j + 0), p0);
-            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j + 8)), _mm256_loadu_ps(yb + j + 8), p1);
+        for (int j = 0; j < QK_TURBO3; j += 32) {
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 0)), _mm256_loadu_ps(yb + j +  0), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 1)), _mm256_loadu_ps(yb + j +  8), p1);
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
         acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
     }
@@ -283,11 +317,13 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO3;
         float32x4_t p0 = vdupq_n_f32(0.0f);
         float32x4_t p1 = vdupq_n_f32(0.0f);
-        for (int j = 0; j < QK_TURBO3; j += 8) {
-            uint32x4_t ia, ib;
-            turbo3_idx8(&x[i], j, &ia, &ib);
-            p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO3_LEVELS, ia), vld1q_f32(yb + j + 0));
-            p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO3_LEVELS, ib), vld1q_f32(yb + j + 4));
+        for (int j = 0; j < QK_TURBO3; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo3_idx8(&x[i], j, g, &ia, &ib);
+                p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO3_LEVELS, ia), vld1q_f32(yb + j + 8*g + 0));
+                p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO3_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
+            }
         }
         acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
     }
@@ -318,9 +354,11 @@ static void ggml_vec_mad_turbo3(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3;
         const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
-        for (int j = 0; j < QK_TURBO3; j += 8) {
-            const __m256 c = turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j));
-            _mm256_storeu_ps(yb + j, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j)));
+        for (int j = 0; j < QK_TURBO3; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                const __m256 c = turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, g));
+                _mm256_storeu_ps(yb + j + 8*g, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j + 8*g)));
+            }
         }
     }
 #elif defined(TURBO_CPU_NEON)
@@ -328,11 +366,13 @@ static void ggml_vec_mad_turbo3(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3;
         const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
-        for (int j = 0; j < QK_TURBO3; j += 8) {
-            uint32x4_t ia, ib;
-            turbo3_idx8(&x[i], j, &ia, &ib);
-            vst1q_f32(yb + j + 0, vfmaq_n_f32(vld1q_f32(yb + j + 0), turbo_lookup4(lut, TURBO3_LEVELS, ia), dv));
-            vst1q_f32(yb + j + 4, vfmaq_n_f32(vld1q_f32(yb + j + 4), turbo_lookup4(lut, TURBO3_LEVELS, ib), dv));
+        for (int j = 0; j < QK_TURBO3; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo3_idx8(&x[i], j, g, &ia, &ib);
+                vst1q_f32(yb + j + 8*g + 0, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 0), turbo_lookup4(lut, TURBO3_LEVELS, ia), dv));
+                vst1q_f32(yb + j + 8*g + 4, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 4), turbo_lookup4(lut, TURBO3_LEVELS, ib), dv));
+            }
         }
     }
 #else
@@ -351,38 +391,50 @@ void quantize_row_turbo4(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, 
     quantize_row_turbo4_ref(x, (block_turbo4 *) y, k);
 }
 
+// Indices are decoded 8 at a time from the 32-bit words of each plane: values
+// j..j+31 (j % 32 == 0) of a plane with b bits per value span b words, and group
+// g (values j+8g..j+8g+7) sits in word 8g*b/32 at bit 8g*b % 32, so with g a
+// literal the shifts are constants and neighbouring groups share a word load.
+static inline uint32_t turbo4_word(const uint8_t * GGML_RESTRICT plane, const int j, const int bits, const int g) {
+    uint32_t w;
+    memcpy(&w, plane + j*bits/8 + 4*(8*g*bits/32), 4);
+    return w;
+}
+
 #if defined(TURBO_CPU_AVX2)
-// the indices of values j..j+7 (j % 8 == 0) of block x, one per 32-bit lane
-static inline __m256i turbo4_idx8(const block_turbo4 * GGML_RESTRICT x, const int j) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x, one per 32-bit lane
+static inline __m256i turbo4_idx8(const block_turbo4 * GGML_RESTRICT x, const int j, const int g) {
     __m256i idx = _mm256_setzero_si256();
     {
-        uint32_t w = 0; // 8 values x 4 bit(s) of plane qs
-        memcpy(&w, x->qs + j*4/8, 4);
-        const __m256i shift = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) w), shift), _mm256_set1_epi32(15));
-        idx = _mm256_or_si256(idx, _mm256_slli_epi32(v, 0));
+        const int base = 8*g*4 % 32; // plane qs: 4 bit(s) per value
+        const __m256i shift = _mm256_add_epi32(_mm256_set1_epi32(base), _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28));
+        const __m256i w = _mm256_set1_epi32((int) turbo4_word(x->qs, j, 4, g));
+        const __m256i v = _mm256_and_si256(_mm256_srlv_epi32(w, shift), _mm256_set1_epi32(15));
+        idx = _mm256_or_si256(idx, v);
     }
     return idx;
 }
 #elif defined(TURBO_CPU_NEON)
-// the indices of values j..j+7 (j % 8 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
-static inline void turbo4_idx8(const block_turbo4 * GGML_RESTRICT x, const int j, uint32x4_t * lo, uint32x4_t * hi) {
+// the indices of values j+8g..j+8g+7 (j % 32 == 0) of block x: lanes 0-3 in lo, 4-7 in hi
+static inline void turbo4_idx8(const block_turbo4 * GGML_RESTRICT x, const int j, const int g, uint32x4_t * lo, uint32x4_t * hi) {
     uint32x4_t a = vdupq_n_u32(0);
     uint32x4_t b = vdupq_n_u32(0);
     {
-        uint32_t w = 0; // 8 values x 4 bit(s) of plane qs
-        memcpy(&w, x->qs + j*4/8, 4);
+        const int32_t base = 8*g*4 % 32; // plane qs: 4 bit(s) per value
         const int32_t sa[4] = { -0, -4, -8, -12 };
         const int32_t sb[4] = { -16, -20, -24, -28 };
+        const int32x4_t nbase = vdupq_n_s32(-base);
         const uint32x4_t m = vdupq_n_u32(15);
-        const uint32x4_t ww = vdupq_n_u32(w);
-        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sa)), m), 0));
-        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(ww, vld1q_s32(sb)), m), 0));
+        const uint32x4_t w = vdupq_n_u32(turbo4_word(x->qs, j, 4, g));
+        a = vorrq_u32(a, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sa))), m), 0));
+        b = vorrq_u32(b, vshlq_n_u32(vandq_u32(vshlq_u32(w, vaddq_s32(nbase, vld1q_s32(sb))), m), 0));
     }
     *lo = a;
     *hi = b;
 }
 #endif
+
+static_assert(QK_TURBO4 % 32 == 0, "the SIMD paths decode 32 values per step");
 
 void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc) {
     assert(nrc == 1);
@@ -399,9 +451,11 @@ void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO4;
         __m256 p0 = _mm256_setzero_ps(); // two chains: FMA latency
         __m256 p1 = _mm256_setzero_ps();
-        for (int j = 0; j < QK_TURBO4; j += 16) {
-            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j + 0)), _mm256_loadu_ps(yb + j + 0), p0);
-            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j + 8)), _mm256_loadu_ps(yb + j + 8), p1);
+        for (int j = 0; j < QK_TURBO4; j += 32) {
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 0)), _mm256_loadu_ps(yb + j +  0), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 1)), _mm256_loadu_ps(yb + j +  8), p1);
+            p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
+            p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
         acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
     }
@@ -413,11 +467,13 @@ void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
         const float * GGML_RESTRICT yb = y + i*QK_TURBO4;
         float32x4_t p0 = vdupq_n_f32(0.0f);
         float32x4_t p1 = vdupq_n_f32(0.0f);
-        for (int j = 0; j < QK_TURBO4; j += 8) {
-            uint32x4_t ia, ib;
-            turbo4_idx8(&x[i], j, &ia, &ib);
-            p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO4_LEVELS, ia), vld1q_f32(yb + j + 0));
-            p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO4_LEVELS, ib), vld1q_f32(yb + j + 4));
+        for (int j = 0; j < QK_TURBO4; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo4_idx8(&x[i], j, g, &ia, &ib);
+                p0 = vfmaq_f32(p0, turbo_lookup4(lut, TURBO4_LEVELS, ia), vld1q_f32(yb + j + 8*g + 0));
+                p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO4_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
+            }
         }
         acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
     }
@@ -448,9 +504,11 @@ static void ggml_vec_mad_turbo4(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO4;
         const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
-        for (int j = 0; j < QK_TURBO4; j += 8) {
-            const __m256 c = turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j));
-            _mm256_storeu_ps(yb + j, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j)));
+        for (int j = 0; j < QK_TURBO4; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                const __m256 c = turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, g));
+                _mm256_storeu_ps(yb + j + 8*g, _mm256_fmadd_ps(c, dv, _mm256_loadu_ps(yb + j + 8*g)));
+            }
         }
     }
 #elif defined(TURBO_CPU_NEON)
@@ -458,11 +516,13 @@ static void ggml_vec_mad_turbo4(const int n, float * GGML_RESTRICT y, const void
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO4;
         const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
-        for (int j = 0; j < QK_TURBO4; j += 8) {
-            uint32x4_t ia, ib;
-            turbo4_idx8(&x[i], j, &ia, &ib);
-            vst1q_f32(yb + j + 0, vfmaq_n_f32(vld1q_f32(yb + j + 0), turbo_lookup4(lut, TURBO4_LEVELS, ia), dv));
-            vst1q_f32(yb + j + 4, vfmaq_n_f32(vld1q_f32(yb + j + 4), turbo_lookup4(lut, TURBO4_LEVELS, ib), dv));
+        for (int j = 0; j < QK_TURBO4; j += 32) {
+            for (int g = 0; g < 4; ++g) {
+                uint32x4_t ia, ib;
+                turbo4_idx8(&x[i], j, g, &ia, &ib);
+                vst1q_f32(yb + j + 8*g + 0, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 0), turbo_lookup4(lut, TURBO4_LEVELS, ia), dv));
+                vst1q_f32(yb + j + 8*g + 4, vfmaq_n_f32(vld1q_f32(yb + j + 8*g + 4), turbo_lookup4(lut, TURBO4_LEVELS, ib), dv));
+            }
         }
     }
 #else
