@@ -94,7 +94,7 @@ say "    $(grep -E '^(PASS|FAIL)' "$OUT/verify.log" | head -1 | cut -c1-150)"
 # byte check: CUDA SET_ROWS/CPY quantizer == C reference on random and adversarial blocks
 LIBS=$(awk '/^build bin\/test-backend-ops:/{f=1} f&&/LINK_LIBRARIES/{sub(/.*LINK_LIBRARIES = /,""); print; exit}' "$B/build.ninja")
 TREE=$TQPATCH_CACHE/work/llama.cpp-0c1e57098
-( cd "$B" && step bytes_build 120 g++ -O2 -std=c++17 -I "$TREE/ggml/include" \
+( cd "$B" && step bytes_build 120 g++ -O2 -std=c++17 -I "$TREE/ggml/include" -I "$R/tests/data" \
     "$R/docs/measurements/cuda-speed/turbo-cuda-bytes.cpp" -o bin/turbo-cuda-bytes $LIBS -fopenmp )
 step bytes 60 "$BIN/turbo-cuda-bytes"
 grep -E "blocks|values|OK|FAIL" "$OUT/bytes.log" | sed 's/^/    /' | tee -a "$S"

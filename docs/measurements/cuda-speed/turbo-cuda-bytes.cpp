@@ -14,50 +14,7 @@
 #include <random>
 #include <vector>
 
-static const int NE0 = 256; // row length: a multiple of every turbo block
-
-static std::vector<float> make_data(int qk, const float * bounds, int nbounds, int & n_adv_blocks) {
-    std::mt19937 rng(1234);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    std::uniform_real_distribution<float> ue(-30.0f, 30.0f);
-    std::vector<float> x;
-    auto block = [&](auto f) { for (int j = 0; j < qk; ++j) x.push_back(f(j)); };
-    // adversarial blocks
-    block([&](int) { return 0.0f; });
-    block([&](int) { return -0.0f; });
-    block([&](int j) { return j == 5 ? 1.0f : 0.0f; });
-    block([&](int j) { return j == 7 ? -3.0f : (j % 2 ? -0.0f : 0.0f); });
-    block([&](int j) { return ldexpf((float) (j + 1), -149) * (j % 3 ? 1.0f : -1.0f); }); // all subnormal
-    block([&](int j) { return j == 0 ? 1.0f : ldexpf((float) j, -149) * (j % 2 ? 1.0f : -1.0f); }); // u subnormal
-    block([&](int j) { return j == 0 ? 1e-30f : ldexpf((float) j, -140) * (j % 2 ? 1.0f : -1.0f); });
-    block([&](int j) { return (j % 2 ? -1.0f : 1.0f) * 3.0e38f * (float) (j + 1) / (float) qk; }); // 1/amax subnormal
-    block([&](int j) { return j == 3 ? FLT_MAX : g(rng) * 1e37f; });
-    block([&](int j) { return j == 9 ? NAN : 1.0f; });
-    block([&](int j) { return j == 0 ? INFINITY : 1.0f; });
-    block([&](int j) { return j == qk - 1 ? -INFINITY : 0.5f; });
-    block([&](int) { return 0.25f; });
-    block([&](int) { return -7.0f; });
-    for (float amax : {1.0f, 3.0f, 0.1f, 1e-20f, 6.1e-5f, 65504.0f}) {
-        // values on, just above and just below amax*boundary
-        for (int v = 0; v < 3; ++v) {
-            block([&](int j) {
-                if (j == 0) return amax;
-                const float t = amax * bounds[j % nbounds];
-                return v == 0 ? t : nextafterf(t, v == 1 ? INFINITY : -INFINITY);
-            });
-        }
-    }
-    while (x.size() % NE0) {
-        block([&](int) { return g(rng); });
-    }
-    n_adv_blocks = (int) (x.size() / qk);
-    // random Gaussian blocks with scales over a wide range
-    for (int b = 0; b < 8192; ++b) {
-        const float s = expf(ue(rng));
-        block([&](int) { return g(rng) * s; });
-    }
-    return x;
-}
+#include "turbo_block_data.h" // tests/data: make_data, NE0, turbo_test_points
 
 static bool same_float(float a, float b) {
     return (std::isnan(a) && std::isnan(b)) || memcmp(&a, &b, sizeof(float)) == 0;
@@ -108,12 +65,8 @@ int main() {
         const ggml_type type = tt.t;
         const int qk = (int) ggml_blck_size(type);
         const size_t bs = ggml_type_size(type);
-        // decision boundaries of this type, taken from the reference itself is not possible through the API:
-        // use a spread of points in (-1, 1) instead, which includes the codebooks' 0 boundary
-        const float pts[] = { -0.8484532f, -0.63230044f, -0.35761398f, -0.17956185f, 0.0f, 0.09511176f, 0.35761398f, 0.63230044f, 0.8484532f,
-                              -0.66868645f, 0.52599406f, -0.40385145f, 0.29421636f, -0.19236687f, 0.37797076f, -0.09511176f };
         int n_adv = 0;
-        std::vector<float> x = make_data(qk, pts, 16, n_adv);
+        std::vector<float> x = make_data(qk, turbo_test_points, 16, n_adv);
         const int64_t n = (int64_t) x.size();
         const int64_t nb = n / qk;
 
