@@ -38,7 +38,8 @@
 //     no cancellation, the tree's relative difference from the ordered sum is
 //     below 2^-46, and (float)(num/den) can differ only when the quotient lies
 //     that close to a float rounding midpoint: the stored scale then differs by
-//     at most 1 fp16 ulp (the contract's tolerance), in practice never;
+//     at most 1 fp16 ulp (the contract's tolerance; none in the host
+//     emulation's blocks, tests/test_cuda_quantizer_emulation.py);
 //   * d = fp16((float)(num/den)): double -> float -> half, both round to
 //     nearest even as in the reference (a float-subnormal quotient is 0 in fp16
 //     either way).
