@@ -312,3 +312,24 @@ def test_the_engine_agrees_with_git_apply_on_the_real_series(tmp_path):
     theirs = _git_apply_series(patches, [(pdir / n).read_bytes() for n in names],
                                lambda rel: fetch.read_pristine(rel, root), work)
     assert ours == theirs and len(ours) > 10
+
+
+def test_every_rendered_glue_macro_is_used():
+    """A macro the templates define for the glue (GGML_*TURBO*) must be expanded somewhere:
+    in a patch or in another rendered file. Catches a patch that lost its hook (e.g. the
+    CUDA flash-attention dispatch of the turbo vector kernels, whose loss only shows as
+    a silent f16 fallback)."""
+    from tqpatch import paths, render
+
+    rendered = render.render_all().files
+    defined = {m for data in rendered.values()
+               for m in re.findall(rb"^#define\s+(GGML_\w*TURBO\w*)", data, re.M)}
+    patch_text = b"".join((paths.patches_dir() / n).read_bytes() for n in ps.read_series(paths.patches_dir()))
+    unused = []
+    for name in sorted(defined):
+        uses = len(re.findall(rb"\b" + name + rb"\b", patch_text))
+        uses += sum(len(re.findall(rb"\b" + name + rb"\b(?!\s*\()|\b" + name + rb"\(", d))
+                    for d in rendered.values()) - 1  # minus its own #define
+        if uses <= 0:
+            unused.append(name.decode())
+    assert not unused, f"rendered but never expanded: {unused}"
