@@ -128,17 +128,52 @@ def parse(log: str, archs: list[str]) -> list[Kernel]:
     return kernels
 
 
+def _strip_params(demangled: str) -> str:
+    """'void f<1, &g(int)>(char const*, int)' -> 'f<1, &g>'."""
+    text = demangled.strip()
+    if text.endswith(")"):  # drop the kernel's own parameter list (balanced parentheses)
+        depth = 0
+        for i in range(len(text) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(text[i], 0)
+            if depth == 0:
+                text = text[:i]
+                break
+    text = re.sub(r"^void ", "", text)
+    while True:  # function pointers among the template arguments: keep their names only
+        shorter = re.sub(r"&\(?([\w:]+)\([^()]*\)\)?", r"&\1", text)
+        if shorter == text:
+            return text
+        text = shorter
+
+
+def short_label(name: str) -> str:
+    """A label from a mangled name that c++filt cannot read (e.g. C++20 auto template
+    parameters): the kernel's name and the turbo functions and types named in it."""
+    m = re.match(r"_ZL?(\d+)", name)
+    if not m:
+        return name
+    outer = name[m.end():m.end() + int(m.group(1))]
+    parts: list[str] = []
+    for hit in re.finditer(r"(?=(\d+)([a-z_][a-z0-9_]*))", name[m.end() + len(outer):]):
+        ident = hit.group(2)
+        if len(ident) == int(hit.group(1)) and "turbo" in ident and ident not in parts:
+            parts.append(ident)
+    rest = name[m.end() + len(outer):]
+    index = {"Ii": ", int32 rows", "Il": ", int64 rows"}.get(rest[:2], "")
+    src = ", from half" if "6__half" in rest else ""
+    return f"{outer}<{', '.join(parts)}{index}{src}>" if parts else outer
+
+
 def _label(kernels: list[Kernel]) -> None:
     names = sorted({k.name for k in kernels if not fa_vec_label(k.name)})
     plain: dict[str, str] = {}
     if names and shutil.which("c++filt"):
         out = ui.capture(["c++filt", *names], timeout=30)
-        if out:
-            lines = out.splitlines()
-            if len(lines) == len(names):
-                plain = {n: re.sub(r"\(.*\)$", "", d) for n, d in zip(names, lines)}
+        lines = out.splitlines() if out else []
+        if len(lines) == len(names):
+            plain = {n: _strip_params(d) for n, d in zip(names, lines) if d != n}
     for k in kernels:
-        k.label = fa_vec_label(k.name) or plain.get(k.name, k.name)
+        k.label = fa_vec_label(k.name) or plain.get(k.name) or short_label(k.name)
 
 
 def is_turbo(kernel: Kernel) -> bool:

@@ -15,6 +15,7 @@ the compile check uses that root whenever this machine has no ROCm >= 6.1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -291,9 +292,13 @@ def _compile(tree: Path, work_dir: Path) -> dict:
                              options=options, wrap=where.wrap if where is not None else None)
     kernels = kernel_resources.parse(Path(report["log"]).read_text(errors="replace"),
                                      list(CHECK_ARCHS))
-    report.update(toolchain=offered, archs=list(CHECK_ARCHS),
-                  resources=[k.to_json() for k in kernels if kernel_resources.is_turbo(k)],
-                  resource_summary=kernel_resources.summary(kernels))
+    turbo = [k.to_json() for k in kernels if kernel_resources.is_turbo(k)]
+    summary = kernel_resources.summary(kernels)
+    out = Path(report["log"]).with_name("kernel-resources")
+    out.with_suffix(".json").write_text(json.dumps({"summary": summary, "turbo": turbo}, indent=1))
+    out.with_suffix(".md").write_text(kernel_resources.table(kernels) + "\n")
+    report.update(toolchain=offered, archs=list(CHECK_ARCHS), resources=turbo,
+                  resource_summary=summary, resource_table=str(out.with_suffix(".md")))
     return report
 
 

@@ -106,15 +106,16 @@ def inside(argv: Sequence, binds: Sequence[Path | str] = (), *, cwd: Path | str 
             *(f"{k}={v}" for k, v in values.items()), *(str(a) for a in argv)]
 
 
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path in this process's mount namespace."""
+def mounts_under(path: Path, mountinfo: str | None = None) -> list[str]:
+    """Mount points at or below path in this process's mount namespace (or in `mountinfo`)."""
     base = str(Path(path).resolve())
     found = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return found
-    for line in lines:
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return found
+    for line in mountinfo.splitlines():
         fields = line.split()
         if len(fields) < 5:
             continue
