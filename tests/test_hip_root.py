@@ -319,3 +319,9 @@ def test_kernel_labels_without_and_with_cxxfilt():
     demangled = ("void dequantize_block<128, 1, &(dequantize_turbo3(void const*, long, int, "
                  "HIP_vector_type<float, 2u>&)), __half>(void const*, __half*, long, long)")
     assert kr._strip_params(demangled) == "dequantize_block<128, 1, &dequantize_turbo3, __half>"
+
+
+def test_verify_refuses_a_build_from_the_root():
+    assert hip.verify_runner({"tools": {"cmake": {}}}) is None
+    with pytest.raises(TqpatchError, match="toolchain debian-sid.*ROCm >= 6.1"):
+        hip.verify_runner({"tools": {"debian-sid": {"path": None, "version": "root"}}})

@@ -266,6 +266,18 @@ def unsupported_reason() -> str | None:
 
 
 
+def verify_runner(record: dict):
+    """A build made in the Debian sid root links that root's ROCm libraries: refuse to
+    run it here with a clear message (None: run the built harness as usual)."""
+    if debian_sid.NAME in (record.get("tools") or {}):
+        raise TqpatchError(
+            f"this HIP build was made with --toolchain {debian_sid.NAME}: its binaries link the "
+            f"ROCm 6.4 libraries of {debian_sid.root_dir()}, not this machine's, so tqpatch "
+            f"verify does not run them; on the AMD GPU machine install ROCm >= {MIN_ROCM} and "
+            "build with --toolchain host (ci/hip.yml does so in AMD's ROCm container)")
+    return None
+
+
 # ---------------------------------------------------------------- CI compile check
 
 # RDNA3 (wave32) and CDNA3 (wave64, AGPRs): the two wave sizes the turbo kernels must serve.
