@@ -1,20 +1,23 @@
 # tqpatch developer targets. `make test` is what CI runs (.ci/run).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
+DIST ?= build/dist
+# Fresh virtual environments for the installed-package checks (wheel, sdist).
+WHEEL_VENV ?= build/venv-wheel
+SDIST_VENV ?= build/venv-sdist
 
-.PHONY: install test test-fast render-check clean
+.PHONY: install test test-fast render-check package-check clean
 
 install:
 	$(PIP) install -q -e '.[test]'
 
-# Everything: unit tests, then the slow integration tests that fetch the
-# pinned llama.cpp, build it for the CPU, verify the turbo kernels and run
-# the real model.
-test: install
-	$(PYTHON) -m tqpatch.cli codebook --check
-	$(PYTHON) -m tqpatch.cli render --check
+# Everything: unit tests; the package built as users get it (wheel and sdist,
+# each installed non-editable into a fresh venv) fetching, applying and
+# building the pinned llama.cpp for the CPU and verifying it; then the slow
+# integration tests on that build and the real model.
+test: install render-check
 	$(PYTHON) -m pytest -q -m "not slow"
-	$(PYTHON) -m tqpatch.cli build --backend cpu
+	$(MAKE) package-check
 	$(PYTHON) -m tqpatch.cli model
 	$(PYTHON) -m pytest -q -m "slow and not gpu" --durations=15
 
@@ -24,6 +27,24 @@ test-fast: install
 render-check:
 	$(PYTHON) -m tqpatch.cli codebook --check
 	$(PYTHON) -m tqpatch.cli render --check
+
+# The installed package, not the checkout: build wheel + sdist, install each
+# into its own fresh venv, run the pipeline from there (cwd outside the repo,
+# so nothing can import the checkout by accident).
+package-check:
+	rm -rf $(DIST) $(WHEEL_VENV) $(SDIST_VENV)
+	$(PYTHON) -m build --outdir $(DIST) .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q $(DIST)/*.whl
+	$(PYTHON) -m venv $(SDIST_VENV)
+	$(SDIST_VENV)/bin/pip install -q $(DIST)/*.tar.gz
+	cd / && $(CURDIR)/$(SDIST_VENV)/bin/tqpatch render --check
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch render --check
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch fetch
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch apply
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch status
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch build --backend cpu
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch verify --backend cpu
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -14,6 +14,7 @@ and the log's path are printed. Later stages find binaries with find_binary().
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import difflib
 import json
@@ -28,7 +29,7 @@ from typing import Callable, Iterable, Sequence, TextIO
 
 import click
 
-from . import __version__, backends, paths, toolchain
+from . import __version__, backends, lock, paths, toolchain
 from .errors import TqpatchError
 
 LOG_NAME = "tqpatch-build.log"
@@ -303,14 +304,29 @@ def _check(backend: backends.Backend, echo) -> tuple[toolchain.Toolchain, list[t
     return tc, probes
 
 
+def _build_dir_of(req: BuildRequest, backend) -> Path:
+    return Path(req.build_dir or paths.default_build_dir(backend.name)).expanduser().resolve()
+
+
 def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
-    """Run the whole build; returns the record written to <build-dir>/tqpatch-build.json."""
+    """Run the whole build; returns the record written to <build-dir>/tqpatch-build.json.
+
+    Holds the build folder's lock throughout, and the tree's lock shared from
+    apply to the record, so no apply or revert changes the sources mid-build.
+    """
+    build_dir = _build_dir_of(req, backends.get(req.backend))
+    with contextlib.ExitStack() as held:
+        held.enter_context(lock.build_dir(build_dir))
+        return _build(req, echo, held)
+
+
+def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitStack) -> dict:
     started = time.monotonic()
     backend = backends.get(req.backend)
     arch = backend.normalize_arch(req.arch)  # reject a bad --arch before any work
     targets = list(dict.fromkeys(req.targets or DEFAULT_TARGETS))
     jobs = req.jobs or os.cpu_count() or 1
-    build_dir = Path(req.build_dir or paths.default_build_dir(backend.name)).expanduser().resolve()
+    build_dir = _build_dir_of(req, backend)
 
     echo(f"[1/5] check: toolchain and {backend.name} requirements")
     elsewhere = backend.build_environment(req.options)  # e.g. HIP's Debian sid root
@@ -328,6 +344,7 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
 
     echo("[2/5] apply: turbo patches on the llama.cpp tree")
     tree = _ensure_applied(req.tree).resolve()
+    held.enter_context(lock.tree(tree, shared=True))
     echo(f"  tree: {tree}")
 
     def wrap(argv: list[str], env: dict | None = None) -> list[str]:
