@@ -309,8 +309,14 @@ def _compile(tree: Path, work_dir: Path) -> dict:
     out = Path(report["log"]).with_name("kernel-resources")
     out.with_suffix(".json").write_text(json.dumps({"summary": summary, "turbo": turbo}, indent=1))
     out.with_suffix(".md").write_text(kernel_resources.table(kernels) + "\n")
+    lines = [f"{offered}; targets {', '.join(CHECK_ARCHS)}; registers: {out.with_suffix('.md')}"]
+    for arch, s in summary.items():
+        lines.append(f"{arch}: {s['turbo_spilling']} of {s['turbo_kernels']} turbo kernels spill "
+                     f"({s['spilling']} of {s['kernels']} kernels in all)")
+        lines += [f"  {w}" for w in s["worst"]]
     report.update(toolchain=offered, archs=list(CHECK_ARCHS), resources=turbo,
-                  resource_summary=summary, resource_table=str(out.with_suffix(".md")))
+                  resource_summary=summary, resource_table=str(out.with_suffix(".md")),
+                  summary=lines)
     return report
 
 

@@ -20,18 +20,16 @@ mmdebstrap runs in such a namespace too, for the same reason.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-from .. import paths, ui
+from .. import lock, paths, ui
 from ..errors import TqpatchError
 
 NAME = "debian-sid"
@@ -175,23 +173,6 @@ def problem(need_mmdebstrap: bool | None = None) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(root: Path, echo: Callable[[str], None]) -> Iterator[None]:
-    """One tqpatch at a time makes (or checks) the root."""
-    lock = root.parent / f".{root.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            echo(f"  waiting for another tqpatch that is making {root} ...")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _remove(path: Path) -> None:
     """Delete a stale root, never through a mount (a host /dev bound into it)."""
     if not path.exists():
@@ -211,7 +192,7 @@ def mmdebstrap_command(target: Path) -> list[str]:
 def make_root(echo: Callable[[str], None] = print) -> dict:
     """The root's stamp, after making the root if it is missing or outdated."""
     root = root_dir()
-    with _locked(root, echo):
+    with lock.hold(lock.lock_file("toolchain", root), f"the Debian sid root {root}", echo=echo):
         if ready(root):
             return stamp(root)
         why = problem(need_mmdebstrap=True)
