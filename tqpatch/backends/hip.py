@@ -274,7 +274,7 @@ def verify_runner(record: dict):
             f"this HIP build was made with --toolchain {debian_sid.NAME}: its binaries link the "
             f"ROCm 6.4 libraries of {debian_sid.root_dir()}, not this machine's, so tqpatch "
             f"verify does not run them; on the AMD GPU machine install ROCm >= {MIN_ROCM} and "
-            "build with --toolchain host (ci/hip.yml does so in AMD's ROCm container)")
+            "build with --toolchain host (ci/tqpatch-hip.yml does so in AMD's ROCm container)")
     return None
 
 

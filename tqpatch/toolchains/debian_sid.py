@@ -198,6 +198,7 @@ def make_root(echo: Callable[[str], None] = print) -> dict:
         why = problem(need_mmdebstrap=True)
         if why:
             raise TqpatchError(f"cannot make the Debian sid root for HIP: {why}")
+        root.parent.mkdir(parents=True, exist_ok=True)
         partial = root.with_name(root.name + ".partial")
         _remove(partial)
         log = root.with_name(root.name + ".log")
