@@ -302,6 +302,7 @@ def test_root_processes_die_with_tqpatch(tmp_path):
     while not [p for p in _alive(marker) if p != parent.pid] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [p for p in _alive(marker) if p != parent.pid], "the command never started"
+    assert debian_sid.mounts_under(debian_sid.root_dir()) == []  # its mounts are not ours
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
@@ -325,3 +326,24 @@ def test_verify_refuses_a_build_from_the_root():
     assert hip.verify_runner({"tools": {"cmake": {}}}) is None
     with pytest.raises(TqpatchError, match="toolchain debian-sid.*ROCm >= 6.1"):
         hip.verify_runner({"tools": {"debian-sid": {"path": None, "version": "root"}}})
+
+
+@pytest.mark.slow
+def test_sigterm_to_tqpatch_stops_the_command_in_the_root(tmp_path):
+    """tqpatch turns SIGTERM into KeyboardInterrupt (cli), so ui.run kills the command."""
+    _root_or_skip()
+    marker = "298.4242"
+    script = ("import sys; from tqpatch import ui; from tqpatch.toolchains import debian_sid; "
+              "ui.sigterm_as_interrupt(); "
+              f"ui.run(debian_sid.inside(['sleep', '{marker}'], [sys.argv[1]]))")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [p for p in _alive(marker) if p != proc.pid] == []
