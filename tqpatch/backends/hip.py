@@ -189,10 +189,15 @@ def rocm_version(hipconfig: str | None) -> str | None:
     return None
 
 
+# Debian's and Ubuntu's own hipcc / libhipblas-dev are older than 6.1 except in Debian sid,
+# so the hint is AMD's packages or tqpatch's sid root, never a plain apt-get install.
+ROCM_GET = (f"install ROCm >= {MIN_ROCM} from {ROCM_URL} (distribution packages are older, "
+            "except Debian sid's), or build with --toolchain debian-sid")
+
 HIPCONFIG = Requirement(
     "hipconfig", f"ROCm/HIP >= {MIN_ROCM} (hipconfig --version or /opt/rocm/.info/version)",
     programs=("hipconfig",), files=("$ROCM_PATH/bin/hipconfig", "/opt/rocm/bin/hipconfig"),
-    version_fn=rocm_version, min_version=MIN_ROCM, debian="hipcc", vendor=ROCM_URL,
+    version_fn=rocm_version, min_version=MIN_ROCM, vendor=ROCM_GET,
 )
 
 
@@ -204,7 +209,7 @@ def requirements() -> list[Requirement]:
             files=("$ROCM_PATH/lib/cmake/hipblas/hipblas-config.cmake",
                    "/opt/rocm/lib/cmake/hipblas/hipblas-config.cmake",
                    "/usr/lib/*/cmake/hipblas/hipblas-config.cmake"),
-            version_args=(), debian="libhipblas-dev", vendor=ROCM_URL,
+            version_args=(), vendor=ROCM_GET,
         ),
         Requirement(
             "cmake (HIP)", "CMake >= 3.21 for enable_language(HIP)", programs=("cmake",),
