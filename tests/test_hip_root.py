@@ -329,10 +329,12 @@ def test_verify_refuses_a_build_from_the_root():
 
 
 @pytest.mark.slow
-def test_sigterm_to_tqpatch_stops_the_command_in_the_root(tmp_path):
-    """tqpatch turns SIGTERM into KeyboardInterrupt (cli), so ui.run kills the command."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stopping_tqpatch_stops_the_command_in_the_root(tmp_path, sig):
+    """tqpatch turns SIGTERM into KeyboardInterrupt (cli), as Ctrl-C is; ui.run then kills
+    the command (unshare itself ignores both while it waits)."""
     _root_or_skip()
-    marker = "298.4242"
+    marker = f"298.{int(sig)}"
     script = ("import sys; from tqpatch import ui; from tqpatch.toolchains import debian_sid; "
               "ui.sigterm_as_interrupt(); "
               f"ui.run(debian_sid.inside(['sleep', '{marker}'], [sys.argv[1]]))")
@@ -341,7 +343,7 @@ def test_sigterm_to_tqpatch_stops_the_command_in_the_root(tmp_path):
     deadline = time.monotonic() + 30
     while not [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=20) != 0 and "KeyboardInterrupt" in proc.stderr.read()
     deadline = time.monotonic() + 10
     while [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
