@@ -349,3 +349,11 @@ def test_stopping_tqpatch_stops_the_command_in_the_root(tmp_path, sig):
     while [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
         time.sleep(0.2)
     assert [p for p in _alive(marker) if p != proc.pid] == []
+
+
+def test_sid_build_without_targets_fails_before_making_the_root(cache, monkeypatch):
+    monkeypatch.setattr(hip, "run_capture", lambda cmd, timeout=15: None)  # no rocminfo
+    monkeypatch.setattr(debian_sid, "make_root", lambda echo=print: pytest.fail("root made"))
+    with pytest.raises(TqpatchError, match="needs the GPU targets"):
+        build.build(build.BuildRequest(backend="hip", options={"toolchain": "debian-sid"}),
+                    echo=lambda *a, **k: None)

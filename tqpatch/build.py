@@ -329,6 +329,7 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
     build_dir = _build_dir_of(req, backend)
 
     echo(f"[1/5] check: toolchain and {backend.name} requirements")
+    effective_arch = arch if arch is not None else backend.default_arch()
     elsewhere = backend.build_environment(req.options)  # e.g. HIP's Debian sid root
     if elsewhere is None:
         tc, backend_probes = _check(backend, echo)
@@ -336,11 +337,11 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
         tools = {p.name: {"path": p.path, "version": p.version}
                  for p in [*tc.all(), *backend_probes] if p.path}
     else:
+        backend.cmake_args(effective_arch, req.options)  # a missing --arch fails before the root is made
         offered = elsewhere.prepare(echo)
         echo(f"  toolchain {elsewhere.name}: {offered}")
         cmake, ninja, ccache = "cmake", "ninja", False
         tools = {elsewhere.name: {"path": None, "version": offered}}
-    effective_arch = arch if arch is not None else backend.default_arch()
 
     echo("[2/5] apply: turbo patches on the llama.cpp tree")
     tree = _ensure_applied(req.tree).resolve()
