@@ -132,6 +132,13 @@ def test_make_root_once_then_reuse(cache, monkeypatch):
     assert calls == []  # ready: nothing run
 
 
+def test_make_root_needs_disk_space(cache, monkeypatch):
+    monkeypatch.setattr(debian_sid, "problem", lambda need_mmdebstrap=None: None)
+    monkeypatch.setattr(debian_sid.shutil, "disk_usage", lambda p: type("U", (), {"free": 2**30})())
+    with pytest.raises(TqpatchError, match="needs about 6 GiB.*1.0 GiB are free"):
+        debian_sid.make_root(echo=lambda m: None)
+
+
 def test_make_root_refuses_clearly(cache, monkeypatch):
     monkeypatch.setattr(debian_sid, "problem", lambda need_mmdebstrap=None: "no mmdebstrap: x")
     with pytest.raises(TqpatchError, match="cannot make the Debian sid root for HIP: no mmdebstrap"):

@@ -43,6 +43,7 @@ MIRROR_ENV = "TQPATCH_DEBIAN_MIRROR"  # another Debian mirror (a proxy, a local 
 APT_OPTIONS = ('Acquire::Check-Valid-Until "false"',)
 STAMP = ".tqpatch-root.json"
 MAKE_TIMEOUT_S = 3600
+NEEDS_BYTES = 6 * 2**30  # the root is 5.0 GB; the packages pass through it while it is made
 PATH_IN_ROOT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FORWARDED_ENV = ("NINJA_STATUS", "TERM", "SOURCE_DATE_EPOCH")  # host variables the root sees
 
@@ -199,6 +200,11 @@ def make_root(echo: Callable[[str], None] = print) -> dict:
         if why:
             raise TqpatchError(f"cannot make the Debian sid root for HIP: {why}")
         root.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(root.parent).free
+        if free < NEEDS_BYTES:
+            raise TqpatchError(f"cannot make the Debian sid root for HIP: it needs about "
+                               f"{NEEDS_BYTES / 2**30:.0f} GiB in {root.parent}, and "
+                               f"{free / 2**30:.1f} GiB are free (TQPATCH_CACHE moves the cache)")
         partial = root.with_name(root.name + ".partial")
         _remove(partial)
         log = root.with_name(root.name + ".log")
