@@ -102,7 +102,7 @@ TOOLCHAIN = BuildOption(
     "toolchain",
     help=(f"where ROCm comes from: '{HOST}' (ROCm >= {MIN_ROCM} installed here) or "
           f"'{debian_sid.NAME}' (a Debian sid root with ROCm 6.4 that tqpatch makes under its "
-          "cache with mmdebstrap, ~5.5 GB, and builds in; needs root; its binaries link "
+          "cache with mmdebstrap, 5 GB, and builds in; needs root; its binaries link "
           "that root's ROCm libraries)."),
     default=HOST, metavar="|".join(TOOLCHAINS), parse=parse_toolchain,
 )

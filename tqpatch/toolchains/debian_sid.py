@@ -3,7 +3,7 @@
 The pinned llama.cpp needs ROCm >= 6.1. Debian bookworm ships 5.2; sid ships
 ROCm 6.4 (hipcc, libamdhip64-dev, libhipblas-dev, librocblas-dev) with clang 21.
 `make_root()` has mmdebstrap build a minimal sid root holding just PACKAGES
-under <tqpatch cache>/toolchains/debian-sid-rocm (about 5.5 GB, 2 minutes on a
+under <tqpatch cache>/toolchains/debian-sid-rocm (5.0 GB, 2-3 minutes on a
 2-core machine with a fast mirror), once; later builds reuse it. Nothing is
 installed into this machine itself.
 
@@ -210,7 +210,7 @@ def make_root(echo: Callable[[str], None] = print) -> dict:
         log = root.with_name(root.name + ".log")
         log.write_text("")
         echo(f"  making a Debian sid root with ROCm in {root} (mmdebstrap {SUITE} from {mirror()}: "
-             f"{', '.join(PACKAGES)}; ~5.5 GB, a few minutes; log: {log})")
+             f"{', '.join(PACKAGES)}; 5 GB, a few minutes; log: {log})")
         started = time.monotonic()
         ui.run([*_UNSHARE, "--", *mmdebstrap_command(partial)], log=log, timeout=MAKE_TIMEOUT_S,
                what="mmdebstrap")
