@@ -338,12 +338,12 @@ def test_verify_refuses_a_build_from_the_root():
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_stopping_tqpatch_stops_the_command_in_the_root(tmp_path, sig):
-    """tqpatch turns SIGTERM into KeyboardInterrupt (cli), as Ctrl-C is; ui.run then kills
-    the command (unshare itself ignores both while it waits)."""
+    """The CLI turns SIGTERM into an exception like Ctrl-C's KeyboardInterrupt; ui.run then
+    kills the command (unshare itself ignores both while it waits)."""
     _root_or_skip()
     marker = f"298.{int(sig)}"
-    script = ("import sys; from tqpatch import ui; from tqpatch.toolchains import debian_sid; "
-              "ui.sigterm_as_interrupt(); "
+    script = ("import sys; from tqpatch import cli, ui; from tqpatch.toolchains import debian_sid; "
+              "cli._install_signal_handlers(); "
               f"ui.run(debian_sid.inside(['sleep', '{marker}'], [sys.argv[1]]))")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
                             stderr=subprocess.PIPE, text=True)
@@ -351,7 +351,8 @@ def test_stopping_tqpatch_stops_the_command_in_the_root(tmp_path, sig):
     while not [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(sig)
-    assert proc.wait(timeout=20) != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    assert proc.wait(timeout=20) != 0
+    assert ("Terminated" if sig == signal.SIGTERM else "KeyboardInterrupt") in proc.stderr.read()
     deadline = time.monotonic() + 10
     while [p for p in _alive(marker) if p != proc.pid] and time.monotonic() < deadline:
         time.sleep(0.2)

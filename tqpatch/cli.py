@@ -103,9 +103,6 @@ def main():
       tqpatch verify --backend cpu         # prove the built kernels right
       llama-server -m M.gguf -ctk q8_0 -ctv turbo3
     """
-    from .ui import sigterm_as_interrupt
-
-    sigterm_as_interrupt()  # a stopped tqpatch stops the build it runs, too
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,6 @@ run()      runs a command: echoes nothing by default, streams its merged output
 capture()  a probe's output, or None when the program cannot run or fails.
 Steps      numbered steps of a long command ("[2/5] apply: ..."), the shape of
            pypa/vendoring's UI.task.
-sigterm_as_interrupt()  SIGTERM stops tqpatch as Ctrl-C does: run() then kills
-           the command it waits for instead of leaving it running alone.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -117,17 +114,6 @@ def capture(cmd: Sequence[str], timeout: float = 15) -> str | None:
     if proc.returncode != 0:
         return None
     return (proc.stdout or "") + (proc.stderr or "")
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def sigterm_as_interrupt() -> None:
-    """From now on SIGTERM raises KeyboardInterrupt (main thread, default handler only)."""
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt)
 
 
 class Steps:
