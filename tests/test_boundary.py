@@ -144,12 +144,12 @@ def test_cli_build_bad_boundary(value):
     assert "--boundary-v" in res.output and "Traceback" not in res.output
 
 
-def test_patch_is_last_in_series():
+def test_patch_is_in_series():
     series = [line.split("#")[0].split()[0] for line in
               (ROOT / "patches" / "series").read_text().splitlines()
               if line.split("#")[0].strip()]
-    assert series[-1] == "0010-llama-turbo-boundary-layers.patch"
-    text = (ROOT / "patches" / series[-1]).read_text()
+    assert "0010-llama-turbo-boundary-layers.patch" in series
+    text = (ROOT / "patches" / "0010-llama-turbo-boundary-layers.patch").read_text()
     for needle in ("src/llama-kv-cache.cpp", "LLAMA_TURBO_BOUNDARY_K", "LLAMA_TURBO_BOUNDARY_V",
                    "turbo boundary layers", "CACHE STRING"):
         assert needle in text

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+
+from tqpatch.backends import BACKENDS
 
 pytestmark = pytest.mark.slow
 
@@ -123,55 +121,52 @@ def test_quality_bars_against_upstream_caches(ppl_table):
     assert inc["q8_0/turbo3"] <= 0.05, inc
 
 
-# ------------------------------------------------------------------ llama-server
+# ------------------------------------------------------------------ coherence (llama-server)
 
-PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# tqpatch.coherence's check over every configuration, on the CPU backend (its
+# e2e tool arguments carry the AMX workaround where the CPU needs it).
+CPU_TOOL_ARGS = BACKENDS["cpu"].e2e.tool_args
 
 
-def _complete(server_bin, model, ctk, ctv, n_predict=16, extra=()) -> tuple[list[int], str]:
-    """Greedy continuation of PROMPT by a fresh llama-server: (tokens, text)."""
-    port = _free_port()
-    proc = subprocess.Popen([str(server_bin), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-                             "-ctk", ctk, "-ctv", ctv, "-c", "2048", "-t", THREADS, "-np", "1", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(f"llama-server exited: {proc.stdout.read()[-3000:]}")
-                time.sleep(0.5)
-        else:
-            raise AssertionError("llama-server did not become healthy in 180 s")
-        body = json.dumps({"prompt": PROMPT, "n_predict": n_predict, "temperature": 0, "top_k": 1,
-                           "return_tokens": True, "cache_prompt": False}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/completion", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=300) as r:
-            res = json.loads(r.read())
-        return res["tokens"], res["content"]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def coherence_run(server, model, tool_args):
+    """label -> Coherence for every formats.KV_CONFIGS entry (f16/f16 first), printed."""
+    from tqpatch import coherence, formats
+
+    configs = [(f"{k}/{v}", k, v, {}) for k, v in formats.KV_CONFIGS]
+    _, results = coherence.check(configs, server, model, threads=int(THREADS), extra_args=tool_args)
+    for label, r in results.items():
+        print(f"{label:15s} {r.summary:6s} " + (r.error or " | ".join(repr(p.text) for p in r.prompts)))
+    return results
 
 
-@pytest.mark.parametrize("ctk,ctv", [("q8_0", "turbo3"), ("turbo3", "turbo3")])
-def test_server_greedy_continuation_matches_f16(cpu_build, gemma, ctk, ctv):
-    server = cpu_build("llama-server")
-    base_tokens, base_text = _complete(server, gemma, "f16", "f16")
-    tokens, text = _complete(server, gemma, ctk, ctv)
-    assert "13" in base_text, base_text   # the model counts on
-    assert tokens[:8] == base_tokens[:8], (base_text, text)
+def offered_by_plan(model, ctx=4096):
+    """Every configuration `tqpatch plan` may name for the model, any memory budget."""
+    from tqpatch import plan
+
+    info = plan.read_model(model)
+    offered = set()
+    for vram in (None, info.weight_bytes / 2**30 + 0.001, info.weight_bytes / 2**30 + 1):
+        rec = plan.recommend(info, ctx, vram_gib=vram, overhead_mib=0)
+        offered.add(f"{rec.type_k}/{rec.type_v}")
+        offered |= {a.split("-ctk ")[1].split(" -fa")[0].replace(" -ctv ", "/") for a in rec.alternatives}
+    return offered
+
+
+def check_coherence_claims(results, model):
+    # the upstream anchors: the check passes what upstream ships (it is not too strict)
+    for anchor in ("q8_0/q8_0", "q4_0/q4_0"):
+        assert results[anchor].coherent, (anchor, results[anchor].to_dict())
+    # what plan recommends for this model family is coherent here
+    for label in offered_by_plan(model):
+        assert results[label].coherent, (label, results[label].to_dict())
+    # and the check does catch symmetric 2-bit K/V (it is not too lenient)
+    assert results["turbo2/turbo2"].n_coherent <= 1, results["turbo2/turbo2"].to_dict()
+
+
+@pytest.fixture(scope="session")
+def cpu_coherence(cpu_build, gemma):
+    return coherence_run(cpu_build("llama-server"), gemma, CPU_TOOL_ARGS)
+
+
+def test_server_coherence_on_cpu(cpu_coherence, gemma):
+    check_coherence_claims(cpu_coherence, gemma)

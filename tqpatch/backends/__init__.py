@@ -60,8 +60,9 @@ class Backend(Protocol):
     def precision(self) -> Precision:
         """The verify precision model of this backend's kernels."""
 
-    def verify_runner(self, record: dict) -> Callable | None:
-        """A replacement for the built tqpatch-verify harness (None: run the harness)."""
+    def verify_runner(self, record: dict | None) -> Callable | None:
+        """A replacement for the built tqpatch-verify harness (None: run the harness);
+        record is None when the backend was not built (host emulation needs no build)."""
 
     def detect(self) -> tuple[bool, str]:
         """(build this backend by default here?, why / what is missing)."""

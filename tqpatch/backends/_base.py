@@ -129,8 +129,9 @@ def precision() -> _precision.Precision:
 verify_label = ""  # a label every verify report of this backend carries ("host-emulated, ...")
 
 
-def verify_runner(record: dict) -> Callable | None:
-    """A replacement for the built tqpatch-verify harness (None: run the harness)."""
+def verify_runner(record: dict | None) -> Callable | None:
+    """A replacement for the built tqpatch-verify harness (None: run the harness).
+    record is the build's tqpatch-build.json, None when the backend was not built."""
     return None
 
 

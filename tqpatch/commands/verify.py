@@ -45,7 +45,9 @@ def command(backend, build_dir, seed, as_json, quick, types):
     inputs, and compares with tqpatch.reference: quantized bytes equal up to
     counted decision-boundary cases and 1-ulp scales, dequantization bit-exact,
     dot products and attention within float32-accumulation bounds.
-    Exits 1 if any case fails. Only the backend named is verified.
+    Exits 1 if any case fails. Only the backend named is verified. Without a
+    Mac, --backend metal runs the rendered Metal kernels host-emulated (no
+    build needed; the report says so; docs/metal.md).
     \b
     Examples:
       tqpatch verify                 # what `tqpatch build` built last

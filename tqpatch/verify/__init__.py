@@ -55,8 +55,9 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
     """Run the checks on one built backend (default: the last one built) and return the report.
 
     `runner` replaces the real harness (tests); otherwise the backend's own
-    verify_runner (host emulation), else its built tqpatch-verify binary. A
-    build made from other kernels than the current render is refused as stale.
+    verify_runner (host emulation; called with record None when there is no
+    build), else its built tqpatch-verify binary. A build made from other
+    kernels than the current render is refused as stale.
     """
     from .. import build as build_mod
     from ..backends import get as get_backend
@@ -67,9 +68,15 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
     types = tuple(types)
     checks = make_checks(types, seed=seed, quick=quick)
     if runner is None:
-        record = build_mod.load_record(backend, build_dir)
-        build_mod.check_fresh(record)
+        try:
+            record, not_built = build_mod.load_record(backend, build_dir), None
+        except TqpatchError as exc:  # a backend may verify without a build (host emulation)
+            record, not_built = None, exc
+        if record is not None:
+            build_mod.check_fresh(record)
         runner = be.verify_runner(record)
+        if runner is None and not_built is not None:
+            raise not_built
     if runner is None:
         if binary is None:
             binary = build_mod.find_binary(HARNESS, backend, build_dir)
