@@ -30,7 +30,7 @@ the tqpatch models folder. Tables go to stdout, progress to stderr; --json and
 --markdown write the results; --load re-renders saved JSON files (several
 merge: e.g. one file per part) without running anything.
 
-Targets (issue 4) are marked PASS / MISS; a target whose numbers were not
+Targets (issue 13, decode speed) are marked PASS / MISS; a target whose numbers were not
 measured (part, type, depth or model not run) shows "n/a".
 """
 
@@ -68,10 +68,11 @@ FA_KV = 16384          # the perf cases' KV length (the template fixes it)
 FA_NH = 8              # KV heads; nr23=[4,1]: 4 query heads per KV head
 FA_NR = (4, 1)
 FA_NB = 1              # one query row: decode
-# (K, V, baseline K/V, max time ratio): the issue's decode targets
+# (K, V, baseline K/V, max time ratio): the decode targets (issue 13; q8_0/turbo4 from issue 4)
 FA_TARGETS = (
-    ("turbo3", "turbo3", ("f16", "f16"), 1.0),
-    ("turbo4", "turbo4", ("f16", "f16"), 1.0),
+    ("turbo3", "turbo3", ("f16", "f16"), 0.5),
+    ("turbo4", "turbo4", ("f16", "f16"), 0.5),
+    ("q8_0", "turbo3", ("q8_0", "q8_0"), 0.8),
     ("q8_0", "turbo4", ("q8_0", "q8_0"), 1.0),
 )
 # test-backend-ops device name of each backend's first device
@@ -449,18 +450,22 @@ def bench_lookup(runs: Sequence[dict]) -> dict:
 
 def bench_targets(role: str, runs: Sequence[dict], pp: int = BENCH_PP, tg: int = BENCH_TG,
                   depths: Sequence[int] = BENCH_DEPTHS) -> list[dict]:
-    """The issue's llama-bench targets for a model of this role ('gemma' or 'synth')."""
+    """The llama-bench targets (issue 13) for a model of this role ('gemma' or 'synth')."""
     look = bench_lookup(runs)
+    turbo_cfgs = [pair(*c) for c in BENCH_CONFIGS if any(t in formats.TURBO_TYPES for t in c)]
     specs = []
     if role == "gemma":
-        for cfg in ("turbo3/turbo3", "q8_0/turbo3"):
-            specs.append((cfg, f"tg{tg}", TARGET_DEPTH, "q8_0/q8_0", 0.95))
-        # "pp512 at depth": every depth > 0 that was run (8192 and 32768 by default)
-        for d in [d for d in depths if d > 0] or [TARGET_DEPTH]:
-            for cfg in ("turbo3/turbo3", "q8_0/turbo3"):
-                specs.append((cfg, f"pp{pp}", d, "q8_0/q8_0", 0.90))
+        specs.append(("turbo3/turbo3", f"tg{tg}", TARGET_DEPTH, "q8_0/q8_0", 0.95))
+        specs.append(("q8_0/turbo3", f"tg{tg}", TARGET_DEPTH, "q8_0/q8_0", 1.0))
+        # no turbo configuration below 0.9x q8_0/q8_0 on an empty cache (a per-token cost)
+        specs += [(cfg, f"tg{tg}", 0, "q8_0/q8_0", 0.9) for cfg in turbo_cfgs]
     elif role == "synth":
         specs.append(("turbo3/turbo3", f"tg{tg}", TARGET_DEPTH, "f16/f16", 1.0))
+        specs.append(("q8_0/turbo4", f"tg{tg}", TARGET_DEPTH, "f16/f16", 1.0))
+    if role in ("gemma", "synth"):
+        # "pp512 at depth": every depth > 0 that was run (8192 and 32768 by default), every turbo configuration
+        for d in [d for d in depths if d > 0] or [TARGET_DEPTH]:
+            specs += [(cfg, f"pp{pp}", d, "q8_0/q8_0", 0.95) for cfg in turbo_cfgs]
     out = []
     for cfg, test, depth, base, mn in specs:
         a, b = look.get((cfg, test, depth)), look.get((base, test, depth))

@@ -222,13 +222,6 @@ def test_series_errors(tmp_path):
 
 # ---------------------------------------------------------------- the real series
 
-# Patches whose per-type lines still wait for the X-macro treatment (backend
-# dispatch being reworked at the same time); the list may only shrink.
-PER_TYPE_LINES_PENDING = {
-    "0004-ggml-cpu-turbo-quantize-vec_dot-and-get_rows.patch",
-    "0008-ggml-cuda-turbo-types.patch",
-    "0009-ggml-cuda-turbo-flash-attention-vector-kernels.patch",
-}
 
 
 def test_the_shipped_series_parses_and_touches_only_safe_paths():
@@ -254,7 +247,7 @@ def test_glue_patches_name_no_turbo_type_by_hand():
         hits = [ln.strip() for ln in added if any(re.search(rf"\b\w*{n}\b", ln) for n in names)]
         if hits:
             offenders[p.name] = hits[:3]
-    assert set(offenders) <= PER_TYPE_LINES_PENDING, offenders
+    assert not offenders, offenders
 # --------------------------------------------------------------------------- held to git apply
 
 
