@@ -16,8 +16,8 @@ from .. import precision as _precision
 from ..toolchain import Requirement
 
 __all__ = [
-    "BuildOption", "EndToEnd", "CompileCheck", "Requirement",
-    "build_options", "default_arch", "render_context", "render_expansions", "precision",
+    "BuildOption", "BuildEnvironment", "EndToEnd", "CompileCheck", "Requirement",
+    "build_options", "build_environment", "default_arch", "render_context", "render_expansions", "precision",
     "verify_label", "verify_runner", "compile_check", "e2e", "detect", "requirements", "notes",
     "unsupported_reason", "hardware",
 ]
@@ -35,6 +35,20 @@ class BuildOption:
     default: str
     metavar: str
     parse: Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class BuildEnvironment:
+    """Where cmake and ninja run when not on this machine itself (e.g. a chroot with ROCm).
+
+    prepare(echo) makes it ready (e.g. creates the root) and returns what it
+    offers in words, or raises TqpatchError saying what is missing;
+    wrap(argv, binds, env) is the command line that runs argv there with the
+    directories `binds` at their own paths and `env` set.
+    """
+    name: str
+    prepare: Callable[[Callable[[str], None]], str]
+    wrap: Callable[..., list[str]]
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,11 @@ def reject_arch(backend: str, arch: str | None, why: str) -> None:
 # ----------------------------------------------------------------- defaults
 
 build_options: tuple[BuildOption, ...] = ()
+
+
+def build_environment(options: Mapping[str, object]) -> BuildEnvironment | None:
+    """Where this build's cmake and ninja run, given its parsed build options (None: here)."""
+    return None
 
 
 def default_arch() -> str | None:
