@@ -78,7 +78,7 @@ fi
 FAQ=f16-f16,f16-q8_0,q8_0-f16,q8_0-q8_0
 for k in f16 q8_0 turbo3 turbo4; do for v in turbo3 turbo4; do FAQ=$FAQ,$k-$v; [ $k != $v ] && case $k in turbo*) ;; *) FAQ=$FAQ,$v-$k;; esac; done; done
 FAQ=$FAQ,turbo2-turbo2,q8_0-turbo2
-step build 480 $TQ build --backend cuda --arch 90 -j 16 --fa-quants "$FAQ" \
+step build 480 $TQ build --backend cuda --arch 90 -j "$(nproc)" --fa-quants "$FAQ" \
     --targets test-backend-ops,llama-bench,tqpatch-verify
 B=$TQPATCH_CACHE/build/cuda
 BIN=$B/bin
