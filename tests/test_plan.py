@@ -700,7 +700,13 @@ def test_cli_plan_shows_measured_coherence(tmp_path):
                    key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
     out = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096"]).output
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line}
-    assert "NO (" in rows["turbo2/turbo2"] and "cuda 0/3" in rows["turbo2/turbo2"]
+    import json
+    from importlib.resources import files
+
+    table = json.loads((files("tqpatch") / "data" / "coherence.json").read_text())["families"]["gemma3"]
+    cuda = next(e for e in table if e["backend"] == "cuda")["results"]["turbo2/turbo2"]
+    assert "NO (" in rows["turbo2/turbo2"]
+    assert f"cuda {cuda['n_coherent']}/{cuda['n_prompts']}" in rows["turbo2/turbo2"]
     assert " yes" in rows["q8_0/turbo4"]
     llama = write_gguf(tmp_path / "l.gguf", n_embd=512)  # head size 128: every type serves it
     out = CliRunner().invoke(main, ["plan", str(llama), "--ctx", "4096"]).output
