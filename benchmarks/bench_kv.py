@@ -429,9 +429,17 @@ def bench_results(records: Iterable[dict]) -> list[dict]:
     return out
 
 
+def _e2e(args):
+    """The backend's end-to-end parameters (e.g. the CPU's AMX workaround)."""
+    from tqpatch import backends
+
+    return backends.get(args.backend).e2e
+
+
 def bench_command(binary: Path, model: Path, k: str, v: str, depths: Sequence[int], *, pp: int,
-                  tg: int, reps: int, ngl: int, threads: int | None) -> list[str]:
-    cmd = [str(binary), "-m", str(model), "-p", str(pp), "-n", str(tg),
+                  tg: int, reps: int, ngl: int, threads: int | None,
+                  backend_args: Sequence[str] = ()) -> list[str]:
+    cmd = [str(binary), *backend_args, "-m", str(model), "-p", str(pp), "-n", str(tg),
            "-d", ",".join(str(d) for d in depths), "-ctk", k, "-ctv", v,
            "-fa", "1", "-ngl", str(ngl), "-r", str(reps), "-o", "json", "--progress"]
     if threads:
@@ -491,7 +499,8 @@ def run_bench(args, binary: Path, models: Sequence[dict], out_dir: Path | None,
         for k, v in args.configs:
             idx += 1
             cmd = bench_command(binary, Path(m["path"]), k, v, args.depths, pp=args.pp, tg=args.tg,
-                                reps=args.reps, ngl=args.ngl, threads=args.threads)
+                                reps=args.reps, ngl=args.ngl, threads=args.threads,
+                                backend_args=_e2e(args).bench_args)
             log(f"[bench {idx}/{total}] {m['name']} {pair(k, v)}: {command_line(cmd)}")
             t0 = time.time()
             rc, out, err, timed_out = run_cmd(cmd, args.timeout, _progress_filter(f"[bench {idx}/{total}]"))
@@ -529,8 +538,9 @@ def _progress_filter(prefix: str) -> Callable[[str], None]:
 
 
 def kv_command(binary: Path, model: Path, ctx: int, k: str, v: str, ngl: int,
-               threads: int | None) -> list[str]:
-    cmd = [str(binary), "-m", str(model), "-c", str(ctx), "-ctk", k, "-ctv", v, "-fa", "on",
+               threads: int | None, backend_args: Sequence[str] = ()) -> list[str]:
+    # the backend's own tool arguments first: the explicit -ngl below wins over theirs
+    cmd = [str(binary), *backend_args, "-m", str(model), "-c", str(ctx), "-ctk", k, "-ctv", v, "-fa", "on",
            "-ngl", str(ngl), "-fit", "off", "-n", "1", "-p", "Hello", "-st", "--no-warmup",
            "-lv", "4"]
     if threads:
@@ -594,7 +604,8 @@ def run_kv(args, binary: Path, models: Sequence[dict], out_dir: Path | None,
                 entry["rows"].append(kv_row(info, args.kv_ctx, k, v, None))
                 log(f"[kv {idx}/{total}] {m['name']} {pair(k, v)}: skipped ({plan.support(info, k, v)})")
                 continue
-            cmd = kv_command(binary, Path(m["path"]), args.kv_ctx, k, v, args.ngl, args.threads)
+            cmd = kv_command(binary, Path(m["path"]), args.kv_ctx, k, v, args.ngl, args.threads,
+                             _e2e(args).tool_args)
             log(f"[kv {idx}/{total}] {m['name']} {pair(k, v)}: {command_line(cmd)}")
             rc, out, err, timed_out = run_cmd(cmd, args.timeout, None)
             text = out + "\n" + err

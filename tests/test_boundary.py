@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from test_plan import write_gguf
 from tqpatch import eval as ev
 from tqpatch import plan
+from tqpatch.backends import BACKENDS
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 
@@ -317,9 +318,10 @@ def built(monkeypatch):
 
 
 def _llama_cli(binary, model, ctx, type_k, type_v, env):
-    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
-           "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
-           "--no-warmup", "-t", "2"]
+    # the CPU backend's tool arguments carry its AMX workaround where the CPU needs it
+    cmd = [binary, *BACKENDS["cpu"].e2e.tool_args, "-m", str(model), "-c", str(ctx),
+           "-ctk", type_k, "-ctv", type_v, "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1",
+           "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2"]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           errors="replace", timeout=600, env={**os.environ, **env})
     return proc.returncode, proc.stdout + proc.stderr

@@ -61,8 +61,11 @@ class EndToEnd:
     ops_filter: test-backend-ops `-p` filter per op, for slow devices (None: all turbo cases)
     ppl_rel:    allowed |PPL_backend / PPL_cpu - 1| floor (then a quarter of the
                 configuration's own PPL increase over f16, if that is larger)
+    bench_args: llama-bench's spelling of what tool_args works around (it has
+                its own argument parser), e.g. `--repack 0`
     """
     tool_args: tuple[str, ...] = ()
+    bench_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     ops_filter: Mapping[str, str] | None = None
     ppl_rel: float = 0.015
