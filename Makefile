@@ -2,24 +2,27 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # The one llama.cpp build the slow tests use. Every build holds the CPU backend,
-# so BUILD=vulkan serves both the CPU tests (their tools get --device none) and
-# the Vulkan tests (on lavapipe, Mesa's CPU Vulkan driver, where no GPU is):
-# one ~20-minute build instead of two. Needs the Vulkan packages (ci-deps-vulkan).
+# so BUILD=vulkan serves both the CPU tests (on its CPU device, tests/cpu_build.py)
+# and the Vulkan tests (on lavapipe, Mesa's CPU Vulkan driver, where no GPU is):
+# one build instead of two. It needs the Vulkan packages (ci-deps-vulkan).
 BUILD ?= cpu
+DIST ?= build/dist
+# Fresh virtual environments for the installed-package checks (wheel, sdist).
+WHEEL_VENV ?= build/venv-wheel
+SDIST_VENV ?= build/venv-sdist
 
-.PHONY: install test test-fast render-check ci-deps-vulkan clean
+.PHONY: install test test-fast render-check package-check ci-deps-vulkan clean
 
 install:
 	$(PIP) install -q -e '.[test]'
 
-# Everything: unit tests, then the slow integration tests that fetch the
-# pinned llama.cpp, build it (for $(BUILD)), verify the turbo kernels and run
-# the real model. Tests marked `gpu` (CUDA) need the GPU machine and are left out.
-test: install
-	$(PYTHON) -m tqpatch.cli codebook --check
-	$(PYTHON) -m tqpatch.cli render --check
+# Everything: unit tests; the package built as users get it (wheel and sdist,
+# each installed non-editable into a fresh venv) fetching, applying and
+# building the pinned llama.cpp for $(BUILD) and verifying its CPU backend;
+# then the slow integration tests on that build and the real model.
+test: install render-check
 	$(PYTHON) -m pytest -q -m "not slow"
-	$(PYTHON) -m tqpatch.cli build --backend $(BUILD)
+	$(MAKE) package-check
 	$(PYTHON) -m tqpatch.cli model
 	TQPATCH_TEST_CPU_BUILD=$(BUILD) $(PYTHON) -m pytest -q -m "slow and not gpu" --durations=15
 
@@ -30,11 +33,29 @@ render-check:
 	$(PYTHON) -m tqpatch.cli codebook --check
 	$(PYTHON) -m tqpatch.cli render --check
 
+# The installed package, not the checkout: build wheel + sdist, install each
+# into its own fresh venv, run the pipeline from there (cwd outside the repo,
+# so nothing can import the checkout by accident).
+package-check:
+	rm -rf $(DIST) $(WHEEL_VENV) $(SDIST_VENV)
+	$(PYTHON) -m build --outdir $(DIST) .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/pip install -q $(DIST)/*.whl
+	$(PYTHON) -m venv $(SDIST_VENV)
+	$(SDIST_VENV)/bin/pip install -q $(DIST)/*.tar.gz
+	cd / && $(CURDIR)/$(SDIST_VENV)/bin/tqpatch render --check
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch render --check
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch fetch
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch apply
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch status
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch build --backend $(BUILD)
+	cd / && $(CURDIR)/$(WHEEL_VENV)/bin/tqpatch verify --backend cpu --of-build $(BUILD)
+
 # Debian / Ubuntu packages of a Vulkan build and of lavapipe (run as root, or SUDO=sudo).
 ci-deps-vulkan:
-	$(SUDO) apt-get update -q
-	$(SUDO) apt-get install -y -q --no-install-recommends glslc libvulkan-dev spirv-headers \
-		mesa-vulkan-drivers vulkan-tools
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends glslc libvulkan-dev spirv-headers \
+		mesa-vulkan-drivers vulkan-tools >/dev/null
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

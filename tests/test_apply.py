@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import fake_llama
 import pytest
 from click.testing import CliRunner
 
-from tqpatch import apply, fetch, paths, patchset, pin, render
+import tqpatch
+from tqpatch import apply, fetch, fsutil, paths, patchset, pin, txn
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch.render import RenderResult
+
+FAKE_LLAMA = str(Path(fake_llama.__file__).resolve())
+PYTHONPATH = os.pathsep.join([str(Path(tqpatch.__file__).resolve().parent.parent),
+                              os.environ.get("PYTHONPATH", "")])
 
 
 def numbered(n, prefix):
@@ -50,33 +59,24 @@ def tree_hashes(root: Path) -> dict[str, tuple[str, int]]:
 
 
 class Env:
+    """A fake llama.cpp (tests/fake_llama.py) in tmp_path/setup; the cache in tmp_path/cache."""
+
     def __init__(self, tmp_path: Path, monkeypatch):
         self.tmp = tmp_path
         self.mp = monkeypatch
         self.msgs: list[str] = []
         self.cache = tmp_path / "cache"
         monkeypatch.setenv("TQPATCH_CACHE", str(self.cache))
-        upstream = tmp_path / "upstream"
-        for rel, text in PRISTINE.items():
-            (upstream / rel).parent.mkdir(parents=True, exist_ok=True)
-            (upstream / rel).write_text(text)
-        index = fetch.tree_index(upstream)
-        monkeypatch.setattr(pin, "TREE_FINGERPRINT", fetch.fingerprint(index))
-        monkeypatch.setattr(pin, "TREE_INDEX", fetch.encode_index(index))
-        monkeypatch.setattr(pin, "TREE_FILE_COUNT", len(index))
-        # No network in tests: a missing pristine tree comes from the fake upstream.
-        self.upstream = upstream
-        real_fetch = fetch.fetch
-        monkeypatch.setattr(fetch, "fetch", lambda *a, **k: real_fetch(from_path=upstream, echo=lambda m: None))
-        self.pdir = tmp_path / "patches"
-        self.pdir.mkdir()
-        monkeypatch.setattr(paths, "patches_dir", lambda: self.pdir)
-        self.rendered = RenderResult()
-        monkeypatch.setattr(render, "load_rendered", lambda *a, **k: self.rendered)
+        self.setup = tmp_path / "setup"
+        fake_llama.write_upstream(self.setup, PRISTINE)
+        self.upstream = self.setup / "upstream"
+        self.pdir = self.setup / "patches"
+        self.versions = {"codebooks": "cb1", "templates": "tp1"}
         self.set_patches(default_patches())
         self.set_rendered({"ggml/src/ggml-turbo.c": b"// GENERATED turbo\nint turbo;\n",
-                           "ggml/src/turbo/deep/k.h": b"// GENERATED deep\n"},
-                          {"codebooks": "cb1", "templates": "tp1"})
+                           "ggml/src/turbo/deep/k.h": b"// GENERATED deep\n"}, self.versions)
+        # No network in tests: a missing pristine tree comes from the fake upstream.
+        fake_llama.install(self.setup, monkeypatch.setattr)
 
     @property
     def pristine(self) -> Path:
@@ -86,23 +86,34 @@ class Env:
     def work(self) -> Path:
         return paths.default_work_tree()
 
+    @property
+    def rendered(self) -> RenderResult:
+        return fake_llama.read_rendered(self.setup)
+
     def echo(self, msg):
         self.msgs.append(msg)
 
     def set_patches(self, patches: list[tuple[str, str]], series_extra: str = ""):
-        for p in self.pdir.glob("*.patch"):
-            p.unlink()
-        for name, text in patches:
-            (self.pdir / name).write_text(text)
-        (self.pdir / "series").write_text(
-            "# test series\n\n" + "".join(f"{n}\n" for n, _ in patches) + series_extra)
+        fake_llama.write_patches(self.setup, patches, series_extra)
 
     def set_rendered(self, files, versions=None):
-        self.rendered = RenderResult(files=dict(files), versions=dict(versions or self.rendered.versions))
+        self.versions = dict(versions or self.versions)
+        fake_llama.write_rendered(self.setup, dict(files), self.versions)
 
     def apply(self, **kw):
         self.msgs.clear()
         return apply.apply(echo=self.echo, **kw)
+
+    def cli(self, *args, hook: str | None = None, extra_env: dict | None = None,
+            **popen) -> subprocess.Popen:
+        """`tqpatch ARGS` in a real process on this fake setup (TQPATCH_TEST_HOOK=hook)."""
+        env = dict(os.environ, TQPATCH_CACHE=str(self.cache), PYTHONPATH=PYTHONPATH)
+        env.pop("TQPATCH_TEST_HOOK", None)
+        if hook:
+            env["TQPATCH_TEST_HOOK"] = hook
+        env.update(extra_env or {})
+        return subprocess.Popen([sys.executable, FAKE_LLAMA, str(self.setup), *args], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def default_patches():
@@ -165,12 +176,30 @@ def test_apply_creates_the_work_tree_and_records_a_manifest(env):
     assert f"tree: {w}" in out and "next: tqpatch build --backend cpu" in out
 
 
+def watch_writes(monkeypatch, tree: Path, fail=None) -> list[str]:
+    """Tree-relative paths of the files written in `tree` (journal files left out).
+
+    fail(n, path): called before the n-th such write; it may raise.
+    """
+    written: list[str] = []
+    real = fsutil.write_atomic
+
+    def watched(path, data, mode=None, fsync=False):
+        rel = Path(path).relative_to(tree).as_posix() if Path(path).is_relative_to(tree) else str(path)
+        if "journal" not in rel:
+            written.append(rel)
+            if fail is not None:
+                fail(len(written), Path(path))
+        return real(path, data, mode, fsync)
+
+    monkeypatch.setattr(fsutil, "write_atomic", watched)
+    return written
+
+
 def test_apply_twice_writes_nothing(env, monkeypatch):
     env.apply()
     before = tree_hashes(env.work)
-    writes = []
-    real = apply._atomic_write
-    monkeypatch.setattr(apply, "_atomic_write", lambda *a, **k: (writes.append(a[0]), real(*a, **k)))
+    writes = watch_writes(monkeypatch, env.work)
     res = env.apply()
     assert not res.changed and writes == []
     assert env.msgs == ["already applied (llama.cpp 0c1e57098, 2 patches, codebooks cb1, "
@@ -183,9 +212,7 @@ def test_changed_inputs_reapply_from_pristine_writing_only_what_differs(env, mon
     before = tree_hashes(env.work)
     env.set_rendered({"ggml/src/ggml-turbo.c": b"// GENERATED turbo v2\n",
                       "ggml/src/turbo/deep/k.h": b"// GENERATED deep\n"}, {"codebooks": "cb2", "templates": "tp1"})
-    written = []
-    real = apply._atomic_write
-    monkeypatch.setattr(apply, "_atomic_write", lambda p, *a, **k: (written.append(p.relative_to(env.work).as_posix()), real(p, *a, **k)))
+    written = watch_writes(monkeypatch, env.work)
     env.apply()
     assert sorted(written) == [".tqpatch/state.json", "ggml/src/ggml-turbo.c"]
     assert "inputs changed" in env.msgs[0]
@@ -236,26 +263,44 @@ def test_a_write_failing_midway_restores_every_file(env, monkeypatch, fail_at, e
     env.set_patches(default_patches()[:1])  # next apply: restores + rewrites + manifest
     env.set_rendered({"ggml/src/ggml-turbo.c": b"v2\n", "ggml/src/new/dir/x.h": b"new\n"}, {"codebooks": "cb9"})
     before = tree_hashes(env.work)
-    calls = []
-    real = apply._atomic_write
 
-    def flaky(path, data, mode=None):
-        calls.append(path)
-        if len(calls) == fail_at:
+    def fail(n, path):
+        if n == fail_at:
             if exc_type is OSError:
                 raise OSError(28, "No space left on device", str(path))
             raise KeyboardInterrupt
-        return real(path, data, mode)
 
-    monkeypatch.setattr(apply, "_atomic_write", flaky)
+    calls = watch_writes(monkeypatch, env.work, fail)
     with pytest.raises(TqpatchError if exc_type is OSError else KeyboardInterrupt) as exc:
         env.apply()
     if exc_type is OSError:
         assert "restored unchanged" in exc.value.message and "No space left" in exc.value.message
     if fail_at == 5:
-        assert calls[fail_at - 1].name == "state.json"
+        assert calls[fail_at - 1] == ".tqpatch/state.json"
     assert tree_hashes(env.work) == before  # contents, mtimes, no new files or dirs
     assert not list(env.work.rglob("*.tqpatch-tmp"))
+    assert not txn.pending(env.work)
+
+
+def test_a_full_disk_rolls_back_without_claiming_files_were_lost(env, monkeypatch):
+    # Once the disk is full every further write fails, the rollback's too: rolling
+    # back must not need to write (it renames the kept old files back).
+    env.apply()
+    env.set_rendered({"ggml/src/ggml-turbo.c": b"v2\n", "ggml/src/turbo/deep/k.h": b"v2\n"},
+                     {"codebooks": "cb9"})
+    before = tree_hashes(env.work)
+
+    def disk_full(n, path):
+        if n >= 2:
+            raise OSError(28, "No space left on device", str(path))
+
+    watch_writes(monkeypatch, env.work, disk_full)
+    with pytest.raises(TqpatchError) as exc:
+        env.apply()
+    msg = exc.value.message
+    assert "No space left" in msg and "restored unchanged" in msg
+    assert "could not be restored" not in msg and "rolling back failed" not in msg
+    assert tree_hashes(env.work) == before
 
 
 def test_a_failing_unlink_midway_restores_too(env, monkeypatch):
@@ -289,18 +334,38 @@ def test_drift_is_refused_unless_forced(env):
     with pytest.raises(TqpatchError) as exc:
         env.apply()
     msg = exc.value.message
-    assert "ggml/src/ggml-turbo.c (rendered, edited)" in msg
-    assert "ggml/src/ggml-turbo.h (patched, deleted)" in msg and "--force" in msg
+    assert "edited by hand" in msg and "ggml/src/ggml-turbo.c (rendered, edited)" in msg
+    assert "ggml-turbo.h" not in msg and "--force" in msg  # a deleted file is no edit
     assert tree_hashes(w) == before
     st = apply.status(w)
     assert st.state == "drifted" and not st.ok
-    assert {d["path"]: d["origin"] for d in st.drifted} == {"ggml/src/ggml-turbo.c": "rendered",
-                                                          "ggml/src/ggml-turbo.h": "patched"}
+    assert {d["path"]: (d["origin"], d["how"]) for d in st.drifted} == {
+        "ggml/src/ggml-turbo.c": ("rendered", "edited"), "ggml/src/ggml-turbo.h": ("patched", "deleted")}
     with pytest.raises(TqpatchError, match="ggml-turbo.c"):
         apply.revert(w, echo=env.echo)
     env.apply(force=True)
     assert (w / "ggml/src/ggml-turbo.c").read_bytes() == b"// GENERATED turbo\nint turbo;\n"
     assert apply.status(w).state == "applied"
+
+
+def test_deleted_or_pristine_again_files_are_restored_without_force(env):
+    env.apply()
+    w = env.work
+    (w / "ggml/src/ggml-turbo.c").unlink()  # rendered, deleted
+    (w / "ggml/src/ggml.c").write_text(PRISTINE["ggml/src/ggml.c"])  # patched, back to pristine
+    (w / "tests/old-test.cpp").write_text(PRISTINE["tests/old-test.cpp"])  # removed by apply, back
+    st = apply.status(w)
+    assert {d["path"]: d["how"] for d in st.drifted} == {
+        "ggml/src/ggml-turbo.c": "deleted", "ggml/src/ggml.c": "pristine",
+        "tests/old-test.cpp": "pristine"}
+    res = env.apply()
+    assert sorted(res.written) == ["ggml/src/ggml-turbo.c", "ggml/src/ggml.c", "tests/old-test.cpp"]
+    assert "1 deleted since apply" in env.msgs[0]
+    assert apply.status(w).state == "applied"
+    # revert needs no --force for a deleted file either (its pristine bytes are known)
+    (w / "ggml/src/ggml-turbo.h").unlink()
+    apply.revert(w, echo=env.echo)
+    assert apply.status(w).state == "pristine"
 
 
 def test_a_user_modified_checkout_is_refused_naming_the_file(env):
@@ -397,20 +462,17 @@ def test_revert_drifted_needs_force_and_is_atomic(env, monkeypatch):
     with pytest.raises(TqpatchError, match=r"ggml/src/ggml.c \(patched, edited\)"):
         apply.revert(echo=env.echo)
     assert tree_hashes(env.work) == before
-    calls = []
-    real = apply._atomic_write
+    real = fsutil.write_atomic
 
-    def flaky(path, data, mode=None):
-        calls.append(path)
-        if len(calls) == 2:
+    def flaky(n, path):
+        if n == 2:
             raise OSError(5, "I/O error", str(path))
-        return real(path, data, mode)
 
-    monkeypatch.setattr(apply, "_atomic_write", flaky)
+    watch_writes(monkeypatch, env.work, flaky)
     with pytest.raises(TqpatchError, match="revert failed"):
         apply.revert(force=True, echo=env.echo)
     assert tree_hashes(env.work) == before
-    monkeypatch.setattr(apply, "_atomic_write", real)
+    monkeypatch.setattr(fsutil, "write_atomic", real)
     apply.revert(force=True, echo=env.echo)
     assert (env.work / "ggml/src/ggml.c").read_text() == PRISTINE["ggml/src/ggml.c"]
 

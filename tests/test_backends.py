@@ -359,7 +359,7 @@ def test_rocm_version_unreadable(monkeypatch, tmp_path):
 
 
 def test_metal_and_vulkan_args():
-    assert metal.cmake_args(None, {}) == ["-DGGML_METAL=ON"]
+    assert metal.cmake_args(None, {}) == ["-DGGML_METAL=ON", "-DGGML_METAL_EMBED_LIBRARY=ON"]
     assert vulkan.cmake_args(None, {"fa-quants": "all"}) == ["-DGGML_VULKAN=ON"]
     with pytest.raises(TqpatchError, match="vulkan"):
         vulkan.cmake_args("90", {})

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import cpu_build
 from test_plan import write_gguf
 from tqpatch import eval as ev
 from tqpatch import plan
@@ -306,20 +307,21 @@ def _use_real_cache(monkeypatch):
 
 @pytest.fixture
 def built(monkeypatch):
-    """The CPU build (`tqpatch build --backend cpu`: a no-op when it is up to date)."""
+    """The CPU tests' build (tests/cpu_build.py; a no-op when it is up to date)."""
     _use_real_cache(monkeypatch)
-    proc = subprocess.run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", cpu_build.BUILD],
                           capture_output=True, text=True, timeout=5000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    from tqpatch import build, model
+    from tqpatch import model
 
-    return (lambda name: str(build.find_binary(name, "cpu"))), model.ensure_model()
+    return (lambda name: str(cpu_build.find(name))), model.ensure_model()
 
 
 def _llama_cli(binary, model, ctx, type_k, type_v, env):
-    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
-           "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
-           "--no-warmup", "-t", "2"]
+    # the CPU backend's tool arguments carry its AMX workaround where the CPU needs it
+    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx),
+           "-ctk", type_k, "-ctv", type_v, "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1",
+           "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2"]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           errors="replace", timeout=600, env={**os.environ, **env})
     return proc.returncode, proc.stdout + proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 import shutil
 
@@ -298,6 +299,22 @@ def test_cli_out_folder(tmp_path, books):
                                      "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "gaussian-d64-b1.json").is_file()
+    # a new folder named with a trailing slash is a folder, not a file called "newdir"
+    r = CliRunner().invoke(command, ["--bits", "1", "--dim", "64", "--dist", "gaussian",
+                                     "--out", str(tmp_path / "newdir") + "/"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "newdir" / "gaussian-d64-b1.json").is_file()
+
+
+def test_cli_writes_files_with_the_umask_mode(tmp_path, books):
+    old = os.umask(0o022)
+    try:
+        r = CliRunner().invoke(command, ["--bits", "2", "--dim", "64", "--dist", "absmax",
+                                         "--out", str(tmp_path / "cb.json")])
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "cb.json").stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -89,21 +89,21 @@ def test_parse_error_output():
 def test_parse_nan_and_judge():
     text = data("plain").replace("PPL = 20.6110 +/- 4.22192", "PPL = nan +/- nan")
     assert math.isnan(ev.parse_perplexity_output(text)["ppl"])
-    r = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, text)
+    r = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, text)
     assert not r.ok and "nan" in r.error
 
 
 def test_judge_failures_keep_log_tail():
-    r = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 1, data("error"))
+    r = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 1, data("error"))
     assert not r.ok
     assert "status 1" in r.error and "Unsupported cache type" in r.error
     assert "to show complete usage" in r.log_tail
     assert len(r.log_tail.splitlines()) <= ev.TAIL_LINES
-    ok = ev._judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, data("kld"))
+    ok = ev.judge(ev.Result(ev.Config("q8_0", "turbo3")), 0, data("kld"))
     assert ok.ok and ok.error is None and ok.top1 == pytest.approx(90.945)
-    other = ev._judge(ev.Result(ev.Config("turbo3", "turbo3")), 0, data("kld"))
+    other = ev.judge(ev.Result(ev.Config("turbo3", "turbo3")), 0, data("kld"))
     assert not other.ok and "K (q8_0) / V (turbo3)" in other.error
-    missing = ev._judge(ev.Result(ev.Config("f16", "f16")), 0, "nothing useful\n")
+    missing = ev.judge(ev.Result(ev.Config("f16", "f16")), 0, "nothing useful\n")
     assert not missing.ok and "no PPL" in missing.error
 
 
@@ -214,7 +214,7 @@ def test_render_markdown():
     assert "ΔPPL %" in lines[header] and "top-1 %" in lines[header]
     assert lines[header + 1].startswith("|---|---|---:")
     assert lines[header + 2] == ("| f16 | f16 | 16.000 | 16.000 | 9.1553 ± 1.0546 | +0.00 | "
-                                 "0.000001 | 0.00003 | 100.00 | 36.00 | 6.8 |")
+                                 "0.000001 | 0.00003 | 100.00 | - | 36.00 | 6.8 |")
     assert "| q8_0 | turbo3 | 8.500 | 3.125 | 9.2253 ± 1.0355 | +0.76 |" in lines[header + 3]
     assert lines[header + 4].startswith("| turbo2 | turbo2 | 2.125 | 2.125 | FAILED |")
     assert "### turbo2/turbo2" in md and "boom | line" in md  # log tail in a code block
@@ -269,6 +269,53 @@ sed -E "s/K \\([a-z0-9_]+\\):/K ($k):/; s/V \\([a-z0-9_]+\\):/V ($v):/" "{data}/
 """
 
 
+FAKE_SERVER = """#!{python}
+# A llama-server stand-in: /health, and /completion answering each prompt sensibly,
+# or garbage when a cache type named in GARBAGE_FOR is asked for.
+import http.server, json, sys
+args = sys.argv[1:]
+arg = lambda name: args[args.index(name) + 1]
+k, v = arg("-ctk"), arg("-ctv")
+with open("{calls}", "a") as f:
+    f.write("server " + " ".join(args) + "\\n")
+if k == "bf16":
+    sys.exit("error: this fake refuses bf16")
+garbage = any(t in "{garbage}".split(",") for t in (k, v))
+answers = {{"1, 2, 3, 4, 5,": " 6, 7, 8, 9, 10", "The capital of France is": " Paris.",
+           "def fibonacci(n):": "\\n    return n"}}
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def reply(self, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.reply({{"status": "ok"}})
+
+    def do_POST(self):
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = " the the the the" if garbage else answers[req["prompt"]]
+        self.reply({{"content": text, "tokens": [ord(c) for c in text]}})
+
+http.server.HTTPServer(("127.0.0.1", int(arg("--port"))), Handler).serve_forever()
+"""
+
+
+def make_fake_server(tmp_path, calls, garbage="turbo2"):
+    server = tmp_path / "bin" / "llama-server"
+    server.parent.mkdir(parents=True, exist_ok=True)
+    server.write_text(FAKE_SERVER.format(python=sys.executable, calls=calls, garbage=garbage))
+    server.chmod(server.stat().st_mode | stat.S_IEXEC)
+    return server
+
+
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     calls = tmp_path / "calls.log"
@@ -281,14 +328,15 @@ def fake(tmp_path, monkeypatch):
     text = tmp_path / "t.txt"
     text.write_text("hello world\n" * 100)
 
+    server = make_fake_server(tmp_path, calls, garbage="turbo2,turbo4")
+
     import tqpatch.build as build_mod
 
     def find_binary(name, backend, build_dir=None):
-        assert name == "llama-perplexity"
-        return binary
+        return {"llama-perplexity": binary, "llama-server": server}[name]
 
     monkeypatch.setattr(build_mod, "find_binary", find_binary)
-    return {"binary": binary, "model": model, "text": text, "calls": calls}
+    return {"binary": binary, "model": model, "text": text, "calls": calls, "server": server}
 
 
 class _Recorder(ev.Progress):
@@ -303,6 +351,9 @@ class _Recorder(ev.Progress):
 
     def warn(self, message):
         self.events.append(("warn", message))
+
+    def coherence(self, label, result):
+        self.events.append(("coherence", label, result.summary))
 
 
 def test_evaluate_one_failure_does_not_stop_others(fake, cache):
@@ -322,7 +373,8 @@ def test_evaluate_one_failure_does_not_stop_others(fake, cache):
     assert "--kl-divergence-base" in calls[0] and "--kl-divergence " not in calls[0] + " "
     assert "-ctk f16 -ctv f16" in calls[0]
     for c in calls[1:]:
-        assert c.split()[-1] == "--kl-divergence" and "-fa on" in c and "-lv 4" in c
+        assert "--kl-divergence" in c.split() and "-fa on" in c and "-lv 4" in c
+        assert "--device none" in c  # the CPU backend's tool arguments
     assert "-c 256 --chunks 2" in calls[1] and "-t 1" in calls[1]
     assert rec.events[0] == ("start", 0, "f16/f16")
     assert ("finish", 2, "q8_0/turbo2", False) in rec.events
@@ -368,7 +420,7 @@ def test_cli_failure_reported_and_exit_nonzero(fake, tmp_path):
     md = tmp_path / "r.md"
     res = _cli(["--model", str(fake["model"]), "--text", str(fake["text"]), "--chunks", "2",
                 "--ctx", "256", "-t", "1", "--configs", "f16/f16,turbo2/turbo2,q8_0/turbo3",
-                "--markdown", str(md)])
+                "--markdown", str(md), "--no-coherence"])
     assert res.exit_code == 1, res.output
     out = res.output
     assert "[base] f16/f16 base logits" in out
@@ -384,7 +436,7 @@ def test_cli_failure_reported_and_exit_nonzero(fake, tmp_path):
 
 def test_cli_json(fake):
     res = _cli(["--model", str(fake["model"]), "--text", str(fake["text"]), "--chunks", "2",
-                "--ctx", "256", "--configs", "q8_0/turbo3", "--no-kld", "--json"])
+                "--ctx", "256", "--configs", "q8_0/turbo3", "--no-kld", "--json", "--no-coherence"])
     assert res.exit_code == 0, res.output
     js = json.loads(res.stdout)
     assert js["results"][0]["ppl"] == pytest.approx(20.6110)
@@ -395,7 +447,7 @@ def test_cli_json(fake):
 def test_cli_plot_without_matplotlib(fake, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     args = ["--model", str(fake["model"]), "--text", str(fake["text"]), "--chunks", "1",
-            "--configs", "q8_0/turbo3", "--no-kld"]
+            "--configs", "q8_0/turbo3", "--no-kld", "--no-coherence"]
     res = _cli(args)  # no --plot: matplotlib is never needed
     assert res.exit_code == 0, res.output
     res = _cli(args + ["--plot", str(tmp_path / "p.png")])
@@ -433,23 +485,101 @@ def test_cli_binary_not_built(tmp_path):
     assert "tqpatch build --backend cpu" in res.output and "Traceback" not in res.output
 
 
+# ---------------------------------------------------------------- coherence beside PPL / KLD
+
+
+def test_evaluate_reports_coherence_per_configuration(fake):
+    rec = _Recorder()
+    rs = ev.evaluate("f16/f16,q8_0/turbo3,turbo2/turbo2,q8_0/turbo3:bv2", model=fake["model"],
+                     text=fake["text"], binary=fake["binary"], kld=False, chunks=1, ctx=256,
+                     threads=1, progress=rec, server=fake["server"])
+    got = {r.label: r.coherence for r in rs}
+    assert got["f16/f16"].summary == "3/3" and got["q8_0/turbo3"].coherent
+    assert got["turbo2/turbo2"].summary == "0/3" and not got["turbo2/turbo2"].coherent
+    assert got["q8_0/turbo3:bv2"].summary == "3/3"
+    servers = [line for line in fake["calls"].read_text().splitlines() if line.startswith("server")]
+    # f16 once (the reference), then every other configuration; the variant's switches
+    # are the ones its PPL run had
+    assert len(servers) == 4 and "-ctk f16 -ctv f16" in servers[0]
+    assert ("coherence", "turbo2/turbo2", "0/3") in rec.events
+    table = ev.render_table(rs)
+    assert "coherent" in table.splitlines()[0]
+    assert [line.split()[-3] for line in table.splitlines()[2:6]] == ["3/3", "3/3", "0/3", "3/3"]
+    row = ev.to_json(rs)["results"][2]["coherence"]
+    assert row["n_coherent"] == 0 and row["prompts"]["count"]["text"] == " the the the the"
+    assert "coherent: of 3 prompts" in ev.render_markdown(rs, {})
+
+
+def test_evaluate_coherence_failures(fake, tmp_path):
+    # a configuration whose server does not start: 'failed', the others still judged
+    rs = ev.evaluate("q8_0/turbo3,bf16/bf16", model=fake["model"], text=fake["text"],
+                     binary=fake["binary"], kld=False, chunks=1, threads=1, server=fake["server"])
+    assert rs[0].coherence.summary == "3/3"
+    assert rs[1].coherence.summary == "failed" and "refuses bf16" in rs[1].coherence.error
+    # f16 itself answers garbage: no verdicts, a warning instead
+    bad = make_fake_server(tmp_path / "b", fake["calls"], garbage="f16")
+    rec = _Recorder()
+    rs = ev.evaluate("q8_0/turbo3", model=fake["model"], text=fake["text"], binary=fake["binary"],
+                     kld=False, chunks=1, threads=1, server=bad, progress=rec)
+    assert rs[0].coherence is None
+    assert any(e[0] == "warn" and "cannot judge this model" in e[1] for e in rec.events)
+
+
+def test_cli_coherence_column_and_switch(fake):
+    args = ["--model", str(fake["model"]), "--text", str(fake["text"]), "--chunks", "1",
+            "--no-kld", "--configs", "q8_0/turbo3,turbo4/turbo4"]
+    res = _cli(args)
+    assert res.exit_code == 0, res.output  # incoherent is reported, not a failure
+    assert "[coherence] turbo4/turbo4: 0/3 (count WRONG, capital WRONG, code WRONG)" in res.output
+    assert "coherent" in res.stdout and "0/3" in res.stdout
+    fake["calls"].unlink()
+    res = _cli(args + ["--no-coherence"])
+    assert res.exit_code == 0 and "(no coherence check)" in res.output
+    assert not any(line.startswith("server") for line in fake["calls"].read_text().splitlines())
+
+
+def test_cli_coherence_needs_a_built_server(fake, monkeypatch):
+    import tqpatch.build as build_mod
+
+    def find_binary(name, backend, build_dir=None):
+        if name == "llama-server":
+            raise TqpatchError("llama-server is missing: it was not built")
+        return fake["binary"]
+
+    monkeypatch.setattr(build_mod, "find_binary", find_binary)
+    res = _cli(["--model", str(fake["model"]), "--text", str(fake["text"]), "--no-kld"])
+    assert res.exit_code == 1 and "--no-coherence skips it" in res.output
+    assert not fake["calls"].exists()
+
+
+@pytest.mark.parametrize("types", ["bf16/q4_1", "q5_0/q5_1", "iq4_nl/q8_0", "q4_1/turbo3"])
+def test_every_llama_cpp_cache_type_is_accepted(fake, types):
+    cfg = ev.Config.parse(types)
+    assert (cfg.k, cfg.v) == tuple(types.split("/"))
+    res = _cli(["--model", str(fake["model"]), "--text", str(fake["text"]), "--chunks", "1",
+                "--no-kld", "--no-coherence", "--configs", types])
+    assert res.exit_code == 0, res.output
+    assert f"-ctk {cfg.k} -ctv {cfg.v}" in fake["calls"].read_text()
+
+
 # ---------------------------------------------------------------- the real thing
 
 
 @pytest.mark.slow
 def test_real_eval_cpu(monkeypatch):
-    from tqpatch import build
-
     if _USER_CACHE is None:
         monkeypatch.delenv("TQPATCH_CACHE")
     else:
         monkeypatch.setenv("TQPATCH_CACHE", _USER_CACHE)
+    import cpu_build
+
     try:
-        build.find_binary("llama-perplexity", "cpu")
+        cpu_build.find("llama-perplexity")
     except TqpatchError as exc:
         pytest.skip(f"no CPU llama-perplexity built: {exc.message}")
-    res = CliRunner().invoke(main, ["eval", "--no-kld", "--chunks", "3", "--json",
-                                    "--configs", "f16/f16,q8_0/turbo3"])
+    res = CliRunner().invoke(main, ["eval", "--backend", cpu_build.BUILD, "--no-kld", "--chunks", "3",
+                                    "--json", "--configs", "f16/f16,q8_0/turbo3",
+                                    *(f"--extra-arg={a}" for a in cpu_build.TOOL_ARGS)])
     assert res.exit_code == 0, res.output
     rows = {r["config"]: r for r in json.loads(res.stdout)["results"]}
     f16, turbo = rows["f16/f16"]["ppl"], rows["q8_0/turbo3"]["ppl"]

@@ -6,7 +6,9 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tarfile
 import time
 import zipfile
@@ -71,7 +73,8 @@ def env(tmp_path, monkeypatch):
     upstream = make_tree(tmp_path / "upstream")
     index = fetch.tree_index(upstream)
     monkeypatch.setattr(pin, "TREE_FINGERPRINT", fetch.fingerprint(index))
-    monkeypatch.setattr(pin, "TREE_INDEX", fetch.encode_index(index))
+    encoded = fetch.encode_index(index)
+    monkeypatch.setattr(pin, "tree_index_text", lambda: encoded)
     monkeypatch.setattr(pin, "TREE_FILE_COUNT", len(index))
     sdist = tar_of(upstream, tmp_path / SDIST_NAME, SUBDIR)
     data = sdist.read_bytes()
@@ -111,6 +114,11 @@ def test_pin_values_are_consistent():
     table = fetch.pinned_index()
     assert len(table) == pin.TREE_FILE_COUNT > 3000
     assert "ggml/include/ggml.h" in table and "src/llama-kv-cache.cpp" in table
+    # the build runs it (tools/ui), so the fingerprint must cover it (test_pin_scope.py)
+    assert "scripts/ui-assets.cmake" in table and "scripts/sync_vendor.py" not in table
+    # the table is package data, not a blob in pin.py
+    assert not hasattr(pin, "TREE_INDEX")
+    assert (Path(pin.__file__).parent / pin.TREE_INDEX_FILE).is_file()
     assert len(pin.TREE_FINGERPRINT) == 64 and len(pin.LLAMA_CPP_COMMIT_FULL) == 40
     assert pin.LLAMA_CPP_COMMIT_FULL.startswith(pin.LLAMA_CPP_COMMIT)
 
@@ -128,6 +136,13 @@ def test_from_directory_with_a_changed_file_is_refused_naming_it(env, change, na
     assert pin.LLAMA_CPP_COMMIT in exc.value.message
     assert not paths.pristine_tree().exists()
     assert leftovers(env.cache) == []
+
+
+def test_pin_values_of_a_tree(env):
+    lines, index_text = fetch.pin_values(env.upstream)
+    assert f'TREE_FINGERPRINT = "{pin.TREE_FINGERPRINT}"' in lines
+    assert f"TREE_FILE_COUNT = {len(env.index)}" in lines
+    assert fetch.decode_index(index_text.strip()) == {k: v[:8] for k, v in env.index.items()}
 
 
 # --------------------------------------------------------------------------- --from
@@ -196,6 +211,59 @@ def test_unsafe_archive_member_is_refused(env):
     assert leftovers(env.cache) == []
 
 
+def test_an_archive_listing_a_file_twice_is_accepted(env):
+    dup = env.tmp / "dup.tar.gz"
+    with tarfile.open(dup, "w:gz") as tf:
+        tf.add(env.upstream, arcname="top")
+        # GNU tar stores a file named twice as a hard link to itself...
+        info = tarfile.TarInfo("top/src/llama.cpp")
+        info.type, info.linkname = tarfile.LNKTYPE, "top/src/llama.cpp"
+        tf.addfile(info)
+        # ...and a plain repeat of a regular file (the later entry wins, as with tar)
+        data = FAKE_FILES["LICENSE"].encode()
+        info = tarfile.TarInfo("top/LICENSE")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    target = fetch.fetch(from_path=dup, echo=env.echo)
+    assert (target / "src/llama.cpp").read_text() == FAKE_FILES["src/llama.cpp"]
+    assert leftovers(env.cache) == []
+
+
+@pytest.mark.parametrize("member, why", [
+    (dict(name="top/evil", type=tarfile.SYMTYPE, linkname="../../etc/passwd"), "link top/evil -> ../../etc/passwd leaves the tree"),
+    (dict(name="/abs.txt"), "unsafe path '/abs.txt'"),
+    (dict(name="top/dev", type=tarfile.CHRTYPE), "top/dev is not a file, directory or link"),
+    (dict(name="top/hl", type=tarfile.LNKTYPE, linkname="elsewhere/x"), "points outside what is extracted"),
+])
+def test_unsafe_links_and_special_files_are_refused(env, member, why):
+    bad = env.tmp / "bad.tar"
+    with tarfile.open(bad, "w") as tf:
+        tf.add(env.upstream, arcname="top")
+        info = tarfile.TarInfo(member.pop("name"))
+        for k, v in member.items():
+            setattr(info, k, v)
+        tf.addfile(info)
+    with pytest.raises(TqpatchError) as exc:
+        fetch.fetch(from_path=bad, echo=env.echo)
+    assert why in exc.value.message and "refusing it" in exc.value.message
+    assert leftovers(env.cache) == [] and not paths.pristine_tree().exists()
+
+
+def test_a_full_disk_while_extracting_says_write_not_read(env, monkeypatch):
+    archive = tar_of(env.upstream, env.tmp / "t.tar.gz", "top")
+
+    def full(self, tarinfo, targetpath):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "makefile", full)
+    with pytest.raises(TqpatchError) as exc:
+        fetch.fetch(from_path=archive, echo=env.echo)
+    msg = exc.value.message
+    assert "cannot write the tree from" in msg and "No space left on device" in msg
+    assert "cannot read" not in msg
+    assert leftovers(env.cache) == []
+
+
 def test_from_errors(env):
     with pytest.raises(TqpatchError, match="no such file"):
         fetch.fetch(from_path=env.tmp / "nope", echo=env.echo)
@@ -206,6 +274,46 @@ def test_from_errors(env):
         fetch.fetch(from_path=env.tmp / "x.txt", echo=env.echo)
     with pytest.raises(TqpatchError, match="either --source or --from"):
         fetch.fetch(source="git", from_path=env.upstream, echo=env.echo)
+
+
+def _cli(env, *args, hook=None):
+    import tqpatch
+
+    root = str(Path(tqpatch.__file__).resolve().parent.parent)
+    penv = dict(os.environ, TQPATCH_CACHE=str(env.cache), PYTHONPATH=root)
+    penv.pop("TQPATCH_TEST_HOOK", None)
+    if hook:
+        penv["TQPATCH_TEST_HOOK"] = hook
+    return subprocess.run([sys.executable, "-m", "tqpatch.cli", *args], env=penv,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_fetch_killed_midway_leaves_temp_dirs_the_next_fetch_sweeps(env):
+    # kill -9 once the tree is copied into its temp dir (checkpoint 1), twice: the
+    # second run already sweeps the first's
+    src = env.cache / "src"
+    for _ in range(2):
+        r = _cli(env, "fetch", "--from", str(env.upstream), hook="1:KILL")
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert len([p for p in src.iterdir() if ".tmp-" in p.name]) == 1
+    legacy = src / f".llama.cpp-{pin.LLAMA_CPP_COMMIT}.tmp-abc_x1"  # an older tqpatch's name
+    live = src / f".llama.cpp-{pin.LLAMA_CPP_COMMIT}.tmp-{os.getpid()}-abc"  # a live maker's
+    legacy.mkdir()
+    live.mkdir()
+    (paths.downloads_dir()).mkdir(parents=True, exist_ok=True)
+    (paths.downloads_dir() / (pin.SDIST_NAME + ".part")).write_bytes(b"partial")
+    fetch.fetch(from_path=env.upstream, echo=env.echo)
+    assert any("removed 2 temporary folder(s) an interrupted tqpatch left" in m for m in env.msgs)
+    assert leftovers(env.cache) == [str(live.relative_to(env.cache))]
+    assert fetch.is_verified()
+
+
+@pytest.mark.parametrize("sig", ["TERM", "HUP"])
+def test_a_terminated_fetch_cleans_up_and_prints_no_traceback(env, sig):
+    r = _cli(env, "fetch", "--from", str(env.upstream), hook=f"1:{sig}")
+    assert r.returncode == 128 + getattr(signal, "SIG" + sig), r.stderr
+    assert "Traceback" not in r.stderr and f"stopped by SIG{sig}" in r.stderr
+    assert leftovers(env.cache) == [] and not paths.pristine_tree().exists()
 
 
 # --------------------------------------------------------------------------- pypi

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +218,118 @@ def test_series_errors(tmp_path):
     (tmp_path / "series").write_text("x.patch -p0\n")
     with pytest.raises(TqpatchError, match="-p0"):
         ps.read_series(tmp_path)
+
+
+# ---------------------------------------------------------------- the real series
+
+
+
+def test_the_shipped_series_parses_and_touches_only_safe_paths():
+    from tqpatch import paths
+
+    patches = ps.load_series(paths.patches_dir())
+    assert len(patches) >= 10
+    for p in patches:
+        assert p.files, p.name
+        for fp in p.files:
+            assert not fp.path.startswith(("/", "..")) and ".tqpatch" not in fp.path, (p.name, fp.path)
+
+
+def test_glue_patches_name_no_turbo_type_by_hand():
+    """Per-type glue comes from the rendered GGML_TURBO_TYPES list, never typed per type."""
+    from tqpatch import formats, paths
+
+    names = [t for t in formats.TURBO_TYPES] + [t.upper() for t in formats.TURBO_TYPES]
+    offenders = {}
+    for p in ps.load_series(paths.patches_dir()):
+        added = [body.decode(errors="replace") for fp in p.files for h in fp.hunks
+                 for op, body in h.lines if op == "+"]
+        hits = [ln.strip() for ln in added if any(re.search(rf"\b\w*{n}\b", ln) for n in names)]
+        if hits:
+            offenders[p.name] = hits[:3]
+    assert not offenders, offenders
+# --------------------------------------------------------------------------- held to git apply
+
+
+def _git_apply_series(patches: list[ps.Patch], texts: list[bytes], read, root: Path) -> dict:
+    """The same series applied by `git apply`, one patch after the other, in a scratch folder."""
+    touched = sorted({fp.path for p in patches for fp in p.files})
+    for rel in touched:
+        data = read(rel)
+        if data is not None:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+    for patch, text in zip(patches, texts):
+        f = root.parent / "one.patch"
+        f.write_bytes(text)
+        r = subprocess.run(["git", "apply", "--whitespace=nowarn", str(f)], cwd=root,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, f"git apply {patch.name}: {r.stderr}"
+    return {rel: (root / rel).read_bytes() if (root / rel).exists() else None for rel in touched}
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_the_engine_agrees_with_git_apply_on_random_series(tmp_path):
+    rng = random.Random(7)
+    base = {f"d/f{i}.c": numbered(rng.randint(5, 60), f"f{i}").encode() for i in range(4)}
+    state = dict(base)
+    patches, texts = [], []
+    for k in range(4):  # four patches, each editing what the last one left
+        changes = {}
+        for rel in rng.sample(sorted(state), 2):
+            lines = ps.split_lines(state[rel])
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(lines) + 1)
+                lines.insert(at, f"added {k} {at}\n".encode())
+            if len(lines) > 3:
+                del lines[rng.randrange(len(lines))]
+            changes[rel] = (state[rel], b"".join(lines))
+            state[rel] = b"".join(lines)
+        if k == 2:
+            changes[f"d/new{k}.h"] = (None, b"#pragma once\n")
+            state[f"d/new{k}.h"] = b"#pragma once\n"
+        text = ps.make_patch(changes, subject=f"step {k}").encode()
+        patches.append(ps.parse_patch(text, f"{k:04d}.patch"))
+        texts.append(text)
+    ours = ps.apply_series(patches, base.get)
+    work = tmp_path / "git"
+    work.mkdir()
+    assert ours == _git_apply_series(patches, texts, base.get, work)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+def test_the_engine_agrees_with_git_apply_on_the_real_series(tmp_path):
+    from tqpatch import fetch, paths
+
+    root = fetch.ensure_pristine()
+    pdir = paths.patches_dir()
+    names = ps.read_series(pdir)
+    patches = ps.load_series(pdir)
+    ours = ps.apply_series(patches, lambda rel: fetch.read_pristine(rel, root))
+    work = tmp_path / "git"
+    work.mkdir()
+    theirs = _git_apply_series(patches, [(pdir / n).read_bytes() for n in names],
+                               lambda rel: fetch.read_pristine(rel, root), work)
+    assert ours == theirs and len(ours) > 10
+
+
+def test_every_rendered_glue_macro_is_used():
+    """A macro the templates define for the glue (GGML_*TURBO*) must be expanded somewhere:
+    in a patch or in another rendered file. Catches a patch that lost its hook (e.g. the
+    CUDA flash-attention dispatch of the turbo vector kernels, whose loss only shows as
+    a silent f16 fallback)."""
+    from tqpatch import paths, render
+
+    rendered = render.render_all().files
+    defined = {m for data in rendered.values()
+               for m in re.findall(rb"^#define\s+(GGML_\w*TURBO\w*)", data, re.M)}
+    patch_text = b"".join((paths.patches_dir() / n).read_bytes() for n in ps.read_series(paths.patches_dir()))
+    unused = []
+    for name in sorted(defined):
+        uses = len(re.findall(rb"\b" + name + rb"\b", patch_text))
+        uses += sum(len(re.findall(rb"\b" + name + rb"\b(?!\s*\()|\b" + name + rb"\(", d))
+                    for d in rendered.values()) - 1  # minus its own #define
+        if uses <= 0:
+            unused.append(name.decode())
+    assert not unused, f"rendered but never expanded: {unused}"

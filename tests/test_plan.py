@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import struct
 import subprocess
 
 import numpy as np
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 
 import gguf
 
+from tqpatch import formats
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch.plan import (
@@ -35,7 +38,9 @@ from tqpatch.plan import (
 def write_gguf(path, arch="llama", *, n_layer=4, n_embd=256, n_head=4, n_head_kv=None,
                key_length=None, value_length=None, sliding_window=None, swa_pattern=None,
                ctx_train=8192, file_type=15, tokenizer=True, tensor_elems=64,
-               hparams=True, drop=()):
+               hparams=True, drop=(), extra=()):
+    """A small GGUF; extra: (writer method, key, value) written last, e.g. to store a
+    value the add_<key> helpers would not."""
     w = gguf.GGUFWriter(str(path), arch)
     if hparams:
         w.add_block_count(n_layer)
@@ -69,6 +74,9 @@ def write_gguf(path, arch="llama", *, n_layer=4, n_embd=256, n_head=4, n_head_kv
         w.add_eos_token_id(2)
     for key in drop:
         del w.kv_data[0][key]
+    for method, key, value in extra:
+        w.kv_data[0].pop(key, None)
+        getattr(w, method)(key, value)
     if tensor_elems:
         w.add_tensor("token_embd.weight", np.zeros((tensor_elems // 16, 16), dtype=np.float16))
     w.write_header_to_file()
@@ -269,6 +277,15 @@ def test_no_turbo_head_recommends_upstream(tmp_path):
 # recommendation
 
 
+def coherence_table(family, **results):
+    """A coherence table with one measurement: results as K_V='n_coherent/n_prompts'."""
+    rows = {}
+    for key, verdict in results.items():
+        n, of = map(int, verdict.split("/"))
+        rows[key.replace("_V_", "/")] = {"n_coherent": n, "n_prompts": of}
+    return {"families": {family: [{"backend": "cpu", "source": "test", "results": rows}]}}
+
+
 def test_recommend_q4_k_m(tmp_path):
     path = write_gguf(tmp_path / "q4.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
                       file_type=15)
@@ -277,17 +294,57 @@ def test_recommend_q4_k_m(tmp_path):
     assert rec.flags == f"llama-server -m {path} -c 8192 -ctk q8_0 -ctv turbo4 -fa on"
     text = " ".join(rec.reasons)
     assert "K precision dominates" in text and "Q4_K_M" in text
-    assert any("-ctv turbo3" in a and "tight" in a for a in rec.alternatives)
+    assert any("-ctv turbo3" in a and "smaller" in a for a in rec.alternatives)
     assert not any("-ctk turbo" in a for a in rec.alternatives)  # never symmetric on Q4_K_M
 
 
-def test_recommend_q8_0_allows_symmetric(tmp_path):
-    path = write_gguf(tmp_path / "q8.gguf", n_layer=8, n_embd=4096, n_head=32, n_head_kv=8,
-                      file_type=7)
-    rec = recommend(read_model(path), 8192)
+def test_default_is_what_help_says():
+    from tqpatch.plan.recommend import DEFAULT
+
+    assert DEFAULT == ("q8_0", "turbo4")
+    assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in CliRunner().invoke(main, ["--help"]).output
+
+
+def test_readme_headline_is_the_default():
+    from pathlib import Path
+
+    from tqpatch.plan.recommend import DEFAULT
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    headline = readme.split("```")[1]  # the first code block: the one-line pitch
+    assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in headline, headline
+
+
+def test_recommend_q8_0_symmetric_only_where_measured_coherent(tmp_path):
+    info = read_model(write_gguf(tmp_path / "q8.gguf", n_layer=8, n_embd=4096, n_head=32,
+                                 n_head_kv=8, file_type=7))
+    # a family without measurements: only q8_0 K
+    rec = recommend(info, 8192, table={"families": {}})
     assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
-    assert any("symmetric turbo4/turbo4 also works" in r for r in rec.reasons)
+    assert not any("-ctk turbo" in a for a in rec.alternatives)
+    assert any("no coherence measurement for this family" in r for r in rec.reasons)
+    # measured coherent: offered; measured incoherent: never
+    table = coherence_table("llama", turbo4_V_turbo4="3/3", turbo3_V_turbo3="1/3")
+    rec = recommend(info, 8192, table=table)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo4")
     assert any("-ctk turbo4 -ctv turbo4" in a for a in rec.alternatives)
+    assert not any("-ctk turbo3" in a for a in rec.alternatives)
+    assert any("not turbo3/turbo3: greedy continuations go incoherent on llama (coherent "
+               "prompts: cpu 1/3" in r for r in rec.reasons)
+
+
+def test_recommend_drops_incoherent_q8_0_k_too(tmp_path):
+    info = read_model(write_gguf(tmp_path / "q4.gguf", n_layer=8, n_embd=4096, n_head=32,
+                                 n_head_kv=8, file_type=15))
+    table = coherence_table("llama", q8_0_V_turbo4="3/3", q8_0_V_turbo3="3/3",
+                            q8_0_V_turbo2="1/3")
+    need3 = kv_bytes(info, 32768, "q8_0", "turbo3")
+    # memory for q8_0/turbo2 only: still never the incoherent one
+    rec = recommend(info, 32768, vram_gib=(info.weight_bytes + need3 - 1) / GIB, overhead_mib=0,
+                    table=table)
+    assert (rec.type_k, rec.type_v) == ("q8_0", "turbo3")
+    assert not any("turbo2" in a for a in rec.alternatives)
+    assert any("even q8_0/turbo3 needs" in r for r in rec.reasons)
 
 
 def test_recommend_qwen_stays_asymmetric(tmp_path):
@@ -296,7 +353,28 @@ def test_recommend_qwen_stays_asymmetric(tmp_path):
     rec = recommend(read_model(path), 8192)
     assert rec.type_k == "q8_0"
     assert not any("-ctk turbo" in a for a in rec.alternatives)
-    assert any("Qwen" in r for r in rec.reasons)
+    assert any("its coherence is not measured for qwen2" in r for r in rec.reasons)
+
+
+def test_gemma3_never_gets_what_the_measured_table_shows_incoherent(tmp_path):
+    """The shipped table: whatever the weights and memory, plan stays off the configurations
+    the coherence check found incoherent on Gemma 3 (any backend)."""
+    from tqpatch import coherence
+
+    bad = {(k, v) for k, v in formats.KV_CONFIGS
+           if coherence.verdict("gemma3", k, v) == "incoherent"}
+    assert ("turbo2", "turbo2") in bad and ("turbo3", "turbo3") in bad
+    for file_type in (1, 7, 15):  # F16, Q8_0, Q4_K_M weights
+        info = read_model(write_gguf(tmp_path / f"g{file_type}.gguf", "gemma3", n_layer=18,
+                                     n_embd=640, n_head=4, n_head_kv=1, key_length=256,
+                                     value_length=256, sliding_window=512, ctx_train=32768,
+                                     file_type=file_type))
+        for vram_extra in (None, 1, 0.001):
+            vram = None if vram_extra is None else (info.weight_bytes / GIB + vram_extra)
+            rec = recommend(info, 32768, vram_gib=vram, overhead_mib=0)
+            offered = [(rec.type_k, rec.type_v)] + [
+                tuple(a.split("-ctk ")[1].split(" -fa")[0].split(" -ctv ")) for a in rec.alternatives]
+            assert not bad & set(offered), (file_type, vram, offered)
 
 
 def test_recommend_memory_tight(llama_gqa):
@@ -329,7 +407,9 @@ def test_recommend_memory_tight_q8_weights_goes_symmetric(tmp_path):
                                  n_head_kv=8, file_type=7, ctx_train=131072))
     ctx = 32768
     need = kv_bytes(info, ctx, "turbo4", "turbo4")
-    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need) / GIB, overhead_mib=0)
+    table = coherence_table("llama", turbo4_V_turbo4="3/3")
+    rec = recommend(info, ctx, vram_gib=(info.weight_bytes + need) / GIB, overhead_mib=0,
+                    table=table)
     assert (rec.type_k, rec.type_v) == ("turbo4", "turbo4")
 
 
@@ -405,6 +485,78 @@ def test_no_attention_metadata(tmp_path):
         read_model(p)
 
 
+# ---------------------------------------------------------------------------
+# untrusted metadata: every count bounded by what the file can hold
+
+
+def overwrite(path, at: int, fmt: str, value) -> None:
+    """Write value (struct format fmt) at byte offset at of the file."""
+    data = bytearray(path.read_bytes())
+    struct.pack_into(fmt, data, at, value)
+    path.write_bytes(bytes(data))
+
+
+def array_length_offset(path, key: str) -> int:
+    """Byte offset of the declared length of metadata array `key`."""
+    name = key.encode()
+    return path.read_bytes().index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4 + 4
+
+
+@pytest.mark.parametrize("kw,message", [
+    # 1e9 layers once grew plan to 6.7 GB in 15 s
+    (dict(n_layer=10**9), r"llama\.block_count = 1000000000 exceeds 512 \(llama\.cpp's LLAMA_MAX_LAYERS\)"),
+    (dict(n_layer=513), r"llama\.block_count = 513 exceeds 512"),
+    (dict(ctx_train=2**32 - 1), r"llama\.context_length = 4294967295 exceeds 2147483647"),
+    (dict(extra=[("add_uint32", "llama.embedding_length", 2**32 - 1)]), r"llama\.embedding_length = 4294967295 exceeds 1048576"),
+    (dict(n_head=2**32 - 1), r"llama\.attention\.head_count = 4294967295 exceeds 256"),
+    (dict(n_head=4, n_head_kv=[1] * 600), r"llama\.attention\.head_count_kv = an array of 600 "
+                                           r"has more than 512 entries"),
+    (dict(n_head=4, n_head_kv=[1, 1, 9, 1]), r"llama\.attention\.head_count_kv = 9 exceeds 4"),
+    (dict(key_length=2**31), r"llama\.attention\.key_length = 2147483648 exceeds 1048576"),
+    (dict(extra=[("add_int32", "llama.attention.head_count", -4)]),
+     r"llama\.attention\.head_count = -4 is below 0"),
+    (dict(extra=[("add_uint64", "llama.block_count", 2**63)]),
+     r"llama\.block_count = 9223372036854775808 exceeds 512"),
+    (dict(extra=[("add_float32", "llama.block_count", 4.5)]),
+     r"llama\.block_count = 4\.5 is not a whole number"),
+    (dict(extra=[("add_string", "llama.context_length", "4096")]),
+     r"llama\.context_length = 4096 is not a whole number"),
+    (dict(arch="gemma3", sliding_window=2**32 - 1), r"gemma3\.attention\.sliding_window = "
+                                                      r"4294967295 exceeds 2147483647"),
+])
+def test_counts_beyond_bounds_are_refused(tmp_path, kw, message):
+    p = write_gguf(tmp_path / "crafted.gguf", **kw)
+    with pytest.raises(TqpatchError, match=message) as err:
+        read_model(p)
+    assert "\n" not in str(err.value) and "corrupt or crafted" in str(err.value)
+
+
+@pytest.mark.parametrize("field,offset", [("tensor count", 8), ("metadata key count", 16)])
+def test_header_counts_bounded_by_file_size(tmp_path, field, offset):
+    p = write_gguf(tmp_path / "h.gguf")
+    overwrite(p, offset, "<Q", 10**12)
+    with pytest.raises(TqpatchError, match=f"GGUF header {field} 1000000000000 cannot fit in a "
+                                           f"{p.stat().st_size}-byte file"):
+        read_model(p)
+
+
+@pytest.mark.parametrize("key", ["tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                                 "llama.attention.head_count_kv"])
+def test_array_lengths_bounded_by_file_size(tmp_path, key):
+    p = write_gguf(tmp_path / "a.gguf", n_head_kv=[2, 2, 2, 2])
+    overwrite(p, array_length_offset(p, key), "<Q", 10**12)
+    with pytest.raises(TqpatchError, match=f"metadata {re.escape(key)} declares an array of "
+                                           "1000000000000 entries, more than the"):
+        read_model(p)
+
+
+def test_crafted_counts_refused_on_the_command_line(tmp_path):
+    p = write_gguf(tmp_path / "bc.gguf", n_layer=10**9)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "0"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and "block_count = 1000000000" in res.output
+
+
 def test_embedding_arch(tmp_path):
     p = write_gguf(tmp_path / "bert.gguf", "bert")
     with pytest.raises(TqpatchError, match="no KV cache"):
@@ -412,7 +564,7 @@ def test_embedding_arch(tmp_path):
 
 
 def test_fast_reader_matches_stock_reader(tmp_path):
-    from tqpatch.plan import _field_value, _fast_reader_class
+    from tqpatch.plan.gguf_file import _fast_reader_class, field_value as _field_value
 
     w = gguf.GGUFWriter(str(tmp_path / "big.gguf"), "llama")
     w.add_token_list([f"t{i}" for i in range(3000)])
@@ -513,17 +665,94 @@ def test_cli_plan_errors(tmp_path, make, msg):
     assert isinstance(res.exception, SystemExit)
 
 
+def test_cli_plan_warns_beyond_trained_context(tmp_path):
+    p = write_gguf(tmp_path / "m.gguf", ctx_train=8192)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "16384"])
+    assert res.exit_code == 0, res.output
+    assert ("warning: -c 16384 is beyond the model's trained context of 8192 "
+            "(llama.context_length)") in res.output
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "16384", "--json"])
+    assert "beyond the model's trained context" in json.loads(res.output)["warnings"][0]
+    for ctx in ("8192", "0"):  # at the trained context (0 means it): no warning
+        res = CliRunner().invoke(main, ["plan", str(p), "--ctx", ctx])
+        assert res.exit_code == 0 and "warning" not in res.output
+
+
+def test_cli_plan_sizes_every_llama_cpp_cache_type(tmp_path):
+    from tqpatch.formats import UPSTREAM_TYPES, type_info
+
+    p = write_gguf(tmp_path / "m.gguf", n_layer=2, n_embd=512, n_head=4, n_head_kv=2)
+    configs = ",".join(f"{t}/{t}" for t in UPSTREAM_TYPES) + ",q8_0/turbo3:bv1"
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--json", "--configs", configs])
+    assert res.exit_code == 0, res.output
+    rows = {r["label"]: r for r in json.loads(res.output)["configs"]}
+    for t in UPSTREAM_TYPES:  # 2 layers x 2 KV heads x 128 x 4096 cells, K and V
+        ti = type_info(t)
+        assert rows[f"{t}/{t}"]["kv_bytes"] == 2 * 2 * 2 * 4096 * 128 // ti.block_size * ti.block_bytes
+    # a configuration with its own boundary layers: layer 0 and 1 of 2 at q8_0
+    assert rows["q8_0/turbo3:bv1"]["bpv_v"] == 8.5
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--configs", "q8_0/turbo9"])
+    assert res.exit_code == 1 and "unknown cache type 'turbo9'" in res.output
+
+
+def test_cli_plan_shows_measured_coherence(tmp_path):
+    p = write_gguf(tmp_path / "g3.gguf", "gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1,
+                   key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
+    out = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096"]).output
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line}
+    import json
+    from importlib.resources import files
+
+    table = json.loads((files("tqpatch") / "data" / "coherence.json").read_text())["families"]["gemma3"]
+    cuda = next(e for e in table if e["backend"] == "cuda")["results"]["turbo2/turbo2"]
+    assert "NO (" in rows["turbo2/turbo2"]
+    assert f"cuda {cuda['n_coherent']}/{cuda['n_prompts']}" in rows["turbo2/turbo2"]
+    assert " yes" in rows["q8_0/turbo4"]
+    llama = write_gguf(tmp_path / "l.gguf", n_embd=512)  # head size 128: every type serves it
+    out = CliRunner().invoke(main, ["plan", str(llama), "--ctx", "4096"]).output
+    rows = [line for line in out.splitlines() if line.startswith("  ") and "x  " in line]
+    assert len(rows) == len(formats.KV_CONFIGS)  # llama: not measured
+    assert all(line.rstrip().endswith("x  -") for line in rows), rows
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--vram", "nan", "'nan' is not a finite number"),
+    ("--vram", "inf", "'inf' is not a finite number"),
+    ("--vram", "-inf", "not in the range x>0"),
+    ("--vram", "0", "not in the range x>0"),
+    ("--vram", "-2", "not in the range x>0"),
+    ("--overhead", "nan", "'nan' is not a finite number"),
+    ("--overhead", "inf", "'inf' is not a finite number"),
+    ("--overhead", "-1", "not in the range x>=0"),
+])
+def test_cli_plan_refuses_meaningless_memory(tmp_path, option, value, message):
+    p = write_gguf(tmp_path / "m.gguf")
+    args = ["plan", str(p), "--ctx", "4096", f"{option}={value}"]
+    if option != "--vram":
+        args.append("--vram=8")
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert f"Invalid value for '{option}'" in res.output and message in res.output
+
+
+@pytest.mark.parametrize("vram,overhead", [(float("nan"), 0), (float("inf"), 0), (0, 0),
+                                           (8, float("nan")), (8, -1)])
+def test_library_refuses_meaningless_memory(llama_gqa, vram, overhead):
+    with pytest.raises(TqpatchError, match="must be a finite number"):
+        plan_rows(llama_gqa, 4096, vram_gib=vram, overhead_mib=overhead)
+    with pytest.raises(TqpatchError, match="must be a finite number"):
+        recommend(llama_gqa, 4096, vram_gib=vram, overhead_mib=overhead)
+
+
 # ---------------------------------------------------------------------------
 # against llama.cpp itself (slow: needs a built llama-cli)
 
 
 def _llama_cli():
+    import cpu_build
+
     try:
-        from tqpatch.build import find_binary
-    except ImportError as exc:
-        pytest.skip(f"llama-cli has not been built (tqpatch.build unavailable: {exc})")
-    try:
-        path = find_binary("llama-cli", "cpu")
+        path = cpu_build.find("llama-cli")
     except TqpatchError as exc:
         pytest.skip(f"llama-cli has not been built: {exc}")
     if not path or not shutil.os.path.exists(str(path)):
@@ -543,7 +772,9 @@ def _gemma_path():
 
 
 def _run_llama_cli(binary, model, ctx, type_k, type_v):
-    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
+    import cpu_build
+
+    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
            "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
            "--no-warmup", "-t", "2"]
     # a random-weight model prints arbitrary bytes: decode leniently

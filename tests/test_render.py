@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tqpatch import formats, render
+from tqpatch import codebook, formats, paths, render
 from tqpatch.backends import cuda
 from tqpatch.cli import main
+from tqpatch.errors import TqpatchError
 
 
 def _render_digest_in_subprocess(hashseed: str) -> str:
@@ -70,8 +74,100 @@ def test_expansion_renders_one_instance_file_per_pair():
 
 def test_unknown_expansion_is_a_clear_error(tmp_path):
     (tmp_path / "x-[nope].c.j2").write_text("int x;\n")
-    with pytest.raises(ValueError, match=r"unknown expansion \[nope\]"):
+    with pytest.raises(TqpatchError, match=r"templates/x-\[nope\].c.j2: unknown expansion \[nope\]"):
         render.render_all(tmp_path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"int a;\n{% for x in turbo %}\n{{ x.fmt.name }\n{% endfor %}\n",
+     r"templates/bad.c.j2, line 3: syntax error: .*fix the template"),
+    (b"int a;\nint b = {{ no_such_thing }};\n",
+     r"templates/bad.c.j2, line 2 \(rendering templates/bad.c.j2\): undefined: 'no_such_thing' is undefined"),
+    (b"{% import '_m.j2' as m %}\n{{ m.f() }}\n",
+     r"templates/_m.j2, line 2 \(rendering templates/bad.c.j2\): undefined: 'oops' is undefined"),
+    (b"int a; /* \xe9t\xe9 */\n", r"templates/bad.c.j2 is not UTF-8 text \(byte 0xe9 at offset 10\)"),
+])
+def test_template_errors_are_one_line_naming_file_and_line(tmp_path, text, expected):
+    (tmp_path / "_m.j2").write_text("{% macro f() %}\n{{ oops }}\n{% endmacro %}\n")
+    (tmp_path / "bad.c.j2").write_bytes(text)
+    with pytest.raises(TqpatchError, match=expected) as exc:
+        render.render_all(tmp_path)
+    assert "\n" not in exc.value.message
+
+
+def test_render_cli_template_error_has_no_traceback(tmp_path, monkeypatch):
+    (tmp_path / "bad.c.j2").write_text("{{ nope }}\n")
+    monkeypatch.setattr(paths, "templates_dir", lambda: tmp_path)
+    r = CliRunner().invoke(main, ["render", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "Error: templates/bad.c.j2, line 1" in r.output and "'nope' is undefined" in r.output
+
+
+def _rendered_copy(tmp_path):
+    result = render.render_all()
+    out = tmp_path / "generated"
+    render.write(result, out)
+    return result, out
+
+
+def test_a_corrupt_render_manifest_is_reported_and_repaired(tmp_path):
+    result, out = _rendered_copy(tmp_path)
+    (out / render.MANIFEST).write_text("{ not json")
+    # --check and apply's reader both see it (they said "up to date" / crashed before)
+    assert render.diff_against_disk(result, out) == [render.MANIFEST]
+    with pytest.raises(TqpatchError, match=r"differs from what templates/ .*\.tqpatch-render\.json"):
+        render.load_rendered(out)
+    r = CliRunner().invoke(main, ["render", "--check", "--out", str(out)])
+    assert r.exit_code == 1 and ".tqpatch-render.json" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["render", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "is unreadable" in r.output and "rewriting it" in r.output
+    assert render.diff_against_disk(result, out) == []
+    assert render.load_rendered(out).files == result.files
+
+
+def test_apply_and_status_with_a_corrupt_render_manifest_say_what_to_do(tmp_path, monkeypatch):
+    result, out = _rendered_copy(tmp_path)
+    (out / render.MANIFEST).write_bytes(b"\x00garbage")
+    monkeypatch.setattr(paths, "generated_dir", lambda: out)
+    monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
+    r = CliRunner().invoke(main, ["apply"])
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert ".tqpatch-render.json" in r.output and "run `tqpatch render`" in r.output
+    assert not (tmp_path / "cache" / "work").exists()  # refused before anything was made
+
+
+def test_apply_refuses_a_generated_folder_that_differs_from_a_fresh_render(tmp_path):
+    result, out = _rendered_copy(tmp_path)
+    rel = "ggml/src/ggml-turbo.c"
+    (out / rel).write_bytes((out / rel).read_bytes() + b"// stale\n")
+    with pytest.raises(TqpatchError) as exc:
+        render.load_rendered(out)
+    assert f"({rel})" in exc.value.message and "run `tqpatch render`" in exc.value.message
+    (out / rel).unlink()
+    with pytest.raises(TqpatchError, match=rel):
+        render.load_rendered(out)
+    (out / ".x.c.123.tqpatch-tmp").write_text("left by a killed render")
+    render.write(result, out)  # repairs, and sweeps what a killed render left
+    assert render.load_rendered(out).files == result.files
+    assert not list(out.rglob("*.tqpatch-tmp"))
+
+
+def test_render_refuses_a_codebook_that_does_not_fit_its_provenance(tmp_path, monkeypatch):
+    books = tmp_path / "codebooks"
+    shutil.copytree(codebook.codebooks_dir(), books)
+    cid = formats.TURBO_FORMATS["turbo3"].codebook
+    data = json.loads((books / f"{cid}.json").read_text())
+    data["centroids"] = [float(np.float32(c * 100)) for c in data["centroids"]]
+    c = np.array(data["centroids"], dtype=np.float32).astype(np.float64)
+    data["boundaries"] = [float(np.float32((a + b) / 2)) for a, b in zip(c[:-1], c[1:])]
+    (books / f"{cid}.json").write_text(json.dumps(data))
+    monkeypatch.setattr(codebook, "codebooks_dir", lambda: books)
+    with pytest.raises(TqpatchError) as exc:
+        render.render_all()
+    msg = exc.value.message
+    assert f"{cid}.json" in msg and "changed after generation" in msg
+    assert f"tqpatch codebook --dist absmax --dim 128 --bits 3" in msg
 
 
 def test_render_check_cli_reports_current():

@@ -17,7 +17,7 @@ SMALL = SynthShape(layers=3, n_embd=256, n_head=8, n_head_kv=2, head_dim=64, ff=
 
 
 def _field(reader, key):
-    from tqpatch.plan import _field_value
+    from tqpatch.plan import field_value as _field_value
 
     return _field_value(reader.fields[key])
 

@@ -10,7 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from tqpatch import reference as R
+from tqpatch import formats
 from tqpatch import verify as V
+from tqpatch.verify import checks as VC
+from tqpatch.verify import compare as VCMP
+from tqpatch.verify import tolerance as VT
 from tqpatch import verify_io as io
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
@@ -28,7 +32,7 @@ def quantize_check(name="turbo3", x=None, seed=0):
     rng = np.random.default_rng(seed)
     if x is None:
         x = rng.standard_normal((6, 256)).astype(np.float32)
-    return V._set_rows_check(rng, name, x, ["test"] * x.shape[0], "test")
+    return VC._set_rows_check(rng, name, x, ["test"] * x.shape[0], "test")
 
 
 def placed(check, ref_rows):
@@ -51,7 +55,7 @@ def far_from_boundary(x, name, cols):
 
 def flip_index(row_bytes, name, j, new):
     """Set index j of the first block of a turbo row to `new` (packed layout of reference.py)."""
-    fmt = V.formats.TURBO_FORMATS[name]
+    fmt = formats.TURBO_FORMATS[name]
     blk = row_bytes[: fmt.block_bytes].copy()[None, :]
     d, idx = R.turbo_fields(blk, name)
     idx[0, j] = new
@@ -127,8 +131,8 @@ def test_flipped_index_far_from_boundary_fails(name):
     x = ch.data["x"]
     ref = R.quantize_rows(x, name)
     r, c = far_from_boundary(x, name, 64)   # in the first block of some row
-    _, idx = V._turbo_fields(ref[r:r + 1, :V.formats.TURBO_FORMATS[name].block_bytes], name)
-    levels = V.formats.TURBO_FORMATS[name].levels
+    _, idx = VCMP._turbo_fields(ref[r:r + 1, :formats.TURBO_FORMATS[name].block_bytes], name)
+    levels = formats.TURBO_FORMATS[name].levels
     new = idx[0, c] + 1 if idx[0, c] + 1 < levels else idx[0, c] - 1
     bad = ref.copy()
     flip_index(bad[r], name, c, new)
@@ -154,13 +158,13 @@ def test_flipped_index_at_boundary_is_counted_not_failed():
     assert R.boundary_margin(x, name)[0, j] < 1e-7
     ch = quantize_check(name, x)
     ref = R.quantize_rows(x, name)
-    _, idx = V._turbo_fields(ref, name)
+    _, idx = VCMP._turbo_fields(ref, name)
     got = ref.copy()
     flip_index(got[0], name, j, idx[0, j] - 1)        # the other side of that boundary
     # the backend's scale follows its indices: least squares for the flipped indices
     cent, _ = R.codebook_arrays(name)
-    _, gidx = V._turbo_fields(got, name)
-    set_d(got[0], 0, int(V._scale_for(x, gidx, cent)[0]), 50)
+    _, gidx = VCMP._turbo_fields(got, name)
+    set_d(got[0], 0, int(VCMP._scale_for(x, gidx, cent)[0]), 50)
     rep = V.judge(ch, ok(ch, placed(ch, got)), "cpu", CPU)
     assert rep.result == "PASS", rep
     assert rep.boundary == 1 and rep.mismatches == 0 and rep.near_boundary >= 1
@@ -174,7 +178,7 @@ def test_flipped_index_at_boundary_is_counted_not_failed():
 def test_scale_one_ulp_counted_two_ulps_fail(name):
     ch = quantize_check(name)
     ref = R.quantize_rows(ch.data["x"], name)
-    bb = V.formats.type_info(name).block_bytes
+    bb = formats.type_info(name).block_bytes
     d = int(ref[2, 0]) | int(ref[2, 1]) << 8
     one = ref.copy()
     set_d(one[2], 0, d + 1, bb)
@@ -221,7 +225,7 @@ def test_q8_0_tie_rounding_is_a_boundary_case():
 @pytest.mark.parametrize("op", ["GET_ROWS", "CPY"])
 def test_dequantize_is_bit_exact(op):
     rng = np.random.default_rng(4)
-    ch = (V._get_rows_check if op == "GET_ROWS" else V._cpy_check)(rng, "turbo3", 256)
+    ch = (VC._get_rows_check if op == "GET_ROWS" else VC._cpy_check)(rng, "turbo3", 256)
     assert V.judge(ch, ok(ch), "cpu", CPU).result == "PASS"   # NaN blocks included
     out = np.frombuffer(V.expected_output(ch), dtype="<f4").copy().reshape(-1, 256)
     r, c = np.argwhere(np.isfinite(out) & (out != 0))[0]
@@ -234,9 +238,9 @@ def test_dequantize_is_bit_exact(op):
 
 def test_dot_tolerance():
     rng = np.random.default_rng(5)
-    ch = V._mul_mat_check(rng, "turbo2", 128, 12, 3)
+    ch = VC._mul_mat_check(rng, "turbo2", 128, 12, 3)
     assert V.judge(ch, ok(ch), "cpu", CPU).result == "PASS"
-    ref, kd = V._dot_expected(ch)
+    ref, kd = VC._dot_expected(ch)
     tol = V.dot_tolerance(ch.data["q"], kd, CPU)
     # float32 evaluation of the same dot products passes with a wide margin
     f32 = (ch.data["q"].astype(np.float32) @ kd.astype(np.float32).T)
@@ -252,8 +256,8 @@ def emulate_cpu_fa(check, decode=None):
     """ggml-cpu's flash_attn_ext_f16_one_chunk in float32 (f16 VKQ for V=f16)."""
     c, d = check.case, check.data
     hd, nq, nh, nkv, nh_kv = c.dims[:5]
-    kd, vd = V._dequant_kv(check) if decode is None else decode(check)
-    q_all = V.simulate_q(d["q"].reshape(-1, hd), CPU.q_sim[c.type_k]).reshape(d["q"].shape)
+    kd, vd = VC._dequant_kv(check) if decode is None else decode(check)
+    q_all = VT.simulate_q(d["q"].reshape(-1, hd), CPU.q_sim[c.type_k]).reshape(d["q"].shape)
     vdt = np.float16 if c.type_v == "f16" else np.float32
     f32, scale = np.float32, np.float32(d["scale"])
     out = np.empty((nq, nh, hd), np.float32)
@@ -281,13 +285,13 @@ def emulate_cpu_fa(check, decode=None):
 @pytest.mark.parametrize("tk,tv", [("turbo3", "turbo2"), ("q8_0", "turbo4"), ("turbo4", "f16")])
 def test_attention_emulated_cpu_passes_and_errors_fail(tk, tv):
     rng = np.random.default_rng(6)
-    ch = V._fa_check(rng, tk, tv, 128, 3, 2, 40, 1)
+    ch = VC._fa_check(rng, tk, tv, 128, 3, 2, 40, 1)
     assert V.judge(ch, ok(ch), "cpu", CPU).result == "PASS"
     rep = V.judge(ch, ok(ch, emulate_cpu_fa(ch)), "cpu", CPU)
     assert rep.result == "PASS" and rep.worst_ratio < 0.5, rep
     # above the tolerance at one output
     ref = np.frombuffer(V.expected_output(ch), dtype="<f4").astype(np.float64).reshape(3, 2, 128)
-    rep0 = V.compare_attention(ch, ref.astype("<f4").tobytes(), CPU)
+    rep0 = VCMP.compare_attention(ch, ref.astype("<f4").tobytes(), CPU)
     assert rep0.result == "PASS"
     bad = ref.copy()
     bad[1, 1, 7] += 2 * rep0.tol
@@ -298,14 +302,14 @@ def test_attention_emulated_cpu_passes_and_errors_fail(tk, tv):
 def test_attention_catches_a_decoding_bug():
     """A kernel that reads the wrong turbo4 nibble order is far outside the tolerance."""
     rng = np.random.default_rng(8)
-    ch = V._fa_check(rng, "turbo4", "turbo4", 64, 2, 2, 32, 2)
+    ch = VC._fa_check(rng, "turbo4", "turbo4", 64, 2, 2, 32, 2)
 
     def swapped(check):
         kb = check.data["kbytes"].copy()
         kb[:, 2:] = (kb[:, 2:] >> 4) | ((kb[:, 2:] & 15) << 4)
         hd, nq, nh, nkv, nh_kv = check.case.dims[:5]
         kd = R.dequantize_rows(kb, "turbo4", hd).reshape(nh_kv, nkv, hd)
-        return kd, V._dequant_kv(check)[1]
+        return kd, VC._dequant_kv(check)[1]
 
     rep = V.judge(ch, ok(ch, emulate_cpu_fa(ch, swapped)), "cpu", CPU)
     assert rep.result == "FAIL"
@@ -314,8 +318,8 @@ def test_attention_catches_a_decoding_bug():
 def test_gqa_head_mapping():
     """q head h reads kv head h // (nh / nh_kv): swapping kv heads must fail."""
     rng = np.random.default_rng(9)
-    ch = V._fa_check(rng, "turbo2", "turbo2", 128, 1, 4, 16, 2)
-    good = V._attention_expected(ch, CPU)[0]
+    ch = VC._fa_check(rng, "turbo2", "turbo2", 128, 1, 4, 16, 2)
+    good = VC._attention_expected(ch, CPU)[0]
     wrong = good[:, [2, 3, 0, 1], :]
     assert V.judge(ch, ok(ch, wrong.astype("<f4").tobytes()), "cpu", CPU).result == "FAIL"
 
@@ -324,8 +328,8 @@ def test_gqa_head_mapping():
 
 def test_unsupported_and_crash_statuses():
     rng = np.random.default_rng(10)
-    fa = V._fa_check(rng, "f16", "turbo3", 128, 1, 2, 16, 1)
-    mm = V._mul_mat_check(rng, "turbo3", 128, 4, 1)
+    fa = VC._fa_check(rng, "f16", "turbo3", 128, 1, 2, 16, 1)
+    mm = VC._mul_mat_check(rng, "turbo3", 128, 4, 1)
     sr16 = quantize_check("f16")
     unsup = io.Result(0, 1, "not supported", b"")
     assert V.judge(fa, unsup, "cuda", V.precision_for("cuda")).result == "FAIL"
@@ -498,13 +502,15 @@ def test_run_harness_unknown_device(fake_harness):
 
 @pytest.mark.slow
 def test_real_cpu_harness():
-    from tqpatch.build import find_binary
+    import cpu_build
 
     try:
-        find_binary(V.HARNESS, "cpu")
+        cpu_build.find(V.HARNESS)
     except TqpatchError as exc:
         pytest.skip(f"the CPU tqpatch-verify harness is not built: {exc}")
-    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--json"])
+    # the CPU device of the CPU tests' build (a Vulkan build's in CI)
+    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--json",
+                                    *(["--of-build", cpu_build.BUILD] if cpu_build.BUILD != "cpu" else [])])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["passed"] and doc["verified_backends"] == ["cpu"]

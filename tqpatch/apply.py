@@ -2,11 +2,14 @@
 
 The desired state is computed in memory first: every file a patch touches
 starts from its PRISTINE content and gets the series applied in order; the
-rendered files (generated/) are laid over that. Nothing is written until all
-of it worked. Then only the files whose content differs are written (temp
-file + os.replace each), keeping the previous bytes, mode and times so that any
-failure, Ctrl-C included, puts every file back exactly and removes the files
-and directories it created.
+rendered files (rendered in memory, and refused when the committed generated/
+differs, see render.load_rendered) are laid over that. Nothing is written until
+all of it worked. Then only the files whose content differs are written, as one
+crash-safe transaction (tqpatch.txn): a failure, Ctrl-C, SIGTERM or even
+SIGKILL at any moment leaves the tree as it was, at once or at the next
+tqpatch command on it, which rolls the interrupted one back and says so.
+Every command here holds the tree's lock (tqpatch.lock), so two runs on one
+tree wait for each other instead of interleaving.
 
 What was done is recorded in <tree>/.tqpatch/state.json: the pin, the patches
 (name, sha256) in order, the render versions, and per touched file its sha256
@@ -17,6 +20,7 @@ edited by hand since) and how `revert` undoes exactly what was done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -25,15 +29,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
-from . import __version__, fetch, paths, patchset, pin, render
+from . import __version__, fetch, fsutil, lock, paths, patchset, pin, render, testhook, txn
 from .errors import TqpatchError
 
 Echo = Callable[[str], None]
-STATE_DIR = ".tqpatch"
+STATE_DIR = txn.STATE_DIR
 STATE_FILE = "state.json"
 MANIFEST_REL = f"{STATE_DIR}/{STATE_FILE}"
 FORMAT = 1
@@ -60,6 +64,7 @@ def _read(path: Path) -> bytes | None:
 
 
 def _resolve_tree(tree: Path | str | None) -> Path:
+    lock.cache_dir()  # a broken cache (its locks live there) is the first thing to say
     tree = Path(tree).expanduser() if tree is not None else paths.default_work_tree()
     return tree.absolute()
 
@@ -92,17 +97,39 @@ def _refuse_pristine(tree: Path, what: str) -> None:
 
 def create_work_tree(tree: Path, echo: Echo = _echo) -> Path:
     """A copy of the pristine tree at `tree` (which must not exist yet)."""
-    pristine = fetch.ensure_pristine()
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    echo(f"creating work tree {tree} from {pristine}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{tree.name}.tmp-", dir=tree.parent))
-    try:
-        # copy2 keeps mtimes, so builds from an earlier copy stay incremental.
-        shutil.copytree(pristine, tmp / "tree", symlinks=True, copy_function=shutil.copy2)
-        os.rename(tmp / "tree", tree)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    tree = Path(tree).absolute()
+    with tree_lock(tree, echo):
+        if tree.exists():
+            raise TqpatchError(f"{tree} already exists")
+        pristine = fetch.ensure_pristine()
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        echo(f"creating work tree {tree} from {pristine}")
+        tmp = Path(tempfile.mkdtemp(prefix=fsutil.temp_dir_prefix(tree.name), dir=tree.parent))
+        try:
+            # copy2 keeps mtimes, so builds from an earlier copy stay incremental.
+            shutil.copytree(pristine, tmp / "tree", symlinks=True, copy_function=shutil.copy2)
+            testhook.checkpoint()
+            os.rename(tmp / "tree", tree)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return tree
+
+
+@contextlib.contextmanager
+def tree_lock(tree: Path, echo: Echo = _echo, shared: bool = False) -> Iterator[None]:
+    """Hold the tree's lock; first roll back an interrupted command and sweep its leftovers."""
+    tree = Path(tree)
+    with lock.tree(tree, shared=shared) as held:
+        # Copies of the pristine tree a killed `apply` left beside the tree.
+        fsutil.sweep_temp_dirs(tree.parent, tree.name, kinds=("tmp",), echo=echo)
+        if tree.is_dir() and txn.pending(tree):
+            held.upgrade()
+            message = txn.recover(tree)
+            if message:
+                echo(message)
+        if tree.is_dir():
+            txn.sweep(tree)  # only what dead processes left: safe under a shared hold too
+        yield
 
 
 # --------------------------------------------------------------------------- manifest
@@ -214,25 +241,40 @@ def desired_state(inputs: Inputs, pristine_root: Path | None = None) -> dict[str
 
 
 def _refuse_drift(tree: Path, manifest: dict, force: bool, advice: str) -> list:
-    """The hand-edited files tqpatch owns; an error naming them unless --force."""
+    """The drifted files; an error naming the hand-edited ones unless --force.
+
+    Only real edits are refused: a file that is gone, or back to its pristine
+    bytes, loses nothing when tqpatch writes it again.
+    """
     drifted = _drift(tree, manifest)
-    if drifted and not force:
+    edited = [(r, o, how) for r, o, how in drifted if how in ("edited", "reappeared")]
+    if edited and not force:
         raise TqpatchError(
-            f"files tqpatch placed in {tree} were changed by hand since apply:\n"
-            + _format_paths([f"{r} ({o}, {how})" for r, o, how in drifted])
+            f"files tqpatch placed in {tree} were edited by hand since apply:\n"
+            + _format_paths([f"{r} ({o}, {how})" for r, o, how in edited])
             + "\n" + advice
         )
     return drifted
 
 
 def _drift(tree: Path, manifest: dict) -> list[tuple[str, str, str]]:
-    """(path, origin, how) for every manifest file whose disk content changed since apply."""
+    """(path, origin, how) for every manifest file whose disk content changed since apply.
+
+    how: deleted, edited, reappeared (a file apply removed is back), or pristine
+    (edited back to the pristine bytes).
+    """
     out = []
     for rel, ent in sorted(manifest["files"].items()):
-        data = _read(tree / rel)
-        if _sha(data) != ent.get("sha256"):
-            how = "deleted" if data is None else ("reappeared" if ent.get("sha256") is None else "edited")
-            out.append((rel, ent.get("origin", "?"), how))
+        sha = _sha(_read(tree / rel))
+        if sha == ent.get("sha256"):
+            continue
+        if sha is None:
+            how = "deleted"
+        elif sha == ent.get("pristine_sha256"):
+            how = "pristine"
+        else:
+            how = "reappeared" if ent.get("sha256") is None else "edited"
+        out.append((rel, ent.get("origin", "?"), how))
     return out
 
 
@@ -249,88 +291,15 @@ def _format_paths(items: list[str], limit: int = 10) -> str:
 # --------------------------------------------------------------------------- transaction
 
 
-def _atomic_write(path: Path, data: bytes, mode: int | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tqpatch-tmp")
+def _commit(tree: Path, writes: dict[str, bytes | None], what: str,
+            remove_dirs: list[str] | tuple = ()) -> None:
+    """Write all or nothing (tqpatch.txn); an OSError becomes one line saying the tree is unchanged."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-
-
-class _Transaction:
-    """Writes files one by one and can put every one of them back exactly."""
-
-    def __init__(self, tree: Path):
-        self.tree = tree
-        self.undo: list[tuple[Path, bytes | None, os.stat_result | None]] = []
-        self.created_dirs: list[Path] = []
-
-    def set(self, rel: str, data: bytes | None) -> None:
-        path = self.tree / rel
-        old = _read(path)
-        st = path.lstat() if old is not None else None
-        self.undo.append((path, old, st))
-        if data is None:
-            if old is not None:
-                path.unlink()
-            return
-        missing = []
-        parent = path.parent
-        while not parent.exists():
-            missing.append(parent)
-            parent = parent.parent
-        for d in reversed(missing):
-            d.mkdir()
-            self.created_dirs.append(d)
-        _atomic_write(path, data, st.st_mode if st is not None else None)
-
-    def rollback(self) -> list[str]:
-        failed = []
-        for path, old, st in reversed(self.undo):
-            try:
-                if old is None:
-                    if path.exists() or path.is_symlink():
-                        path.unlink()
-                else:
-                    if path.is_symlink():
-                        path.unlink()
-                    _atomic_write(path, old, st.st_mode if st else None)
-                    if st is not None:
-                        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-            except OSError as e:  # keep going: restore as much as possible
-                failed.append(f"{path}: {e}")
-        for d in reversed(self.created_dirs):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        return failed
-
-
-def _commit(tree: Path, writes: dict[str, bytes | None], what: str) -> None:
-    """Write all or nothing: on any failure every file is restored and the error re-raised."""
-    txn = _Transaction(tree)
-    try:
-        for rel, data in writes.items():
-            txn.set(rel, data)
-    except BaseException as e:
-        failed = txn.rollback()
-        if failed:
-            raise TqpatchError(f"{what} failed ({e}) and these files could not be restored:\n"
-                               + "\n".join(failed)) from e
-        if isinstance(e, OSError):
-            raise TqpatchError(f"{what} failed writing {getattr(e, 'filename', '') or ''}: "
-                               f"{e.strerror or e}; the tree was restored unchanged") from e
-        raise
-    return None
+        txn.commit(tree, writes, what, remove_dirs=remove_dirs, command=lock.command_line())
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        raise TqpatchError(f"{what} failed writing{where}: {e.strerror or e}; "
+                           "the tree was restored unchanged") from e
 
 
 def _manifest_bytes(record: dict, files: dict[str, Entry], created_dirs: list[str]) -> bytes:
@@ -361,21 +330,16 @@ class ApplyResult:
     versions: str = ""
 
 
-def _new_dirs(tree: Path, rels) -> list[str]:
-    out = set()
-    for rel in rels:
-        parent = (tree / rel).parent
-        while parent != tree and not parent.exists():
-            out.add(parent.relative_to(tree).as_posix())
-            parent = parent.parent
-    return sorted(out)
-
-
 def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _echo) -> ApplyResult:
     """Bring `tree` (default: the work tree) to pristine + patches + rendered files."""
     tree = _resolve_tree(tree)
     _refuse_pristine(tree, "apply to")
-    inputs = load_inputs()  # before anything else: no series / no render is a clear error
+    inputs = load_inputs()  # before anything else: no series / stale render is a clear error
+    with tree_lock(tree, echo):
+        return _apply_locked(tree, inputs, force, echo)
+
+
+def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyResult:
     pristine_root = fetch.ensure_pristine()
     if not tree.exists():
         create_work_tree(tree, echo)
@@ -385,9 +349,10 @@ def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _ech
 
     desired = desired_state(inputs, pristine_root)  # may raise: nothing written yet
     targets = {rel: e.content for rel, e in desired.items()}
+    drifted = []
     if manifest is not None:
-        _refuse_drift(tree, manifest, force,
-                      "keep your edits elsewhere, or re-run with --force to overwrite them")
+        drifted = _refuse_drift(tree, manifest, force,
+                                "keep your edits elsewhere, or re-run with --force to overwrite them")
         # Files an older apply touched that the current inputs no longer do go back to pristine.
         for rel in manifest["files"]:
             if rel not in targets:
@@ -417,8 +382,10 @@ def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _ech
     elif _inputs_of(manifest) != record:
         echo(f"inputs changed since the last apply; re-applying from pristine to {tree}")
     else:
-        echo(f"restoring {len(writes)} files in {tree}")
-    created = sorted(set(_new_dirs(tree, [r for r, d in writes.items() if d is not None]))
+        deleted = sum(1 for _r, _o, how in drifted if how == "deleted")
+        echo(f"restoring {len(writes)} files in {tree}"
+             + (f" ({deleted} deleted since apply)" if deleted else ""))
+    created = sorted(set(txn.missing_dirs(tree, [r for r, d in writes.items() if d is not None]))
                      | set((manifest or {}).get("created_dirs", [])))
     writes[MANIFEST_REL] = _manifest_bytes(record, desired, created)
     _commit(tree, writes, "apply")
@@ -496,10 +463,20 @@ def _out_of_date(manifest: dict, inputs: Inputs) -> list[str]:
     return reasons
 
 
-def status(tree: Path | str | None = None) -> Status:
+def _stderr(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def status(tree: Path | str | None = None, echo: Echo = _stderr) -> Status:
+    """The tree's state; first rolls back an interrupted command on it (said through echo)."""
     tree = _resolve_tree(tree)
     if not tree.exists():
         return Status(tree, "missing", f"no tree at {tree}; `tqpatch apply` creates it")
+    with tree_lock(tree, echo, shared=True):
+        return _status_locked(tree)
+
+
+def _status_locked(tree: Path) -> Status:
     if not tree.is_dir() or not is_llama_tree(tree):
         return Status(tree, "not-a-tree", f"{tree} is not a llama.cpp tree "
                       "(no CMakeLists.txt, ggml/CMakeLists.txt and include/llama.h)")
@@ -571,6 +548,13 @@ def revert(tree: Path | str | None = None, force: bool = False, echo: Echo = _ec
     """Undo apply: pristine contents back, created files removed, manifest removed."""
     tree = _resolve_tree(tree)
     _refuse_pristine(tree, "revert")
+    if not tree.exists():
+        _check_tree(tree)
+    with tree_lock(tree, echo):
+        return _revert_locked(tree, force, echo)
+
+
+def _revert_locked(tree: Path, force: bool, echo: Echo) -> RevertResult:
     _check_tree(tree)
     manifest = read_manifest(tree)
     if manifest is None:
@@ -608,17 +592,8 @@ def revert(tree: Path | str | None = None, force: bool = False, echo: Echo = _ec
                 writes[rel] = data
         writes[MANIFEST_REL] = None
     written = sorted(r for r in writes if r != MANIFEST_REL)
-    _commit(tree, writes, "revert")
-    # Tidy up directories apply created (only when empty) and the state dir.
-    for rel in sorted((manifest or {}).get("created_dirs", []), key=lambda r: -r.count("/")):
-        try:
-            (tree / rel).rmdir()
-        except OSError:
-            pass
-    try:
-        (tree / STATE_DIR).rmdir()
-    except OSError:
-        pass
+    # The folders apply created go too (when empty), inside the same transaction.
+    _commit(tree, writes, "revert", remove_dirs=(manifest or {}).get("created_dirs", []))
     restored = sum(1 for r in written if writes[r] is not None)
     removed = len(written) - restored
     echo(f"reverted {tree}: {restored} files restored to pristine, {removed} files removed")

@@ -267,6 +267,44 @@ def _symmetrize(c: np.ndarray) -> np.ndarray:
     return 0.5 * (c - c[::-1])
 
 
+def _mse(table: "_Table", centroids, boundaries) -> float:
+    """Expected squared error per coordinate of quantizing with exactly these values."""
+    c = np.asarray(centroids, dtype=np.float64)
+    m0, m1, m2 = table.cells(np.asarray(boundaries, dtype=np.float64))
+    return max(float(np.sum(m2 - 2.0 * c * m1 + c * c * m0)), 0.0)
+
+
+# How far a stored codebook may sit from its own provenance (shipped ones: < 1e-7).
+CHECK_REL_TOL = 1e-5
+
+
+def check_values(cb: Codebook, source: str = "codebook") -> None:
+    """Refuse values that do not fit the codebook's own provenance.
+
+    from_dict checks the file's shape (sorted, float32, boundaries = midpoints);
+    this checks its numbers against its distribution, cheaply (one quadrature
+    pass over a cached table, ~1 ms): the MSE of the stored centroids must be
+    the stored mse, and each centroid the mean of its cell (Lloyd-Max). A book
+    scaled or hand-edited after generation fails here, not in a kernel.
+    """
+    table = _table(cb.distribution, cb.dim)
+    c = np.asarray(cb.centroids, dtype=np.float64)
+    mse = _mse(table, c, cb.boundaries)
+    fix = f"regenerate it with `tqpatch codebook --dist {cb.distribution} --dim {cb.dim} --bits {cb.bits}`"
+    if not math.isclose(mse, cb.mse, rel_tol=CHECK_REL_TOL, abs_tol=1e-12):
+        raise TqpatchError(f"{source}: its centroids give MSE {mse:.6g} under {cb.distribution} "
+                           f"d={cb.dim}, but it records mse {cb.mse:.6g}: the values were changed "
+                           f"after generation; {fix}")
+    m0, m1, _ = table.cells(np.asarray(cb.boundaries, dtype=np.float64))
+    scale = float(np.max(np.abs(c)))
+    for k in range(len(c)):
+        mean = m1[k] / m0[k] if m0[k] > 0 else float("nan")
+        if not abs(mean - c[k]) <= CHECK_REL_TOL * scale:
+            raise TqpatchError(f"{source}: centroid {k} = {c[k]!r} is not the mean of its cell "
+                               f"({mean:.9g}) under {cb.distribution} d={cb.dim}: not a "
+                               f"Lloyd-Max codebook; {fix}")
+
+
 def _midpoints32(c32: np.ndarray) -> np.ndarray:
     """float32 of the midpoint of adjacent float32 centroids (midpoint exact in float64)."""
     c = c32.astype(np.float64)
@@ -307,10 +345,7 @@ def generate(dist: str, dim: int, bits: int) -> Codebook:
     if not np.all(np.diff(c32) > 0):  # pragma: no cover - cannot happen for these densities
         raise TqpatchError(f"{codebook_id(dist, dim, bits)}: centroids collapsed in float32")
 
-    cf = c32.astype(np.float64)
-    m0, m1, m2 = table.cells(b32.astype(np.float64))
-    mse = float(np.sum(m2 - 2.0 * cf * m1 + cf * cf * m0))
-    mse = max(mse, 0.0)
+    mse = _mse(table, c32, b32)
     rel = mse / table.second_moment()
 
     return Codebook(

@@ -13,13 +13,19 @@ git command run inside the tree (a git source keeps its real .git).
 Whatever the source, the tree is then checked against pin.TREE_FINGERPRINT
 (see pin.py for what it covers). Work happens in a temp dir beside the target
 that is renamed into place only when everything checked out; any failure,
-Ctrl-C included, removes the temp dir and any partial download. A stamp file
-beside the tree caches the verification so a second `fetch` is instant.
+Ctrl-C included, removes the temp dir and any partial download. A fetch holds
+the cache's fetch lock (tqpatch.lock), so a second one waits; a kill -9 leaves
+its temp dir behind, and the next fetch sweeps it (its maker's pid is in the
+name and no longer runs). A stamp file beside the tree caches the verification
+so a second `fetch` is instant. Archives are unpacked with tarfile's "data"
+extraction filter, which refuses absolute paths, paths and links leaving the
+tree, and device files.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import hashlib
 import json
@@ -34,12 +40,13 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import click
 
-from . import __version__, paths, pin
+from . import __version__, fsutil, lock, paths, pin, testhook
 from .errors import TqpatchError
 
 Echo = Callable[[str], None]
@@ -58,11 +65,6 @@ def _quiet(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- fingerprint
-
-
-def _in_scope(rel: str) -> bool:
-    top = rel.split("/", 1)[0]
-    return top in pin.TREE_SCOPE
 
 
 def tree_index(root: Path) -> dict[str, str]:
@@ -96,7 +98,7 @@ def fingerprint(index: dict[str, str]) -> str:
 
 
 def encode_index(index: dict[str, str]) -> str:
-    """Compact per-file table for pin.py: paths + first 4 bytes of each sha256.
+    """Compact per-file table (pin.TREE_INDEX_FILE): paths + first 4 bytes of each sha256.
 
     Only used to *name* the first differing file; acceptance rests on the full
     TREE_FINGERPRINT.
@@ -122,18 +124,24 @@ def decode_index(encoded: str) -> dict[str, str]:
 
 
 def pinned_index() -> dict[str, str]:
-    return decode_index(pin.TREE_INDEX)
+    return decode_index(pin.tree_index_text())
 
 
-def pin_values(root: Path) -> str:
-    """The pin.py lines for a verified tree (for maintainers moving the pin)."""
+def pin_values(root: Path) -> tuple[str, str]:
+    """(the pin.py lines, the TREE_INDEX_FILE text) of a tree, for maintainers moving the pin."""
     index = tree_index(root)
-    enc = encode_index(index)
-    lines = [f'TREE_FINGERPRINT = "{fingerprint(index)}"', f"TREE_FILE_COUNT = {len(index)}",
-             "TREE_INDEX = ("]
-    lines += [f'    "{enc[i:i + 76]}"' for i in range(0, len(enc), 76)]
-    lines.append(")")
-    return "\n".join(lines) + "\n"
+    lines = f'TREE_FINGERPRINT = "{fingerprint(index)}"\nTREE_FILE_COUNT = {len(index)}\n'
+    return lines, encode_index(index) + "\n"
+
+
+def write_pin_values(root: Path) -> str:
+    """Write the index data file into the package; returns the pin.py lines to paste."""
+    from importlib import resources
+
+    lines, index_text = pin_values(root)
+    target = Path(str(resources.files(pin.__package__).joinpath(pin.TREE_INDEX_FILE)))
+    fsutil.write_atomic(target, index_text.encode("ascii"))
+    return lines
 
 
 def tree_differences(index: dict[str, str], limit: int = 5) -> list[str]:
@@ -219,9 +227,7 @@ def _write_stamp(target: Path, source: str, files: int | None = None) -> None:
     data = {"commit": pin.LLAMA_CPP_COMMIT, "fingerprint": pin.TREE_FINGERPRINT,
             "source": source, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "tqpatch": __version__}
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, stamp)
+    fsutil.write_atomic(stamp, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def is_verified(target: Path | None = None) -> bool:
@@ -325,43 +331,76 @@ def _safe_link(dest_root: Path, link_rel: PurePosixPath, target: str, archive: P
         raise TqpatchError(f"{archive}: link {link_rel} -> {target} leaves the tree; refusing it")
 
 
+def _refusal(archive: Path, member: tarfile.TarInfo, e: tarfile.FilterError) -> TqpatchError:
+    if isinstance(e, (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError)):
+        why = f"link {member.name} -> {member.linkname} leaves the tree"
+    elif isinstance(e, (tarfile.AbsolutePathError, tarfile.OutsideDestinationError)):
+        why = f"holds an unsafe path {member.name!r} (outside the tree)"
+    elif isinstance(e, tarfile.SpecialFileError):
+        why = f"{member.name} is not a file, directory or link"
+    else:
+        why = f"{member.name}: {e}"
+    return TqpatchError(f"{archive} {why}; refusing it")
+
+
+def _io_error(e: OSError, archive: Path, dest: Path) -> TqpatchError:
+    """A write failure (full disk, read-only folder) said as one, not as 'cannot read'."""
+    name = str(getattr(e, "filename", "") or "")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) \
+            or name.startswith(str(dest)):
+        return TqpatchError(f"cannot write the tree from {archive} under {dest.parent}: "
+                            f"{e.strerror or e}" + (f" ({name})" if name else ""))
+    return TqpatchError(f"cannot read {archive}: {e}")
+
+
 def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
+    """Unpack the archive's files under `prefix` (all of them without one) into dest.
+
+    The same file listed twice is accepted: the later entry wins, as with tar,
+    and GNU tar's repeat of an already stored file (a hard link to itself) is
+    skipped.
+    """
+    if not hasattr(tarfile, "data_filter"):
+        raise TqpatchError(f"Python {sys.version.split()[0]} lacks tarfile's extraction filters; "
+                           "use Python 3.10.12+, 3.11.4+ or 3.12+")
     pre = PurePosixPath(prefix) if prefix else None
     count = 0
+    extracted: set[PurePosixPath] = set()
+
+    def keep(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
+        nonlocal count
+        if member.name.startswith("/"):  # the filter would strip the slash; refuse instead
+            raise TqpatchError(f"{archive} holds an unsafe path {member.name!r} (absolute); "
+                               "refusing it")
+        rel = _strip(PurePosixPath(member.name), pre)
+        if rel is None or rel == PurePosixPath(".") or ".git" in rel.parts:
+            return None
+        changes = {"name": rel.as_posix()}
+        if member.islnk():
+            target = _strip(PurePosixPath(member.linkname), pre)
+            if target is None or (target != rel and target not in extracted):
+                raise TqpatchError(f"{archive}: hard link {member.name} -> {member.linkname} "
+                                   "points outside what is extracted; refusing it")
+            if target == rel:
+                return None  # a file listed twice: the copy already extracted stands
+            changes["linkname"] = target.as_posix()
+        try:
+            kept = tarfile.data_filter(member.replace(**changes, deep=False), dest_path)
+        except tarfile.FilterError as e:
+            raise _refusal(archive, member, e) from None
+        if kept.isfile() or kept.islnk():
+            count += 1
+            extracted.add(rel)
+        return kept
+
+    dest.mkdir(parents=True, exist_ok=True)
     try:
-        with tarfile.open(archive, "r|*") as tf:
-            for m in tf:
-                p = _check_member(m.name, archive)
-                rel = _strip(p, pre)
-                if rel is None or ".git" in rel.parts:
-                    continue
-                out = dest / rel
-                if m.isdir():
-                    out.mkdir(parents=True, exist_ok=True)
-                elif m.isfile():
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    src = tf.extractfile(m)
-                    with open(out, "wb") as f:
-                        shutil.copyfileobj(src, f, CHUNK)
-                    os.chmod(out, 0o755 if m.mode & 0o111 else 0o644)
-                    os.utime(out, (m.mtime, m.mtime))
-                    count += 1
-                elif m.issym():
-                    _safe_link(dest, rel, m.linkname, archive)
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(m.linkname, out)
-                elif m.islnk():
-                    src_rel = _strip(_check_member(m.linkname, archive), pre)
-                    if src_rel is None or not (dest / src_rel).is_file():
-                        raise TqpatchError(f"{archive}: hard link {m.name} -> {m.linkname} "
-                                           "points outside what is extracted")
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(dest / src_rel, out)
-                    count += 1
-                else:
-                    raise TqpatchError(f"{archive}: {m.name} is not a file, directory or link")
-    except (tarfile.TarError, EOFError, OSError, zipfile.BadZipFile) as e:
+        with tarfile.open(archive, "r:*") as tf:
+            tf.extractall(dest, filter=keep)
+    except (tarfile.TarError, EOFError, zlib.error) as e:
         raise TqpatchError(f"cannot read {archive}: {e}") from None
+    except OSError as e:
+        raise _io_error(e, archive, dest) from None
     return count
 
 
@@ -392,8 +431,10 @@ def _extract_zip(archive: Path, dest: Path, prefix: str | None) -> int:
                 t = time.mktime(info.date_time + (0, 0, -1))
                 os.utime(out, (t, t))
                 count += 1
-    except (zipfile.BadZipFile, OSError, EOFError, UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise TqpatchError(f"cannot read {archive}: {e}") from None
+    except OSError as e:
+        raise _io_error(e, archive, dest) from None
     return count
 
 
@@ -517,7 +558,7 @@ def _install(root: Path, target: Path) -> None:
     """Rename a verified tree into place (replacing an old one, if any)."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
         os.rename(target, old / "tree")
     try:
         os.rename(root, target)
@@ -530,6 +571,13 @@ def _install(root: Path, target: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _sweep(target: Path, echo: Echo) -> None:
+    """Leftovers of a fetch that was killed (we hold the fetch lock: none is live)."""
+    fsutil.sweep_temp_dirs(target.parent, target.name, kinds=("tmp", "old"), echo=echo)
+    fsutil.sweep_tmp_files(target.parent)
+    (paths.downloads_dir() / (pin.SDIST_NAME + ".part")).unlink(missing_ok=True)
+
+
 def fetch(source: str = "auto", from_path: Path | str | None = None, force: bool = False,
           echo: Echo = _echo) -> Path:
     """Put the verified pinned llama.cpp at paths.pristine_tree(); return its path."""
@@ -537,7 +585,13 @@ def fetch(source: str = "auto", from_path: Path | str | None = None, force: bool
         raise TqpatchError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if from_path is not None and source != "auto":
         raise TqpatchError("give either --source or --from, not both")
-    target = paths.pristine_tree()
+    with lock.fetch():
+        target = paths.pristine_tree()
+        _sweep(target, echo)
+        return _fetch_locked(target, source, from_path, force, echo)
+
+
+def _fetch_locked(target: Path, source: str, from_path, force: bool, echo: Echo) -> Path:
     if target.exists() and not force:
         if _stamp_ok(target):
             echo(f"llama.cpp {pin.LLAMA_CPP_COMMIT} is already fetched and verified at {target}; "
@@ -564,9 +618,10 @@ def fetch(source: str = "auto", from_path: Path | str | None = None, force: bool
 
     errors = []
     for name, make in attempts:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=fsutil.temp_dir_prefix(target.name), dir=target.parent))
         try:
             root, origin = make(tmp)
+            testhook.checkpoint()
             echo(f"checking the tree against the pinned fingerprint ({pin.TREE_FILE_COUNT} files)")
             verify_tree(root, what=f"the tree from {name}")
             _stamp_path(target).unlink(missing_ok=True)
@@ -579,7 +634,8 @@ def fetch(source: str = "auto", from_path: Path | str | None = None, force: bool
                 echo("trying the next source")
             continue
         except OSError as e:
-            errors.append((name, f"{e.__class__.__name__}: {e}"))
+            where = f" {e.filename}" if getattr(e, "filename", None) else ""
+            errors.append((name, f"cannot write{where}: {e.strerror or e}"))
             continue
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,6 +14,21 @@ contents and get new contents back.
 
 `make_patch` writes the same format from (old, new) contents, for tests and for
 maintainers writing new glue patches.
+
+Why this engine and not `git apply` or GNU `patch` (weighed for issue 10):
+apply's promise is all-or-nothing over the whole series plus the rendered
+files, and a drift report that names patch, file, hunk, the nearest match and
+the first line that differs. `git apply` checks each invocation before writing,
+but a series is one invocation per patch (or `git am` in a repository the sdist
+tree is not), so series-level atomicity would still need our own staging of
+every touched file; its failure says "patch failed: file:line" without the
+differing line. GNU `patch` applies with fuzz 2 by default, writes .orig/.rej
+files and leaves half-patched files unless run twice (--dry-run first); it is
+missing from slim images. Computing every file in memory from the pristine
+bytes gives atomicity for free (nothing is written until the whole series
+applied; tqpatch.txn then writes crash-safely) and the exact report, in ~300
+lines that accept only what `git format-patch` writes and refuse the rest in
+words. It is held to `git apply`'s result on the real series (test_patchset.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """Where tqpatch keeps things: one place so every stage agrees.
 
-Everything lives under one cache root (XDG cache dir, or $TQPATCH_CACHE):
+Data that ships with tqpatch (templates/, patches/, generated/) is found
+inside the installed package (a wheel maps them to tqpatch/_data/<name>) or,
+in a source checkout, at the repository root; codebooks live in the package.
+
+Everything tqpatch downloads or builds lives under one cache root
+($TQPATCH_CACHE, else the platform's user cache dir: ~/.cache/tqpatch on
+Linux, ~/Library/Caches/tqpatch on macOS):
   downloads/              verified source archives and model parts
   src/llama.cpp-<pin>/    the pristine pinned tree (never modified)
   work/llama.cpp-<pin>/   the tree tqpatch patches (default for apply/build)
@@ -10,21 +16,25 @@ Everything lives under one cache root (XDG cache dir, or $TQPATCH_CACHE):
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
 from . import pin
+from .errors import TqpatchError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGED_DATA = "_data"  # tqpatch/_data/<name> in a wheel (pyproject.toml, force-include)
+SHIPPED = ("templates", "patches", "generated")
 
 
 def cache_root() -> Path:
     env = os.environ.get("TQPATCH_CACHE")
     if env:
         return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "tqpatch"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("tqpatch", appauthor=False))
 
 
 def downloads_dir() -> Path:
@@ -51,28 +61,46 @@ def package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _repo_dir(name: str) -> Path:
-    # templates/ and patches/ sit at the repository root (DESIGN.md layout);
-    # tqpatch is installed editable from a checkout (`pip install -e .`).
-    path = REPO_ROOT / name
-    if not path.is_dir():
-        from .errors import TqpatchError
+def _packaged(name: str) -> Path | None:
+    resource = importlib.resources.files(__package__) / PACKAGED_DATA / name
+    return Path(str(resource)) if resource.is_dir() else None
 
+
+def is_source_checkout() -> bool:
+    """True when tqpatch runs from its source tree (editable install or PYTHONPATH),
+    where `render` and `codebook` may write generated/ and the shipped codebooks."""
+    return _packaged("templates") is None and all((REPO_ROOT / n).is_dir() for n in SHIPPED) \
+        and (REPO_ROOT / "pyproject.toml").is_file()
+
+
+def shipped_dir(name: str) -> Path:
+    """templates/, patches/ or generated/: inside the installed package, else the checkout."""
+    path = _packaged(name) or REPO_ROOT / name
+    if not path.is_dir():
         raise TqpatchError(
-            f"{path} is missing: tqpatch reads its templates and patches from its "
-            "source checkout; install it with `pip install -e .` from a clone"
-        )
+            f"tqpatch's {name}/ is missing (looked in the package's {PACKAGED_DATA}/ and in "
+            f"{REPO_ROOT}): reinstall tqpatch (`pip install tqpatch` or `pip install .` from "
+            "a clone)")
     return path
 
 
 def templates_dir() -> Path:
-    return _repo_dir("templates")
+    return shipped_dir("templates")
 
 
 def patches_dir() -> Path:
-    return _repo_dir("patches")
+    return shipped_dir("patches")
 
 
 def generated_dir() -> Path:
-    """Committed render output: generated/<path in the llama.cpp tree>."""
-    return REPO_ROOT / "generated"
+    """The committed render output: generated/<path in the llama.cpp tree>."""
+    return shipped_dir("generated")
+
+
+def require_checkout(what: str, option: str = "--out") -> None:
+    """Refuse to write into an installed package: only a source checkout is edited in place."""
+    if not is_source_checkout():
+        raise TqpatchError(
+            f"{what} writes into tqpatch's source tree, and this tqpatch is installed from a "
+            f"package ({package_dir()}); give {option} DIR to write elsewhere, or run it from a "
+            "clone of tqpatch (`pip install -e .`)")

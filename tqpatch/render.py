@@ -14,13 +14,16 @@ edit it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import jinja2
 
-from . import __version__, formats, paths
+from . import __version__, formats, fsutil, paths
+from .errors import TqpatchError
 
 HEADER_STYLES = {
     # suffix -> (line prefix, line suffix)
@@ -65,6 +68,7 @@ def render_context() -> dict:
     books = {}
     for fmt in formats.TURBO_FORMATS.values():
         cb = codebook.load_shipped(fmt.codebook)
+        codebook.check_values(cb, str(codebook.path_for(fmt.codebook)))
         books[fmt.codebook] = codebook.to_json(cb).encode()
         turbo.append({"fmt": fmt, "cb": cb})
     ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
@@ -79,11 +83,14 @@ def expansions() -> dict:
     from . import backends
 
     out: dict = {}
+    owner: dict = {}
     for backend in backends.BACKENDS.values():
         for name, items in backend.render_expansions().items():
             if name in out:
-                raise ValueError(f"render expansion [{name}] is defined by two backends")
+                raise TqpatchError(f"render expansion [{name}] is defined by two backends "
+                                   f"({owner[name]} and {backend.name}); rename one")
             out[name] = items
+            owner[name] = backend.name
     return out
 
 
@@ -108,32 +115,73 @@ def header(template_rel: str, out_rel: str, codebook_digest: str) -> str:
             f"(codebooks {codebook_digest}); do not edit, run `tqpatch render`.{suffix}\n")
 
 
+def _decode(rel: str, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TqpatchError(f"templates/{rel} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                           f"{e.start}); save it as UTF-8") from None
+
+
+def _template_line(exc: BaseException) -> tuple[str | None, int | None]:
+    """The innermost template frame (file, line) of an error raised while rendering."""
+    where: tuple[str | None, int | None] = (None, None)
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name.startswith("templates/"):
+            where = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return where
+
+
+def _render_one(env: jinja2.Environment, rel: str, ctx: dict) -> str:
+    """One template rendered; any template error is one line naming file and line."""
+    try:
+        return env.get_template(rel).render(**ctx)
+    except jinja2.TemplateSyntaxError as e:
+        raise TqpatchError(f"templates/{e.name or rel}, line {e.lineno}: syntax error: {e.message}; "
+                           "fix the template, then run `tqpatch render`") from None
+    except Exception as e:  # undefined variables, bad filters, errors in the context's code
+        file, line = _template_line(e)
+        where = f"{file or 'templates/' + rel}" + (f", line {line}" if line else "")
+        what = (f"undefined: {e.message}" if isinstance(e, jinja2.UndefinedError)
+                else f"{type(e).__name__}: {e}")
+        raise TqpatchError(f"{where} (rendering templates/{rel}): {what}; fix the template, "
+                           "then run `tqpatch render`") from None
+
+
 def render_all(templates_root: Path | None = None) -> RenderResult:
     sources = template_sources(templates_root)
+    texts = {k: _decode(k, v) for k, v in sources.items()}
     ctx = render_context()
     env = jinja2.Environment(
-        loader=jinja2.DictLoader({k: v.decode() for k, v in sources.items()}),
+        # The file name each template reports in errors and tracebacks.
+        loader=jinja2.FunctionLoader(
+            lambda name: (texts[name], f"templates/{name}", lambda: True) if name in texts else None),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     result = RenderResult()
+    known = None
     for rel in sources:
         if Path(rel).name.startswith("_"):
             continue  # macros imported by other templates, not a file of the tree
         out_rel = rel[: -len(".j2")]
         m = _EXPANSION.search(out_rel)
         if m is None:
-            body = env.get_template(rel).render(**ctx)
+            body = _render_one(env, rel, ctx)
             result.files[out_rel] = (header(rel, out_rel, ctx["codebook_digest"]) + body).encode()
             continue
-        known = expansions()
+        known = expansions() if known is None else known
         if m.group(1) not in known:
-            raise ValueError(f"template {rel}: unknown expansion [{m.group(1)}]; known: {sorted(known)}")
+            raise TqpatchError(f"templates/{rel}: unknown expansion [{m.group(1)}] in its file name; "
+                               f"the backends define: {', '.join(sorted(known)) or 'none'}")
         for item in known[m.group(1)]():
             path = out_rel[: m.start()] + item["slug"] + out_rel[m.end():]
-            body = env.get_template(rel).render(**ctx, **{m.group(1): item})
+            body = _render_one(env, rel, {**ctx, m.group(1): item})
             result.files[path] = (header(rel, path, ctx["codebook_digest"]) + body).encode()
     result.versions = {
         "codebooks": ctx["codebook_digest"],
@@ -146,70 +194,101 @@ def render_all(templates_root: Path | None = None) -> RenderResult:
 MANIFEST = ".tqpatch-render.json"
 
 
-def write(result: RenderResult, out_dir: Path | None = None) -> list[str]:
+def manifest_text(result: RenderResult) -> str:
+    """The generated/ manifest for a render: versions and each file's sha256."""
+    manifest = {
+        "versions": result.versions,
+        "files": {rel: hashlib.sha256(d).hexdigest() for rel, d in sorted(result.files.items())},
+    }
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+
+
+def _written_files(out_dir: Path) -> dict:
+    """The files an earlier render wrote (its manifest); TqpatchError if unreadable."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise ValueError("'files' is not a table")
+        return files
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TqpatchError(f"{path} is unreadable ({e}); run `tqpatch render` to rewrite it") from None
+
+
+def write(result: RenderResult, out_dir: Path | None = None,
+          echo: Callable[[str], None] | None = None) -> list[str]:
     """Write rendered files under generated/ (the committed render output).
 
     Returns the paths that changed. Stale files from an earlier render that no
-    template produces any more are removed.
+    template produces any more are removed (those its manifest lists; a corrupt
+    manifest is rewritten, with a note). Temporaries a killed render left are swept.
     """
-    import json
-
     out_dir = out_dir or paths.generated_dir()
     changed = []
-    manifest_path = out_dir / MANIFEST
-    old = json.loads(manifest_path.read_text())["files"] if manifest_path.exists() else {}
+    fsutil.sweep_tmp_files(out_dir, recursive=True)
+    try:
+        old = _written_files(out_dir)
+    except TqpatchError as e:
+        old = {}
+        if echo is not None:
+            echo(f"note: {e.message.split('; run')[0]}; rewriting it")
     for rel in old:
         if rel not in result.files and (out_dir / rel).exists():
             (out_dir / rel).unlink()
             changed.append(rel)
     for rel, data in result.files.items():
         target = out_dir / rel
-        if target.exists() and target.read_bytes() == data:
+        if target.is_file() and target.read_bytes() == data:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)
+        fsutil.write_atomic(target, data)
         changed.append(rel)
-    manifest = {
-        "versions": result.versions,
-        "files": {rel: hashlib.sha256(d).hexdigest() for rel, d in sorted(result.files.items())},
-    }
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    if not manifest_path.exists() or manifest_path.read_text() != text:
+    text = manifest_text(result)
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file() or manifest_path.read_bytes() != text.encode():
         out_dir.mkdir(parents=True, exist_ok=True)
-        manifest_path.write_text(text)
+        fsutil.write_atomic(manifest_path, text.encode())
+        changed.append(MANIFEST)
     return changed
 
 
 def load_rendered(out_dir: Path | None = None) -> RenderResult:
-    """Read the committed render output (what `tqpatch apply` places)."""
-    import json
+    """The rendered files `tqpatch apply` places.
 
-    from .errors import TqpatchError
-
-    out_dir = out_dir or paths.generated_dir()
-    manifest_path = out_dir / MANIFEST
-    if not manifest_path.exists():
-        raise TqpatchError(f"no rendered sources in {out_dir}; run `tqpatch render` first")
-    manifest = json.loads(manifest_path.read_text())
-    result = RenderResult(versions=manifest["versions"])
-    for rel, sha in manifest["files"].items():
-        data = (out_dir / rel).read_bytes() if (out_dir / rel).exists() else b""
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise TqpatchError(
-                f"rendered file {rel} was edited or is missing; run `tqpatch render`"
-            )
-        result.files[rel] = data
+    Rendered now, in memory, from templates/ and the codebooks, and refused when
+    the committed generated/ differs. Both, because each alone falls short:
+    placing generated/ as committed would lay stale intermediates on a tree
+    after a template or codebook changed without `tqpatch render`; placing a
+    fresh render alone would put sources on a tree that nobody reviewed, since
+    generated/ is the reviewed, committed copy. Requiring the two to agree means
+    a tree only ever gets sources that are both current and committed.
+    """
+    result = render_all()
+    stale = diff_against_disk(result, out_dir)
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise TqpatchError(
+            f"{out_dir or paths.generated_dir()} differs from what templates/ and the codebooks "
+            f"render now ({shown}); run `tqpatch render`, review and commit generated/, "
+            "then apply")
     return result
 
 
 def diff_against_disk(result: RenderResult, out_dir: Path | None = None) -> list[str]:
-    """Paths whose rendered bytes differ from generated/ on disk (for --check)."""
+    """Paths whose rendered bytes differ from generated/ on disk (for --check).
+
+    The manifest counts too: a missing or corrupt one is listed, so `render`
+    repairs what `render --check` reports.
+    """
     out_dir = out_dir or paths.generated_dir()
     stale = [rel for rel, data in result.files.items()
-             if not (out_dir / rel).exists() or (out_dir / rel).read_bytes() != data]
+             if not (out_dir / rel).is_file() or (out_dir / rel).read_bytes() != data]
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*")
                if p.is_file() and p.name != MANIFEST} if out_dir.exists() else set()
     stale += sorted(on_disk - set(result.files))
+    manifest_path = out_dir / MANIFEST
+    if not manifest_path.is_file() or manifest_path.read_bytes() != manifest_text(result).encode():
+        stale.append(MANIFEST)
     return stale

@@ -14,25 +14,13 @@ import glob
 import os
 import re
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .errors import TqpatchError
+from .ui import capture as run_capture  # noqa: F401  (the one runner; backends probe with it)
 
 _VERSION_RE = r"(\d+\.\d+(?:\.\d+)?)"
-
-
-def run_capture(cmd: list[str], timeout: float = 15) -> str | None:
-    """stdout+stderr of cmd, or None when it cannot run, fails or hangs."""
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              errors="replace")
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if proc.returncode != 0:
-        return None
-    return (proc.stdout or "") + (proc.stderr or "")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

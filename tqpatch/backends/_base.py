@@ -16,8 +16,8 @@ from .. import precision as _precision
 from ..toolchain import Requirement
 
 __all__ = [
-    "BuildOption", "EndToEnd", "CompileCheck", "Requirement",
-    "build_options", "default_arch", "render_context", "render_expansions", "precision",
+    "BuildOption", "BuildEnvironment", "EndToEnd", "CompileCheck", "Requirement",
+    "build_options", "build_environment", "default_arch", "render_context", "render_expansions", "precision",
     "verify_label", "verify_runner", "compile_check", "e2e", "detect", "requirements", "notes",
     "unsupported_reason", "hardware",
 ]
@@ -38,6 +38,20 @@ class BuildOption:
 
 
 @dataclass(frozen=True)
+class BuildEnvironment:
+    """Where cmake and ninja run when not on this machine itself (e.g. a chroot with ROCm).
+
+    prepare(echo) makes it ready (e.g. creates the root) and returns what it
+    offers in words, or raises TqpatchError saying what is missing;
+    wrap(argv, binds, env) is the command line that runs argv there with the
+    directories `binds` at their own paths and `env` set.
+    """
+    name: str
+    prepare: Callable[[Callable[[str], None]], str]
+    wrap: Callable[..., list[str]]
+
+
+@dataclass(frozen=True)
 class EndToEnd:
     """How the end-to-end tests run this backend's binaries.
 
@@ -52,12 +66,22 @@ class EndToEnd:
     ppl_configs, ppl_chunks, ppl_ctx: the PPL comparison's K/V configurations
                 (None: every one the test knows), chunks and context (None:
                 tqpatch eval's default)
+    bench_args: llama-bench's spelling of what tool_args works around (it has
+                its own argument parser), e.g. `--repack 0`
+    skip_coherence: why the end-to-end test does not run the multi-prompt
+                llama-server check here (None: it does)
     """
     tool_args: tuple[str, ...] = ()
+    bench_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     ops_filter: Mapping[str, str] | None = None
     ppl_rel: float = 0.015
     runnable: Callable[[], str | None] = lambda: None  # why it cannot run here; None if it can
+    verify_args: tuple[str, ...] = ()
+    ppl_configs: tuple[str, ...] | None = None
+    ppl_chunks: int = 8
+    ppl_ctx: int | None = None
+    skip_coherence: Callable[[], str | None] = lambda: None  # why the coherence check is not run here
     verify_args: tuple[str, ...] = ()
     ppl_configs: tuple[str, ...] | None = None
     ppl_chunks: int = 8
@@ -96,6 +120,11 @@ def reject_arch(backend: str, arch: str | None, why: str) -> None:
 build_options: tuple[BuildOption, ...] = ()
 
 
+def build_environment(options: Mapping[str, object]) -> BuildEnvironment | None:
+    """Where this build's cmake and ninja run, given its parsed build options (None: here)."""
+    return None
+
+
 def default_arch() -> str | None:
     """The arch to build for when --arch is not given (None: the backend's own default)."""
     return None
@@ -119,8 +148,9 @@ def precision() -> _precision.Precision:
 verify_label = ""  # a label every verify report of this backend carries ("host-emulated, ...")
 
 
-def verify_runner(record: dict) -> Callable | None:
-    """A replacement for the built tqpatch-verify harness (None: run the harness)."""
+def verify_runner(record: dict | None) -> Callable | None:
+    """A replacement for the built tqpatch-verify harness (None: run the harness).
+    record is the build's tqpatch-build.json, None when the backend was not built."""
     return None
 
 

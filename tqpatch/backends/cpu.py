@@ -11,8 +11,23 @@ from ._base import EndToEnd, reject_arch
 
 name = "cpu"
 ggml_backend_name = "CPU"
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX: the pinned llama.cpp's AMX matmul (an extra buffer
+    type that repacks Q4_K weights) segfaults in ggml_backend_amx_mul_mat there
+    (upstream ggml-org/llama.cpp#20824); --no-repack keeps weights off it."""
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            return "amx_int8" in f.read()
+    except OSError:
+        return False
+
+
+AMX_WORKAROUND = ("--no-repack",) if has_amx() else ()
+AMX_BENCH_WORKAROUND = ("--repack", "0") if has_amx() else ()  # llama-bench's spelling
 # llama.cpp tools on the CPU alone, even in a GPU build (which also holds the CPU backend)
-e2e = EndToEnd(tool_args=("--device", "none"))
+e2e = EndToEnd(tool_args=("--device", "none", *AMX_WORKAROUND), bench_args=AMX_BENCH_WORKAROUND)
 
 
 def normalize_arch(arch: str | None) -> str | None:
@@ -23,6 +38,14 @@ def normalize_arch(arch: str | None) -> str | None:
 def cmake_args(arch, options, tree=None) -> list[str]:
     normalize_arch(arch)
     return []  # the CPU backend is always built; GGML_NATIVE keeps its default (ON)
+
+
+def notes() -> list[str]:
+    if has_amx():
+        return ["this CPU has AMX: llama.cpp 0c1e57098 crashes in its AMX matmul with Q4_K "
+                "weights (ggml-org/llama.cpp#20824); run llama.cpp tools with --no-repack "
+                "(tqpatch eval and the tests do)"]
+    return []
 
 
 def precision() -> _precision.Precision:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from .. import codebook as cbmod
+from .. import paths
+from .. import fsutil
 from ..errors import TqpatchError
 
 HELP = f"""Generate or check Lloyd-Max codebooks.
@@ -46,21 +47,30 @@ Examples:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder + rename."""
+    """Write text to path through a temporary file in the same folder + rename.
+
+    The file gets the mode a plain write would (umask default, 0644-ish), not
+    a private temp file's 0600.
+    """
     folder = path.parent
     if not folder.is_dir():
         raise TqpatchError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        fsutil.write_atomic(path, text.encode("utf-8"), mode=fsutil.default_file_mode())
     except OSError as e:
+        raise TqpatchError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _out_path(out: str, cid: str) -> Path:
+    """--out: a folder (existing, or named with a trailing slash) gets <id>.json."""
+    path = Path(out).expanduser()
+    if out.endswith(("/", os.sep)) or path.is_dir():
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise TqpatchError(f"cannot write {path}: {e}") from None
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TqpatchError(f"cannot create the folder {path}: {e.strerror or e}") from None
+        return path / f"{cid}.json"
+    return path
 
 
 def _fmt(values) -> str:
@@ -128,9 +138,9 @@ def _run_all() -> None:
 @click.option("--dim", type=int, metavar="D",
               help="Block size / dimension (32, 64, 128, 256 or 512).")
 @click.option("--dist", type=click.Choice(cbmod.DISTRIBUTIONS), help="Distribution to fit.")
-@click.option("--out", type=click.Path(dir_okay=True, path_type=Path), metavar="PATH",
-              help="Where to write (a file, or a folder that gets <id>.json); "
-                   "default: the package codebooks folder.")
+@click.option("--out", type=click.Path(dir_okay=True), metavar="PATH",
+              help="Where to write: a file, or a folder (existing, or given with a trailing "
+                   "/) that gets <id>.json; default: the package codebooks folder.")
 @click.option("--all", "all_", is_flag=True, help="Regenerate every shipped codebook.")
 @click.option("--check", is_flag=True,
               help="Regenerate every shipped codebook in memory; exit nonzero listing "
@@ -147,6 +157,7 @@ def command(bits, dim, dist, out, all_, check):
         if check:
             _run_check()
         else:
+            paths.require_checkout("tqpatch codebook --all", "--bits/--dim/--dist with --out")
             _run_all()
         return
 
@@ -157,11 +168,10 @@ def command(bits, dim, dist, out, all_, check):
                            "see `tqpatch codebook --help`")
     cb = cbmod.generate(dist, dim, bits)
     if out is None:
+        paths.require_checkout("tqpatch codebook without --out")
         path = cbmod.path_for(cb.id)
         path.parent.mkdir(parents=True, exist_ok=True)
-    elif out.is_dir():
-        path = out / f"{cb.id}.json"
     else:
-        path = out
+        path = _out_path(out, cb.id)
     _atomic_write(path, cbmod.to_json(cb))
     click.echo(_summary(cb, path))

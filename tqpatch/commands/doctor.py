@@ -99,13 +99,49 @@ def render(report: dict) -> str:
     return "\n".join(out)
 
 
+def _compile_backends() -> list[str]:
+    from ..backends import BACKENDS
+
+    return [n for n, b in BACKENDS.items() if b.compile_check is not None]
+
+
+def run_compile_check(name: str, as_json: bool) -> None:
+    """Apply the tree and compile the backend's turbo translation units (no device needed)."""
+    from .. import apply
+    from ..backends import get
+    from ..errors import TqpatchError
+
+    check = get(name).compile_check
+    why = check.unavailable()
+    if why:
+        raise TqpatchError(f"the {name} compile check cannot run here: {why}")
+    tree = apply.ensure_applied(None)
+    report = check.run(tree, None)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"{name}: compiled {len(report['units']) + len(report['instances'])} translation "
+               f"units in {report['compile_s']} s: {', '.join(report['units'] + report['instances'])}")
+    for w in report.get("warnings", [])[:20]:
+        click.echo(f"  {w}")
+    for line in report.get("summary", []):
+        click.echo(f"  {line}")
+
+
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def command(as_json):
+@click.option("--compile-check", "compile_backend", type=click.Choice(_compile_backends()),
+              default=None, help="Instead: apply the patches and compile this backend's turbo "
+              "translation units with its compiler (no GPU needed); fails if they do not compile.")
+def command(as_json, compile_backend):
     """List what each backend needs, what was found here, and what can be built.
 
-    Always exits 0: it reports, it does not judge.
+    Always exits 0: it reports, it does not judge (except --compile-check,
+    which fails when the backend's turbo sources do not compile).
     """
+    if compile_backend:
+        run_compile_check(compile_backend, as_json)
+        return
     report = diagnose()
     if as_json:
         click.echo(json.dumps(report, indent=2))

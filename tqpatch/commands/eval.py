@@ -11,6 +11,7 @@ import click
 
 from .. import eval as ev
 from ..backends import BACKENDS
+from ..coherence import PROMPTS
 from ..errors import TqpatchError
 
 
@@ -68,6 +69,11 @@ class _CliProgress(ev.Progress):
     def warn(self, message):
         self._line(f"warning: {message}")
 
+    def coherence(self, label, result):
+        detail = result.error or ", ".join(
+            f"{p.prompt} {'ok' if p.coherent else 'WRONG'}" for p in result.prompts)
+        self._line(f"[coherence] {label}: {result.summary} ({detail})")
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
@@ -81,7 +87,13 @@ Runs llama-perplexity (-fa on) once with f16/f16 K/V and --kl-divergence-base
 to save the reference logits, then once per configuration with
 --kl-divergence. For each configuration it reports: K, V, bits per value of
 each, PPL ± its uncertainty, ΔPPL % against f16/f16, mean KLD, the 99th
-percentile KLD, top-1 agreement with f16/f16 (%) and the KV cache size.
+percentile KLD, top-1 agreement with f16/f16 (%), coherence and the KV cache
+size.
+\b
+Coherence: llama-server continues {len(PROMPTS)} prompts ({', '.join(repr(p.text) for p in PROMPTS)})
+greedily under each configuration; `coherent` counts the continuations that
+contain the expected answer (f16/f16 must pass them all first).
+--no-coherence skips it (no llama-server needed).
 \b
 Defaults: the Gemma 3 270M Q4_K_M test model (`tqpatch model`), and the text
 {ev.DEFAULT_TEXT_REL} of the pinned llama.cpp tree (~108 kB, ~27k tokens;
@@ -127,6 +139,8 @@ Examples:
 @click.option("--threads", "-t", type=click.IntRange(min=1), default=None,
               help="CPU threads (default: all CPUs).")
 @click.option("--no-kld", is_flag=True, help="Plain PPL runs only: no base logits, no KLD / top-1.")
+@click.option("--no-coherence", is_flag=True,
+              help="Skip the coherence check (greedy continuations through llama-server).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @click.option("--markdown", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="OUT.md", help="Also write a Markdown report (table, commands, sha256s, machine).")
@@ -136,8 +150,8 @@ Examples:
                    "pip install 'tqpatch[plot]').")
 @click.option("--extra-arg", "extra_args", multiple=True, metavar="X",
               help="Extra llama-perplexity argument, repeatable, e.g. --extra-arg=-ngl --extra-arg=99.")
-def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_kld, as_json,
-            markdown, plot_out, extra_args):
+def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_kld, no_coherence,
+            as_json, markdown, plot_out, extra_args):
     import os
 
     threads = threads or os.cpu_count() or 1
@@ -147,17 +161,20 @@ def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_k
     from .. import build as build_mod
 
     binary = build_mod.find_binary("llama-perplexity", backend, build_dir)
+    server = None if no_coherence else _server(build_mod, backend, build_dir)
 
     total = len(configs) + (0 if no_kld else 1)
     progress = _CliProgress(total, tty=sys.stderr.isatty())
     click.echo(f"eval: {len(configs)} configuration(s), {chunks} chunks x {ctx} tokens, "
                f"{threads} threads, model {model_path.name}, text {text_path.name}"
-               + ("" if not no_kld else " (no KLD)"), err=True)
+               + ("" if not no_kld else " (no KLD)")
+               + ("" if server else " (no coherence check)"), err=True)
     t0 = time.monotonic()
     try:
         results = ev.evaluate(configs, model=model_path, text=text_path, backend=backend,
                               binary=binary, chunks=chunks, ctx=ctx, threads=threads,
-                              kld=not no_kld, extra_args=extra_args, progress=progress)
+                              kld=not no_kld, extra_args=extra_args, progress=progress,
+                              server=server)
     finally:
         progress.close()
     click.echo(f"eval: finished in {time.monotonic() - t0:.0f} s", err=True)
@@ -190,3 +207,12 @@ def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_k
     if problems:
         raise TqpatchError("; ".join(problems))
 
+
+
+def _server(build_mod, backend, build_dir):
+    """The build's llama-server for the coherence check."""
+    try:
+        return build_mod.find_binary("llama-server", backend, build_dir)
+    except TqpatchError as exc:
+        raise TqpatchError(f"{exc.message} (llama-server runs the coherence check; "
+                           "--no-coherence skips it)") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -10,17 +11,27 @@ import click
 from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
 
 
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that also refuses nan and inf (FloatRange lets them through)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 @click.command("plan")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-c", "--ctx", type=click.IntRange(min=0), required=True,
               help="Context size, as llama.cpp's -c (0 = the model's trained context).")
-@click.option("--vram", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--vram", type=FiniteFloat(min=0, min_open=True), default=None,
               metavar="GiB", help="GPU memory budget: also show the largest context that fits.")
 @click.option("-np", "--parallel", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Parallel sequences (llama-server slots), as llama.cpp's -np.")
 @click.option("--kv-unified/--no-kv-unified", "unified", default=True, show_default=True,
               help="One KV buffer shared by all slots (llama.cpp -kvu) or one stream per slot.")
-@click.option("--overhead", type=click.FloatRange(min=0), default=DEFAULT_OVERHEAD_MIB,
+@click.option("--overhead", type=FiniteFloat(min=0), default=DEFAULT_OVERHEAD_MIB,
               show_default=True, metavar="MiB",
               help="Fixed allowance for compute buffers and context with --vram.")
 @click.option("--boundary-k", type=click.IntRange(min=0, max=MAX_BOUNDARY), default=0,
@@ -31,15 +42,22 @@ from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
               show_default=True, metavar="N",
               help="Keep the first and last N layers of a turbo V cache at q8_0 "
                    "(LLAMA_TURBO_BOUNDARY_V=N).")
+@click.option("--configs", "configs", default=None, metavar="K/V[:bkN][:bvN],...",
+              help="K/V configurations to size, any cache type llama.cpp takes (default: "
+                   "the standard set); :bkN / :bvN give one its own boundary layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_v, as_json):
+def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_v, configs,
+            as_json):
     """KV-cache memory of MODEL (a GGUF) at -c CTX for each K/V cache type.
 
     \b
     Sizes are computed exactly as the pinned llama.cpp allocates them
     (cell counts padded to 256, sliding-window layers in their own smaller
     cache, flash attention on), followed by a recommendation: keep K at
-    q8_0 and compress V, since K precision dominates attention quality.
+    q8_0 and compress V (-ctk q8_0 -ctv turbo4 by default), since K
+    precision dominates attention quality; never a configuration measured
+    incoherent for the model's family (the `coherent` column), and for a
+    family not measured only q8_0 K.
     With --vram the budget is: weights (all layers on the GPU) + KV cache
     + a fixed compute allowance (--overhead, default 1024 MiB).
     With --boundary-k/--boundary-v the turbo rows count the first and last
@@ -49,10 +67,23 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
 
     info = plan.read_model(model)
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
-    rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified, **bkw)
+    rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified,
+                          configs=_configs(configs), **bkw)
     rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified, **bkw)
     if as_json:
         click.echo(json.dumps(plan.plan_json(info, ctx, rows, rec, parallel, vram, overhead, unified,
                                              **bkw), indent=2))
     else:
         click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified, **bkw))
+
+
+def _configs(text: str | None):
+    """(K, V) pairs, or (K, V, bk, bv) for a configuration with its own boundary layers."""
+    if text is None:
+        from ..plan import CONFIGS
+
+        return CONFIGS
+    from ..eval import parse_configs
+
+    return [(c.k, c.v) if c.label == c.pair else (c.k, c.v, c.bk, c.bv)
+            for c in parse_configs(text)]

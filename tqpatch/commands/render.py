@@ -21,6 +21,8 @@ def command(check, out_dir):
     """
     from pathlib import Path
 
+    if not check and out_dir is None:
+        paths.require_checkout("tqpatch render")
     target = Path(out_dir) if out_dir else paths.generated_dir()
     result = render.render_all()
     if check:
@@ -31,7 +33,7 @@ def command(check, out_dir):
         click.echo(f"{len(result.files)} rendered files up to date "
                    f"(codebooks {result.versions['codebooks']}, templates {result.versions['templates']})")
         return
-    changed = render.write(result, target)
+    changed = render.write(result, target, echo=click.echo)
     for rel in changed:
         click.echo(f"  wrote {rel}")
     click.echo(f"{len(result.files)} files rendered into {target} ({len(changed)} changed); "

@@ -30,6 +30,9 @@ def command(tree, as_json):
         for note in st.notes:
             click.echo(f"  note: {note}")
         if st.state == "drifted":
-            click.echo("  `tqpatch apply --force` re-applies over the edits; "
-                       "`tqpatch revert --force` discards them")
+            if any(d["how"] in ("edited", "reappeared") for d in st.drifted):
+                click.echo("  `tqpatch apply --force` re-applies over the edits; "
+                           "`tqpatch revert --force` discards them")
+            else:
+                click.echo("  nothing was edited: `tqpatch apply` puts the files back")
     sys.exit(0 if st.ok else 1)

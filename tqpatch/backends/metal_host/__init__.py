@@ -1,0 +1,1 @@
+"""Host emulation of the Metal backend (see emulate.py)."""

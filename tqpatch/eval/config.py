@@ -1,0 +1,139 @@
+"""K/V configurations as eval takes them: `q8_0/turbo3`, with optional boundary
+layers (`q8_0/turbo2:bv2`, `turbo3/turbo3:bk2:bv2`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from .. import formats
+from ..errors import TqpatchError
+from ..plan import (ENV_BOUNDARY_K, ENV_BOUNDARY_V, MAX_BOUNDARY, boundary_suffix, effective_bpv,
+                    is_turbo)
+
+BASELINE_TYPE = "f16"
+DEFAULT_CONFIGS: tuple[str, ...] = tuple(f"{k}/{v}" for k, v in formats.KV_CONFIGS)
+
+
+def known_types() -> tuple[str, ...]:
+    """Cache types eval accepts (every type llama.cpp takes as a cache type): the cache
+    types tqpatch pairs first, then the other upstream ones."""
+    return tuple(dict.fromkeys([*formats.CACHE_TYPES, *formats.ALL_TYPES]))
+
+
+_RE_VARIANT = re.compile(r"(bk|bv)(\d+)")
+VARIANT_HINT = ("write :bkN / :bvN after the pair to keep the first and last N layers' "
+                "K / V cache at q8_0, e.g. q8_0/turbo2:bv2 or turbo3/turbo3:bk2:bv2")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One K/V cache type pair, written K/V as in `q8_0/turbo3`, with optional
+    boundary layers (`q8_0/turbo2:bv2`: the first and last 2 layers' V at q8_0)."""
+
+    k: str
+    v: str
+    bk: int = 0
+    bv: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> "Config":
+        raw = text
+        text = text.strip().lower()
+        text, *variants = text.split(":")
+        parts = text.split("/")
+        if len(parts) != 2 or not all(p.strip() for p in parts):
+            raise TqpatchError(
+                f"malformed configuration {raw!r}: write K/V, e.g. q8_0/turbo3 "
+                "(several separated by commas: f16/f16,q8_0/turbo3)"
+            )
+        k, v = (p.strip() for p in parts)
+        known = known_types()
+        for role, name in (("K", k), ("V", v)):
+            if name not in known:
+                raise TqpatchError(
+                    f"unknown cache type {name!r} for {role} in {raw!r}; known cache types: "
+                    + ", ".join(known)
+                )
+        bound = {}
+        for var in (x.strip() for x in variants):
+            m = _RE_VARIANT.fullmatch(var)
+            if not m:
+                raise TqpatchError(f"unknown variant {var!r} in {raw!r}: {VARIANT_HINT}")
+            side, n = m.group(1), int(m.group(2))
+            if side in bound:
+                raise TqpatchError(f"{side} given twice in {raw!r}: {VARIANT_HINT}")
+            if n > MAX_BOUNDARY:
+                raise TqpatchError(f"{var} in {raw!r}: at most {MAX_BOUNDARY} boundary layers")
+            typ = k if side == "bk" else v
+            if n and not is_turbo(typ):
+                raise TqpatchError(
+                    f"{var} in {raw!r}: boundary layers apply to turbo2/turbo3/turbo4 caches "
+                    f"only, and {'K' if side == 'bk' else 'V'} is {typ}")
+            bound[side] = n
+        return cls(k, v, bound.get("bk", 0), bound.get("bv", 0))
+
+    @property
+    def label(self) -> str:
+        return f"{self.k}/{self.v}" + boundary_suffix(self.k, self.v, self.bk, self.bv)
+
+    @property
+    def pair(self) -> str:
+        return f"{self.k}/{self.v}"
+
+    @property
+    def has_turbo(self) -> bool:
+        return is_turbo(self.k) or is_turbo(self.v)
+
+    def env(self) -> dict[str, str]:
+        """Environment of this configuration's run: both boundary switches, explicit,
+        for any configuration with a turbo type (none otherwise)."""
+        if not self.has_turbo:
+            return {}
+        return {ENV_BOUNDARY_K: str(self.bk), ENV_BOUNDARY_V: str(self.bv)}
+
+    def layer_bpv(self, info, ctx: int, parallel: int = 1, **kw) -> tuple[float, float]:
+        """(bpv K, bpv V) over all layers of a tqpatch.plan ModelInfo at this context."""
+        return effective_bpv(info, ctx, self.k, self.v, parallel, boundary_k=self.bk,
+                             boundary_v=self.bv, **kw)
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def bpv_k(self) -> float:
+        """Bits per value of the K type (without boundary layers; see layer_bpv)."""
+        return formats.type_info(self.k).bits_per_value
+
+    @property
+    def bpv_v(self) -> float:
+        return formats.type_info(self.v).bits_per_value
+
+    @property
+    def avg_bpv(self) -> float:
+        return (self.bpv_k + self.bpv_v) / 2
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.k == BASELINE_TYPE and self.v == BASELINE_TYPE
+
+
+BASELINE = Config(BASELINE_TYPE, BASELINE_TYPE)
+
+
+def parse_configs(text: str | Iterable[str]) -> list[Config]:
+    """'f16/f16,q8_0/turbo3' (or a list of such strings) -> Configs, duplicates dropped."""
+    items = text.split(",") if isinstance(text, str) else [
+        part for chunk in text for part in chunk.split(",")]
+    items = [i for i in items if i.strip()]
+    if not items:
+        raise TqpatchError("no configuration given: write K/V pairs separated by commas, "
+                           "e.g. --configs f16/f16,q8_0/turbo3")
+    out: list[Config] = []
+    for item in items:
+        cfg = Config.parse(item)
+        if cfg not in out:
+            out.append(cfg)
+    return out
+
