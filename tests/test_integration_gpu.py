@@ -136,9 +136,13 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
     # 2.1% (of 16%) and the degenerate turbo2/turbo2 14.5% (of +2000%) between
     # CUDA and the CPU on the H100 machine (docs/measurements/cuda-20261123; the
     # bound was set after that run).
+    # The device's own arithmetic moves f16/f16 too (Vulkan's scalar flash
+    # attention on NVIDIA: -0.93%, docs/measurements/vulkan-h100/20261127), so a
+    # configuration is judged by how far it moves beyond f16/f16's shift.
+    base = dev["f16/f16"] / host["f16/f16"]
     for c in configs:
         allowed = max(gpu.e2e.ppl_rel, 0.25 * (host[c] / host["f16/f16"] - 1))
-        assert abs(dev[c] / host[c] - 1) <= allowed, (c, allowed, table)
+        assert abs(dev[c] / host[c] / base - 1) <= allowed, (c, allowed, table)
 
 
 def test_server_coherence_on_gpu(gpu, gemma, monkeypatch):
