@@ -1,11 +1,13 @@
-# tqpatch developer targets. `make test` is what CI runs (.ci/run, with BUILD=vulkan).
+# tqpatch developer targets. `make test` is what CI runs (.ci/run).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # The one llama.cpp build the slow tests use. Every build holds the CPU backend,
-# so BUILD=vulkan serves both the CPU tests (on its CPU device, tests/cpu_build.py)
+# so a Vulkan build serves both the CPU tests (on its CPU device, tests/cpu_build.py)
 # and the Vulkan tests (on lavapipe, Mesa's CPU Vulkan driver, where no GPU is):
-# one build instead of two. It needs the Vulkan packages (ci-deps-vulkan).
-BUILD ?= cpu
+# one build instead of two. Vulkan where its build packages are installed
+# (ci-deps-vulkan; CI installs them), else the CPU; BUILD=cpu overrides.
+BUILD ?= $(shell command -v glslc >/dev/null 2>&1 && test -e /usr/include/vulkan/vulkan.h \
+	&& test -e /usr/include/spirv/unified1/spirv.hpp && echo vulkan || echo cpu)
 DIST ?= build/dist
 # Fresh virtual environments for the installed-package checks (wheel, sdist).
 WHEEL_VENV ?= build/venv-wheel
