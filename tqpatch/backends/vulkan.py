@@ -125,8 +125,10 @@ e2e = EndToEnd(
                 "FLASH_ATTN_EXT": FA_SUBSET},
     runnable=_no_device,
     verify_args=("--quick", "--types", "turbo3"),
-    ppl_configs=("q8_0/turbo3", "turbo3/turbo3"),
-    ppl_chunks=2,
+    # lavapipe runs Gemma 3 270M at ~4 tokens/s (2 x 512 tokens: 4.5 min a configuration)
+    ppl_configs=("q8_0/turbo3",),
+    ppl_chunks=1,
+    ppl_ctx=256,
     skip_coherence=_only_cpu_driver,
 )
 
