@@ -97,8 +97,9 @@ PPL_CONFIGS = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3"
 @pytest.fixture(scope="session")
 def ppl_table(cpu_build, gemma, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
+    # coherence is its own test below (test_server_coherence_on_cpu)
     proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
-                "--chunks", "20", "--configs", ",".join(PPL_CONFIGS), "--json",
+                "--no-coherence", "--chunks", "20", "--configs", ",".join(PPL_CONFIGS), "--json",
                 "--markdown", out / "ppl.md", *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=5000)
     report = json.loads(proc.stdout[proc.stdout.index("{"):])
     rows = report["results"]

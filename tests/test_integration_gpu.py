@@ -109,7 +109,8 @@ def _ppl_configs(gpu: Target) -> list[str]:
 
 def _eval(gpu: Target, extra: tuple[str, ...]) -> dict:
     args = [sys.executable, "-m", "tqpatch.cli", "eval", "--backend", gpu.backend, "--no-kld",
-            "--chunks", str(gpu.e2e.ppl_chunks), "--configs", ",".join(_ppl_configs(gpu)), "--json"]
+            "--no-coherence", "--chunks", str(gpu.e2e.ppl_chunks),
+            "--configs", ",".join(_ppl_configs(gpu)), "--json"]
     if gpu.e2e.ppl_ctx:
         args += ["--ctx", str(gpu.e2e.ppl_ctx)]
     args += [f"--extra-arg={a}" for a in extra]
