@@ -82,10 +82,6 @@ class EndToEnd:
     ppl_chunks: int = 8
     ppl_ctx: int | None = None
     skip_coherence: Callable[[], str | None] = lambda: None  # why the coherence check is not run here
-    verify_args: tuple[str, ...] = ()
-    ppl_configs: tuple[str, ...] | None = None
-    ppl_chunks: int = 8
-    ppl_ctx: int | None = None
 
 
 @dataclass(frozen=True)
