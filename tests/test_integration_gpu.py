@@ -100,19 +100,18 @@ def test_tqpatch_verify_passes(gpu):
 
 PPL_CONFIGS = ("f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3", "q8_0/turbo2",
                "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2")
+PPL_CHUNKS = "8"
 
 
-def _ppl_configs(gpu: Target) -> list[str]:
-    configs = list(gpu.e2e.ppl_configs or PPL_CONFIGS)
-    return configs if "f16/f16" in configs else ["f16/f16", *configs]  # the bound needs f16's PPL
+def _skip_model_checks(gpu: Target) -> None:
+    why = gpu.e2e.skip_model()
+    if why:
+        pytest.skip(f"{gpu.backend}: {why}")
 
 
 def _eval(gpu: Target, extra: tuple[str, ...]) -> dict:
     args = [sys.executable, "-m", "tqpatch.cli", "eval", "--backend", gpu.backend, "--no-kld",
-            "--no-coherence", "--chunks", str(gpu.e2e.ppl_chunks),
-            "--configs", ",".join(_ppl_configs(gpu)), "--json"]
-    if gpu.e2e.ppl_ctx:
-        args += ["--ctx", str(gpu.e2e.ppl_ctx)]
+            "--no-coherence", "--chunks", PPL_CHUNKS, "--configs", ",".join(PPL_CONFIGS), "--json"]
     args += [f"--extra-arg={a}" for a in extra]
     proc = gpu.run(args, timeout=5000)
     rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
@@ -121,12 +120,12 @@ def _eval(gpu: Target, extra: tuple[str, ...]) -> dict:
 
 
 def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
+    _skip_model_checks(gpu)
     # the same binary twice: every layer and the KV cache on the device, then no device at all
     dev = _eval(gpu, tuple(gpu.e2e.tool_args))
     host = _eval(gpu, cpu.TOOL_ARGS)
-    configs = _ppl_configs(gpu)
     table = "\n".join(f"{c:14s} {gpu.backend} {dev[c]:9.4f}  cpu {host[c]:9.4f}  "
-                      f"{100 * (dev[c] / host[c] - 1):+.3f}%" for c in configs)
+                      f"{100 * (dev[c] / host[c] - 1):+.3f}%" for c in PPL_CONFIGS)
     print(table)
     # Within noise. The K/V bytes are identical on both; what differs is arithmetic
     # (Q as q8_1 or f16, K/V rounded to f16 in the device's attention, summation
@@ -141,7 +140,7 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
     # attention on NVIDIA: -0.93%, docs/measurements/vulkan-h100/20261127), so a
     # configuration is judged by how far it moves beyond f16/f16's shift.
     base = dev["f16/f16"] / host["f16/f16"]
-    for c in configs:
+    for c in PPL_CONFIGS:
         allowed = max(gpu.e2e.ppl_rel, 0.25 * (host[c] / host["f16/f16"] - 1))
         assert abs(dev[c] / host[c] / base - 1) <= allowed, (c, allowed, table)
 
@@ -149,9 +148,7 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
 def test_server_coherence_on_gpu(gpu, gemma, monkeypatch):
     # every layer and the KV cache on the device; the table printed is what
     # benchmarks/coherence_table.py --backend <backend> records
-    why = gpu.e2e.skip_coherence()
-    if why:
-        pytest.skip(f"{gpu.backend}: {why}")
+    _skip_model_checks(gpu)
     for key, value in gpu.e2e.env.items():
         monkeypatch.setenv(key, value)
     results = coherence_run(gpu.bin("llama-server"), gemma, tuple(gpu.e2e.tool_args))

@@ -63,13 +63,10 @@ class EndToEnd:
                 configuration's own PPL increase over f16, if that is larger)
     verify_args: extra `tqpatch verify` options of the end-to-end test (e.g.
                 a smaller case set on a slow device; the full run is documented)
-    ppl_configs, ppl_chunks, ppl_ctx: the PPL comparison's K/V configurations
-                (None: every one the test knows), chunks and context (None:
-                tqpatch eval's default)
     bench_args: llama-bench's spelling of what tool_args works around (it has
                 its own argument parser), e.g. `--repack 0`
-    skip_coherence: why the end-to-end test does not run the multi-prompt
-                llama-server check here (None: it does)
+    skip_model: why the end-to-end test does not run the real-model checks
+                here (PPL against the CPU, llama-server coherence; None: it does)
     """
     tool_args: tuple[str, ...] = ()
     bench_args: tuple[str, ...] = ()
@@ -78,10 +75,7 @@ class EndToEnd:
     ppl_rel: float = 0.015
     runnable: Callable[[], str | None] = lambda: None  # why it cannot run here; None if it can
     verify_args: tuple[str, ...] = ()
-    ppl_configs: tuple[str, ...] | None = None
-    ppl_chunks: int = 8
-    ppl_ctx: int | None = None
-    skip_coherence: Callable[[], str | None] = lambda: None  # why the coherence check is not run here
+    skip_model: Callable[[], str | None] = lambda: None  # why the real-model checks are not run here
 
 
 @dataclass(frozen=True)
