@@ -774,7 +774,8 @@ def _gemma_path():
 def _run_llama_cli(binary, model, ctx, type_k, type_v):
     import cpu_build
 
-    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
+    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx),
+           "-ctk", type_k, "-ctv", type_v,
            "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
            "--no-warmup", "-t", "2"]
     # a random-weight model prints arbitrary bytes: decode leniently

@@ -533,8 +533,7 @@ def test_real_cpu_harness():
     except TqpatchError as exc:
         pytest.skip(f"the CPU tqpatch-verify harness is not built: {exc}")
     # the CPU device of the CPU tests' build (a Vulkan build's in CI)
-    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--json",
-                                    *(["--of-build", cpu_build.BUILD] if cpu_build.BUILD != "cpu" else [])])
+    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--of-build", cpu_build.BUILD, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["passed"] and doc["verified_backends"] == ["cpu"]
