@@ -16,8 +16,7 @@ from pathlib import Path
 from tqpatch.backends import BACKENDS
 
 BUILD = os.environ.get("TQPATCH_TEST_CPU_BUILD", "cpu")
-TOOL_ARGS = tuple(BACKENDS["cpu"].e2e.tool_args)    # llama-cli, llama-server, llama-perplexity
-BENCH_ARGS = tuple(BACKENDS["cpu"].e2e.bench_args)  # llama-bench's spelling
+TOOL_ARGS = tuple(BACKENDS["cpu"].e2e.tool_args)  # llama-cli, llama-server, llama-perplexity
 
 
 def find(name: str) -> Path:
