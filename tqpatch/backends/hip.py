@@ -21,7 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import cuda
+from . import cpu, cuda
 from ..errors import TqpatchError
 from ..toolchain import run_capture, version_tuple
 from ..toolchains import debian_sid
@@ -127,7 +127,8 @@ def build_environment(options) -> BuildEnvironment | None:
 
 # The same FlashAttention instance files and selection as CUDA (HIP compiles its sources).
 build_options = (*cuda.build_options, TOOLCHAIN)
-e2e = EndToEnd(tool_args=("-ngl", "99"))
+# the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)
+e2e = EndToEnd(tool_args=("-ngl", "99", *cpu.AMX_WORKAROUND), bench_args=cpu.AMX_BENCH_WORKAROUND)
 
 
 def cmake_args(arch: str | None, options=None, tree=None) -> list[str]:

@@ -122,8 +122,8 @@ FA_SUBSET = (r"^(?=.*type_[KV]=turbo)(hsk=128,.*kv=113,nb=[13],"
              r"|hsk=64,.*kv=113,nb=1,.*type_K=(f16|turbo4),type_V=turbo4,"
              r"|hsk=256,.*kv=113,nb=1,.*type_K=q8_0,type_V=turbo3,)")
 e2e = EndToEnd(
-    # the CPU backend still runs what the device does not take (on lavapipe, llama.cpp's
-    # AMX matmul then died of SIGILL on this CI machine's AMX CPU: the CPU workaround too)
+    # the CPU backend runs what the device does not take: its AMX workaround too (cpu.py;
+    # without it llama.cpp's AMX matmul died of SIGILL in a lavapipe run on this CI machine)
     tool_args=("-ngl", "99", *AMX_WORKAROUND),
     bench_args=AMX_BENCH_WORKAROUND,
     env={"GGML_VK_VISIBLE_DEVICES": "0"},
