@@ -387,6 +387,72 @@ def test_nvidia_and_vulkan_hardware(monkeypatch):
     assert vulkan.hardware() == "llvmpipe (LLVM 15.0.6, 256 bits) (CPU Vulkan driver)"
 
 
+_VULKANINFO_H100_AND_LAVAPIPE = """Devices:
+========
+GPU0:
+\tapiVersion         = 1.3.277
+\tdeviceType         = PHYSICAL_DEVICE_TYPE_DISCRETE_GPU
+\tdeviceName         = NVIDIA H100 80GB HBM3
+\tdriverName         = NVIDIA
+GPU1:
+\tapiVersion         = 1.3.230
+\tdeviceType         = PHYSICAL_DEVICE_TYPE_CPU
+\tdeviceName         = llvmpipe (LLVM 15.0.6, 256 bits)
+\tdriverName         = llvmpipe
+"""
+
+
+def test_vulkan_devices_tell_lavapipe_from_a_gpu(monkeypatch):
+    monkeypatch.setattr(vulkan, "run_capture", _fake_capture({"vulkaninfo --summary": _VULKANINFO_H100_AND_LAVAPIPE}))
+    assert vulkan.devices() == [("NVIDIA H100 80GB HBM3", False), ("llvmpipe (LLVM 15.0.6, 256 bits)", True)]
+    assert vulkan.hardware() == "NVIDIA H100 80GB HBM3; llvmpipe (LLVM 15.0.6, 256 bits) (CPU Vulkan driver)"
+    assert vulkan.e2e.runnable() is None
+
+
+def test_vulkan_lavapipe_alone_is_no_reason_to_build_vulkan(monkeypatch):
+    lavapipe = _VULKANINFO_H100_AND_LAVAPIPE.split("GPU1:")[1]
+    monkeypatch.setattr(vulkan, "run_capture", _fake_capture({"vulkaninfo --summary": "GPU0:" + lavapipe}))
+    assert vulkan.detect() == (False, "")
+    assert vulkan.e2e.runnable() is None  # but the end-to-end tests run on it
+    monkeypatch.setattr(vulkan, "run_capture", _fake_capture({}))
+    assert "mesa-vulkan-drivers" in vulkan.e2e.runnable()
+
+
+def _fa_case_vars(hs, kv, nb, k, v):
+    """test_flash_attn_ext::vars() of the turbo cases (templates/tests/test-backend-ops-turbo.inc.j2)."""
+    return (f"hsk={hs},hsv={hs},nh=4,nr23=[2,1],kv={kv},nb={nb},mask=1,sinks=0,max_bias=0.000000,"
+            f"logit_softcap=0.000000,prec=f32,type_K={k},type_V={v},permute=[0,1,2,3],kv_view=0,"
+            f"v_is_view_of_k=0,n_kv_max=0")
+
+
+def test_vulkan_fa_subset_keeps_every_kv_pair():
+    from tqpatch import formats
+
+    pattern = re.compile(vulkan.e2e.ops_filter["FLASH_ATTN_EXT"])
+    cases = [(hs, kv, nb, k, v) for k, v in formats.cache_pairs() for hs in formats.HEAD_SIZES
+             for nb in (1, 3, 32) for kv in (113, 512)
+             if hs % formats.type_info(k).block_size == 0 and hs % formats.type_info(v).block_size == 0]
+    kept = [c for c in cases if pattern.search(_fa_case_vars(*c))]
+    assert {(k, v) for *_, k, v in kept} == set(formats.cache_pairs())
+    assert all(kv == 113 and nb in (1, 3) for _, kv, nb, _, _ in kept)
+    assert len(kept) < len(cases) / 4
+    # upstream's own cases (no turbo type) are never picked
+    assert not pattern.search(_fa_case_vars(128, 113, 1, "q8_0", "q8_0"))
+    assert vulkan.e2e.env == {"GGML_VK_VISIBLE_DEVICES": "0"}
+
+
+def test_vulkan_quantizer_threads_own_whole_words_of_every_plane():
+    from tqpatch import formats
+
+    for fmt in formats.TURBO_FORMATS.values():
+        g = vulkan.quant_geometry(fmt)
+        assert g["tpb"] * g["vpt"] == fmt.block
+        assert 128 % g["tpb"] == 0  # the shader's 128 threads hold whole blocks
+        for p in fmt.planes:
+            assert g["vpt"] * p.bits % 16 == 0, (fmt.name, p.field)
+    assert vulkan.render_context()["quant"].keys() == formats.TURBO_FORMATS.keys()
+
+
 def test_no_hardware_is_none(no_gpus):
     assert cuda.hardware() is None
     assert vulkan.hardware() is None

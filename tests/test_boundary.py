@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import cpu_build
 from test_plan import write_gguf
 from tqpatch import eval as ev
 from tqpatch import plan
@@ -148,7 +149,7 @@ def test_patch_is_in_series():
     series = [line.split("#")[0].split()[0] for line in
               (ROOT / "patches" / "series").read_text().splitlines()
               if line.split("#")[0].strip()]
-    assert "0010-llama-turbo-boundary-layers.patch" in series
+    assert "0010-llama-turbo-boundary-layers.patch" in series  # later patches (0011 Vulkan) may follow
     text = (ROOT / "patches" / "0010-llama-turbo-boundary-layers.patch").read_text()
     for needle in ("src/llama-kv-cache.cpp", "LLAMA_TURBO_BOUNDARY_K", "LLAMA_TURBO_BOUNDARY_V",
                    "turbo boundary layers", "CACHE STRING"):
@@ -306,20 +307,21 @@ def _use_real_cache(monkeypatch):
 
 @pytest.fixture
 def built(monkeypatch):
-    """The CPU build (`tqpatch build --backend cpu`: a no-op when it is up to date)."""
+    """The CPU tests' build (tests/cpu_build.py; a no-op when it is up to date)."""
     _use_real_cache(monkeypatch)
-    proc = subprocess.run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", "cpu"],
+    proc = subprocess.run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", cpu_build.BUILD],
                           capture_output=True, text=True, timeout=5000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    from tqpatch import build, model
+    from tqpatch import model
 
-    return (lambda name: str(build.find_binary(name, "cpu"))), model.ensure_model()
+    return (lambda name: str(cpu_build.find(name))), model.ensure_model()
 
 
 def _llama_cli(binary, model, ctx, type_k, type_v, env):
-    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
-           "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
-           "--no-warmup", "-t", "2"]
+    # the CPU backend's tool arguments carry its AMX workaround where the CPU needs it
+    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx),
+           "-ctk", type_k, "-ctv", type_v, "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1",
+           "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2"]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           errors="replace", timeout=600, env={**os.environ, **env})
     return proc.returncode, proc.stdout + proc.stderr
@@ -399,8 +401,9 @@ def test_boundary_v_helps_q8_0_turbo2(built):
     """Same text, chunks and threads: q8_0/turbo2 with the first and last 2 layers'
     V at q8_0 scores a lower PPL than without. The settings of docs/quality.md's
     "Boundary layers" table (20 x 512, 2 threads): 9.9428 against 9.9819 there."""
-    res = CliRunner().invoke(main, ["eval", "--no-kld", "--chunks", "20", "--threads", "2",
-                                    "--json", "--configs", "q8_0/turbo2,q8_0/turbo2:bv2"])
+    res = CliRunner().invoke(main, ["eval", "--backend", cpu_build.BUILD, "--no-kld", "--no-coherence",
+                                    "--chunks", "20", "--threads", "2", "--json", "--configs", "q8_0/turbo2,q8_0/turbo2:bv2",
+                                    *(f"--extra-arg={a}" for a in cpu_build.TOOL_ARGS)])
     assert res.exit_code == 0, res.output
     rows = {r["config"]: r for r in json.loads(res.stdout)["results"]}
     plain, bv2 = rows["q8_0/turbo2"], rows["q8_0/turbo2:bv2"]

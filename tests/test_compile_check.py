@@ -75,3 +75,7 @@ def test_turbo_sources_compile(tree, backend, tmp_path_factory):
           f"{report['compile_s']} s; warnings: {len(report['warnings'])}")
     for w in report["warnings"][:20]:
         print("  " + w)
+    for line in report.get("summary", []):  # e.g. HIP: registers per target
+        print("  " + line)
+    if "resources" in report:
+        assert report["resources"], f"no turbo kernel in the resource remarks: {report}"

@@ -240,7 +240,11 @@ def test_real_apply_and_revert_killed_at_random_times(tmp_path, monkeypatch):
     pristine_state = snapshot(tree, mtimes=False)
     rng = random.Random(20261127)
     outcomes = {"recovered": 0, "unchanged": 0, "done": 0}
-    for k in range(12):
+    # random kill times; stop once two landed mid-transaction (a loaded machine
+    # stretches the window, so the number of tries needed varies)
+    for k in range(40):
+        if outcomes["recovered"] >= 2 and k >= 12:
+            break
         cmd = "apply" if apply.status(tree).state == "pristine" else "revert"
         sig = signal.SIGTERM if k % 2 == 0 else signal.SIGKILL
         armed, end = window[cmd]

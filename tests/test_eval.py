@@ -567,18 +567,19 @@ def test_every_llama_cpp_cache_type_is_accepted(fake, types):
 
 @pytest.mark.slow
 def test_real_eval_cpu(monkeypatch):
-    from tqpatch import build
-
     if _USER_CACHE is None:
         monkeypatch.delenv("TQPATCH_CACHE")
     else:
         monkeypatch.setenv("TQPATCH_CACHE", _USER_CACHE)
+    import cpu_build
+
     try:
-        build.find_binary("llama-perplexity", "cpu")
+        cpu_build.find("llama-perplexity")
     except TqpatchError as exc:
         pytest.skip(f"no CPU llama-perplexity built: {exc.message}")
-    res = CliRunner().invoke(main, ["eval", "--no-kld", "--chunks", "3", "--json",
-                                    "--configs", "f16/f16,q8_0/turbo3"])
+    res = CliRunner().invoke(main, ["eval", "--backend", cpu_build.BUILD, "--no-kld", "--chunks", "3",
+                                    "--json", "--configs", "f16/f16,q8_0/turbo3",
+                                    *(f"--extra-arg={a}" for a in cpu_build.TOOL_ARGS)])
     assert res.exit_code == 0, res.output
     rows = {r["config"]: r for r in json.loads(res.stdout)["results"]}
     f16, turbo = rows["f16/f16"]["ppl"], rows["q8_0/turbo3"]["ppl"]

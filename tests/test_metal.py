@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tqpatch import formats, paths, verify, verify_io
+from tqpatch import formats, paths, reference, verify, verify_io
+from tqpatch.verify import checks as vchecks
 from tqpatch.backends import metal
 from tqpatch.backends.metal_host import emulate
 from tqpatch.errors import TqpatchError
@@ -226,7 +227,7 @@ def _fa_checks(cases, nqs):
     rng = np.random.default_rng(7)
     # decode with a partial last chunk of the cache (the pad pass), and batches
     shapes = {1: (4, 200, 1), 24: (4, 96, 2), 32: (4, 64, 2)}
-    return [verify._fa_check(rng, k, v, d, nq, *shapes[nq]) for k, v, d in cases for nq in nqs]
+    return [vchecks._fa_check(rng, k, v, d, nq, *shapes[nq]) for k, v, d in cases for nq in nqs]
 
 
 def _judge(checks, binary):
@@ -278,7 +279,7 @@ def test_emulation_fails_when_the_rendered_metal_code_is_wrong(tree, tmp_path):
     nib = t4.planes[0]
     assert nib.bits == 4
     swapped = f"(((x->{nib.field}[(j)/2] >> (4*((j)%2))) & 15))"
-    cb3 = verify.reference.codebook_arrays("turbo3")[0]
+    cb3 = reference.codebook_arrays("turbo3")[0]
     from tqpatch.render import float32_literal
     edits = {
         # turbo4: the two nibbles of a byte swapped when reading
@@ -296,10 +297,10 @@ def test_emulation_fails_when_the_rendered_metal_code_is_wrong(tree, tmp_path):
     binary = emulate.build(bad_tree, libs=["turbo", "fa_aux", "fa_vec_turbo_turbo2"], work=tmp_path / "emu")
     rng = np.random.default_rng(3)
     checks = {f"{op} {t}": fn(rng, t, 256) for t in formats.TURBO_TYPES
-              for op, fn in (("GET_ROWS", verify._get_rows_check), ("CPY", verify._cpy_check))}
-    x, labels = verify._row_set(rng, ("gaussian",), 256, t3.block, 8)
-    checks["SET_ROWS turbo3"] = verify._set_rows_check(rng, "turbo3", x, labels, "gaussian")
-    checks["FA turbo2"] = verify._fa_check(rng, "turbo2", "turbo2", 128, 1, 4, 96, 1)
+              for op, fn in (("GET_ROWS", vchecks._get_rows_check), ("CPY", vchecks._cpy_check))}
+    x, labels = vchecks._row_set(rng, ("gaussian",), 256, t3.block, 8)
+    checks["SET_ROWS turbo3"] = vchecks._set_rows_check(rng, "turbo3", x, labels, "gaussian")
+    checks["FA turbo2"] = vchecks._fa_check(rng, "turbo2", "turbo2", 128, 1, 4, 96, 1)
     reports = dict(zip(checks, _judge(list(checks.values()), binary)))
     result = {k: (r.result, r.mismatches) for k, r in reports.items()}
     for broken in ("GET_ROWS turbo4", "CPY turbo4", "GET_ROWS turbo3", "CPY turbo3", "SET_ROWS turbo3",

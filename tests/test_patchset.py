@@ -222,13 +222,6 @@ def test_series_errors(tmp_path):
 
 # ---------------------------------------------------------------- the real series
 
-# Patches whose per-type lines still wait for the X-macro treatment (backend
-# dispatch being reworked at the same time); the list may only shrink.
-PER_TYPE_LINES_PENDING = {
-    "0004-ggml-cpu-turbo-quantize-vec_dot-and-get_rows.patch",
-    "0008-ggml-cuda-turbo-types.patch",
-    "0009-ggml-cuda-turbo-flash-attention-vector-kernels.patch",
-}
 
 
 def test_the_shipped_series_parses_and_touches_only_safe_paths():
@@ -254,7 +247,7 @@ def test_glue_patches_name_no_turbo_type_by_hand():
         hits = [ln.strip() for ln in added if any(re.search(rf"\b\w*{n}\b", ln) for n in names)]
         if hits:
             offenders[p.name] = hits[:3]
-    assert set(offenders) <= PER_TYPE_LINES_PENDING, offenders
+    assert not offenders, offenders
 # --------------------------------------------------------------------------- held to git apply
 
 
@@ -319,3 +312,24 @@ def test_the_engine_agrees_with_git_apply_on_the_real_series(tmp_path):
     theirs = _git_apply_series(patches, [(pdir / n).read_bytes() for n in names],
                                lambda rel: fetch.read_pristine(rel, root), work)
     assert ours == theirs and len(ours) > 10
+
+
+def test_every_rendered_glue_macro_is_used():
+    """A macro the templates define for the glue (GGML_*TURBO*) must be expanded somewhere:
+    in a patch or in another rendered file. Catches a patch that lost its hook (e.g. the
+    CUDA flash-attention dispatch of the turbo vector kernels, whose loss only shows as
+    a silent f16 fallback)."""
+    from tqpatch import paths, render
+
+    rendered = render.render_all().files
+    defined = {m for data in rendered.values()
+               for m in re.findall(rb"^#define\s+(GGML_\w*TURBO\w*)", data, re.M)}
+    patch_text = b"".join((paths.patches_dir() / n).read_bytes() for n in ps.read_series(paths.patches_dir()))
+    unused = []
+    for name in sorted(defined):
+        uses = len(re.findall(rb"\b" + name + rb"\b", patch_text))
+        uses += sum(len(re.findall(rb"\b" + name + rb"\b(?!\s*\()|\b" + name + rb"\(", d))
+                    for d in rendered.values()) - 1  # minus its own #define
+        if uses <= 0:
+            unused.append(name.decode())
+    assert not unused, f"rendered but never expanded: {unused}"

@@ -718,7 +718,13 @@ def test_cli_plan_shows_measured_coherence(tmp_path):
                    key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
     out = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096"]).output
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line}
-    assert "NO (" in rows["turbo2/turbo2"] and "cuda 0/3" in rows["turbo2/turbo2"]
+    import json
+    from importlib.resources import files
+
+    table = json.loads((files("tqpatch") / "data" / "coherence.json").read_text())["families"]["gemma3"]
+    cuda = next(e for e in table if e["backend"] == "cuda")["results"]["turbo2/turbo2"]
+    assert "NO (" in rows["turbo2/turbo2"]
+    assert f"cuda {cuda['n_coherent']}/{cuda['n_prompts']}" in rows["turbo2/turbo2"]
     assert " yes" in rows["q8_0/turbo4"]
     llama = write_gguf(tmp_path / "l.gguf", n_embd=512)  # head size 128: every type serves it
     out = CliRunner().invoke(main, ["plan", str(llama), "--ctx", "4096"]).output
@@ -761,12 +767,10 @@ def test_library_refuses_meaningless_memory(llama_gqa, vram, overhead):
 
 
 def _llama_cli():
+    import cpu_build
+
     try:
-        from tqpatch.build import find_binary
-    except ImportError as exc:
-        pytest.skip(f"llama-cli has not been built (tqpatch.build unavailable: {exc})")
-    try:
-        path = find_binary("llama-cli", "cpu")
+        path = cpu_build.find("llama-cli")
     except TqpatchError as exc:
         pytest.skip(f"llama-cli has not been built: {exc}")
     if not path or not shutil.os.path.exists(str(path)):
@@ -786,7 +790,10 @@ def _gemma_path():
 
 
 def _run_llama_cli(binary, model, ctx, type_k, type_v):
-    cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v,
+    import cpu_build
+
+    cmd = [binary, *cpu_build.TOOL_ARGS, "-m", str(model), "-c", str(ctx),
+           "-ctk", type_k, "-ctv", type_v,
            "-fa", "on", "-ngl", "0", "-fit", "off", "-n", "1", "-p", "Hello", "-st", "-v",
            "--no-warmup", "-t", "2"]
     # a random-weight model prints arbitrary bytes: decode leniently

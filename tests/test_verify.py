@@ -497,6 +497,30 @@ def test_missing_harness_says_what_to_build(tmp_path, monkeypatch):
     assert "Traceback" not in res.output
 
 
+def test_of_build_runs_the_backend_in_another_build(tmp_path, monkeypatch):
+    """--of-build vulkan: the CPU checks run by the Vulkan build's harness on its CPU device."""
+    from tqpatch import build as build_mod
+
+    monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path))
+    with pytest.raises(TqpatchError, match="tqpatch build --backend vulkan"):
+        V.verify("cpu", quick=True, types=("turbo2",), of_build="vulkan")
+    seen = {}
+    monkeypatch.setattr(build_mod, "load_record", lambda backend, build_dir=None: {"backend": backend})
+    monkeypatch.setattr(build_mod, "check_fresh", lambda record: None)
+    monkeypatch.setattr(build_mod, "find_binary", lambda name, backend, build_dir=None:
+                        seen.setdefault("bin", (name, backend)) and tmp_path / name)
+
+    def fake_harness(binary, device, cases):
+        seen["device"] = device
+        raise TqpatchError("stop here")
+    monkeypatch.setattr(V, "run_harness", fake_harness)
+    with pytest.raises(TqpatchError, match="stop here"):
+        V.verify("cpu", quick=True, types=("turbo2",), of_build="vulkan")
+    assert seen == {"bin": (V.HARNESS, "vulkan"), "device": "CPU"}
+    res = CliRunner().invoke(main, ["verify", "--of-build", "vulkan"])
+    assert res.exit_code == 2 and "--of-build needs --backend" in res.output
+
+
 # ---------------------------------------------------------------- the harness runner
 
 FAKE_HARNESS = """\
@@ -557,13 +581,14 @@ def test_run_harness_unknown_device(fake_harness):
 
 @pytest.mark.slow
 def test_real_cpu_harness():
-    from tqpatch.build import find_binary
+    import cpu_build
 
     try:
-        find_binary(V.HARNESS, "cpu")
+        cpu_build.find(V.HARNESS)
     except TqpatchError as exc:
         pytest.skip(f"the CPU tqpatch-verify harness is not built: {exc}")
-    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--json"])
+    # the CPU device of the CPU tests' build (a Vulkan build's in CI)
+    res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--of-build", cpu_build.BUILD, "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)
     assert doc["passed"] and doc["verified_backends"] == ["cpu"]

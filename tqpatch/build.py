@@ -203,7 +203,11 @@ def _stream(cmd: Sequence[str], log: TextIO, on_line: Callable[[str], None] | No
                 on_line(line)
     except KeyboardInterrupt:
         proc.terminate()
-        proc.wait()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # e.g. unshare, which ignores SIGTERM
+            proc.kill()
+            proc.wait()
         raise
     rc = proc.wait()
     log.write(f"[exit {rc}]\n")
@@ -249,10 +253,11 @@ def _cache_value(build_dir: Path, key: str) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def available_targets(build_dir: Path, ninja: str) -> set[str] | None:
+def available_targets(build_dir: Path, ninja: str,
+                      wrap: Callable[[list[str]], list[str]] = list) -> set[str] | None:
     """Targets of a configured build dir (None when ninja cannot list them)."""
     program = _cache_value(build_dir, "CMAKE_MAKE_PROGRAM") or ninja
-    rc, out = _capture([program, "-C", str(build_dir), "-t", "targets", "all"])
+    rc, out = _capture(wrap([program, "-C", str(build_dir), "-t", "targets", "all"]))
     return parse_targets(out) if rc == 0 else None
 
 
@@ -324,16 +329,31 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
     build_dir = _build_dir_of(req, backend)
 
     echo(f"[1/5] check: toolchain and {backend.name} requirements")
-    tc, backend_probes = _check(backend, echo)
     effective_arch = arch if arch is not None else backend.default_arch()
+    elsewhere = backend.build_environment(req.options)  # e.g. HIP's Debian sid root
+    if elsewhere is None:
+        tc, backend_probes = _check(backend, echo)
+        cmake, ninja, ccache = tc.cmake.path or "cmake", tc.ninja.path or "ninja", tc.ccache.ok
+        tools = {p.name: {"path": p.path, "version": p.version}
+                 for p in [*tc.all(), *backend_probes] if p.path}
+    else:
+        backend.cmake_args(effective_arch, req.options)  # a missing --arch fails before the root is made
+        offered = elsewhere.prepare(echo)
+        echo(f"  toolchain {elsewhere.name}: {offered}")
+        cmake, ninja, ccache = "cmake", "ninja", False
+        tools = {elsewhere.name: {"path": None, "version": offered}}
 
     echo("[2/5] apply: turbo patches on the llama.cpp tree")
     tree = _ensure_applied(req.tree).resolve()
     held.enter_context(lock.tree(tree, shared=True))
     echo(f"  tree: {tree}")
 
+    def wrap(argv: list[str], env: dict | None = None) -> list[str]:
+        """argv as it runs here, or in the build environment with the tree and build dir."""
+        return list(argv) if elsewhere is None else elsewhere.wrap(argv, [tree, build_dir], env)
+
     args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
-                      options=req.options, ccache=tc.ccache.ok,
+                      options=req.options, ccache=ccache,
                       extra=tuple(req.extra_cmake_args),
                       boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -345,8 +365,7 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
             echo(f"[3/5] config: cmake {' '.join(args)}")
             (build_dir / "CMakeCache.txt").unlink(missing_ok=True)  # changed args: start fresh
             _args_file(build_dir).unlink(missing_ok=True)
-            rc = _stream([tc.cmake.path or "cmake", "-S", str(tree), "-B", str(build_dir), *args],
-                         log)
+            rc = _stream(wrap([cmake, "-S", str(tree), "-B", str(build_dir), *args]), log)
             if rc != 0:
                 raise _fail("cmake configure", log, log_path, rc, echo)
             remember_configure(build_dir, tree, args)
@@ -354,12 +373,11 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
             echo("[3/5] config: up to date (cmake arguments unchanged)")
             # The tree's CMakeLists may have changed since (a new patch): let ninja
             # re-run cmake now so the target list below is current.
-            rc = _stream([tc.cmake.path or "cmake", "--build", str(build_dir),
-                          "--target", "build.ninja"], log)
+            rc = _stream(wrap([cmake, "--build", str(build_dir), "--target", "build.ninja"]), log)
             if rc != 0:
                 raise _fail("cmake regenerate", log, log_path, rc, echo)
 
-        known = available_targets(build_dir, tc.ninja.path or "ninja")
+        known = available_targets(build_dir, ninja, wrap)
         skipped: list[str] = []
         if known is not None:
             unknown = [t for t in targets if t not in known]
@@ -380,9 +398,10 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
 
         echo(f"[4/5] compile: {', '.join(targets)} with {jobs} jobs")
         progress = BuildProgress("compile", echo=echo)
+        status = {"NINJA_STATUS": "[%f/%t] "}
         try:
-            rc = _stream([tc.cmake.path or "cmake", "--build", str(build_dir), "--target", *targets,
-                          "-j", str(jobs)], log, progress.feed, env={"NINJA_STATUS": "[%f/%t] "})
+            rc = _stream(wrap([cmake, "--build", str(build_dir), "--target", *targets,
+                               "-j", str(jobs)], status), log, progress.feed, env=status)
         finally:
             progress.close()
         if rc != 0:
@@ -403,8 +422,7 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
         "targets": targets,
         "skipped_targets": skipped,
         "cmake_args": args,
-        "tools": {p.name: {"path": p.path, "version": p.version}
-                  for p in [*tc.all(), *backend_probes] if p.path},
+        "tools": tools,
         "seconds": seconds,
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tqpatch_version": __version__,

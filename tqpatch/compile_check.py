@@ -84,23 +84,32 @@ def object_targets(ninja_targets: str, sources: list[str], library: str) -> dict
 
 
 def compile_objects(tree: Path, backend: str, arch: str, library: str, prefix: str,
-                    extra: list[str], work_dir: Path | None = None, echo=print) -> dict:
-    """Configure `tree` for `backend` and compile the touched objects; a report dict."""
+                    extra: list[str], work_dir: Path | None = None, echo=print,
+                    options: dict | None = None, wrap=None) -> dict:
+    """Configure `tree` for `backend` and compile the touched objects; a report dict.
+
+    options: the backend's build options; wrap(argv, binds): where cmake and ninja
+    run when not here (a backend's BuildEnvironment.wrap), None: on this machine.
+    """
     from . import build
     from .ui import run
 
-    if not (shutil.which("cmake") and shutil.which("ninja")):
+    if wrap is None and not (shutil.which("cmake") and shutil.which("ninja")):
         raise TqpatchError("the compile check needs cmake and ninja on PATH")
     units, instances = touched_sources(tree, prefix)
-    args = build.cmake_args(backend, arch, ccache=bool(shutil.which("ccache")))
+    args = build.cmake_args(backend, arch, options=options,
+                            ccache=wrap is None and bool(shutil.which("ccache")))
     bdir = Path(work_dir or paths.cache_root() / "build" / f"{backend}-compile-check")
     bdir.mkdir(parents=True, exist_ok=True)
+    here = (lambda argv: [str(a) for a in argv]) if wrap is None else \
+        (lambda argv: wrap([str(a) for a in argv], [tree, bdir]))
     log = bdir / "compile-check.log"
     log.write_text("")
     t0 = time.monotonic()
-    run(["cmake", "-S", tree, "-B", bdir, *args, *extra], log=log)
+    run(here(["cmake", "-S", tree, "-B", bdir, *args, *extra]), log=log, what="cmake")
     t_conf = time.monotonic() - t0
-    listing = run(["ninja", "-C", bdir, "-t", "targets", "all"], log=log, quiet_log=True).stdout
+    listing = run(here(["ninja", "-C", bdir, "-t", "targets", "all"]), log=log, quiet_log=True,
+                  what="ninja").stdout
     objs = object_targets(listing, units + instances, library)
     missing = [u for u in units if u not in objs]
     if missing:
@@ -110,7 +119,8 @@ def compile_objects(tree: Path, backend: str, arch: str, library: str, prefix: s
     for t in targets:
         (bdir / t).unlink(missing_ok=True)  # compile for real each run (ccache may still serve)
     t1 = time.monotonic()
-    run(["ninja", "-C", bdir, "-j", str(os.cpu_count() or 1), *targets], log=log)
+    run(here(["ninja", "-C", bdir, "-j", str(os.cpu_count() or 1), *targets]), log=log,
+        what="ninja")
     t_build = time.monotonic() - t1
     empty = [t for t in targets if not (bdir / t).is_file() or (bdir / t).stat().st_size == 0]
     if empty:

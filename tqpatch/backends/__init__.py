@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Protocol
 from ..errors import TqpatchError
 from ..precision import Precision
 from ..toolchain import Requirement
-from ._base import BuildOption, CompileCheck, EndToEnd
+from ._base import BuildEnvironment, BuildOption, CompileCheck, EndToEnd
 
 
 class Backend(Protocol):
@@ -35,6 +35,9 @@ class Backend(Protocol):
 
     def cmake_args(self, arch: str | None, options: Mapping[str, object], tree: Path | None) -> list[str]:
         """The -D options that select this backend, given its parsed build options."""
+
+    def build_environment(self, options: Mapping[str, object]) -> BuildEnvironment | None:
+        """Where cmake and ninja run for these build options (None: on this machine)."""
 
     def requirements(self) -> list[Requirement]:
         """Tools beyond the common toolchain (cmake, ninja, compilers)."""

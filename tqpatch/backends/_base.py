@@ -16,8 +16,8 @@ from .. import precision as _precision
 from ..toolchain import Requirement
 
 __all__ = [
-    "BuildOption", "EndToEnd", "CompileCheck", "Requirement",
-    "build_options", "default_arch", "render_context", "render_expansions", "precision",
+    "BuildOption", "BuildEnvironment", "EndToEnd", "CompileCheck", "Requirement",
+    "build_options", "build_environment", "default_arch", "render_context", "render_expansions", "precision",
     "verify_label", "verify_runner", "compile_check", "e2e", "detect", "requirements", "notes",
     "unsupported_reason", "hardware",
 ]
@@ -38,6 +38,20 @@ class BuildOption:
 
 
 @dataclass(frozen=True)
+class BuildEnvironment:
+    """Where cmake and ninja run when not on this machine itself (e.g. a chroot with ROCm).
+
+    prepare(echo) makes it ready (e.g. creates the root) and returns what it
+    offers in words, or raises TqpatchError saying what is missing;
+    wrap(argv, binds, env) is the command line that runs argv there with the
+    directories `binds` at their own paths and `env` set.
+    """
+    name: str
+    prepare: Callable[[Callable[[str], None]], str]
+    wrap: Callable[..., list[str]]
+
+
+@dataclass(frozen=True)
 class EndToEnd:
     """How the end-to-end tests run this backend's binaries.
 
@@ -47,12 +61,21 @@ class EndToEnd:
     ops_filter: test-backend-ops `-p` filter per op, for slow devices (None: all turbo cases)
     ppl_rel:    allowed |PPL_backend / PPL_cpu - 1| floor (then a quarter of the
                 configuration's own PPL increase over f16, if that is larger)
+    verify_args: extra `tqpatch verify` options of the end-to-end test (e.g.
+                a smaller case set on a slow device; the full run is documented)
+    bench_args: llama-bench's spelling of what tool_args works around (it has
+                its own argument parser), e.g. `--repack 0`
+    skip_model: why the end-to-end test does not run the real-model checks
+                here (PPL against the CPU, llama-server coherence; None: it does)
     """
     tool_args: tuple[str, ...] = ()
+    bench_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     ops_filter: Mapping[str, str] | None = None
     ppl_rel: float = 0.015
     runnable: Callable[[], str | None] = lambda: None  # why it cannot run here; None if it can
+    verify_args: tuple[str, ...] = ()
+    skip_model: Callable[[], str | None] = lambda: None  # why the real-model checks are not run here
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,11 @@ def reject_arch(backend: str, arch: str | None, why: str) -> None:
 # ----------------------------------------------------------------- defaults
 
 build_options: tuple[BuildOption, ...] = ()
+
+
+def build_environment(options: Mapping[str, object]) -> BuildEnvironment | None:
+    """Where this build's cmake and ninja run, given its parsed build options (None: here)."""
+    return None
 
 
 def default_arch() -> str | None:

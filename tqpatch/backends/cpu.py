@@ -24,9 +24,10 @@ def has_amx() -> bool:
         return False
 
 
-AMX_WORKAROUND = ("--no-repack",)
+AMX_WORKAROUND = ("--no-repack",) if has_amx() else ()
+AMX_BENCH_WORKAROUND = ("--repack", "0") if has_amx() else ()  # llama-bench's spelling
 # llama.cpp tools on the CPU alone, even in a GPU build (which also holds the CPU backend)
-e2e = EndToEnd(tool_args=("--device", "none", *(AMX_WORKAROUND if has_amx() else ())))
+e2e = EndToEnd(tool_args=("--device", "none", *AMX_WORKAROUND), bench_args=AMX_BENCH_WORKAROUND)
 
 
 def normalize_arch(arch: str | None) -> str | None:

@@ -17,6 +17,7 @@ from ..errors import TqpatchError
 from ..toolchain import run_capture, version_tuple
 from ._base import *  # noqa: F403  (the defaults this backend keeps)
 from ._base import BuildOption, CompileCheck, EndToEnd, Requirement
+from .cpu import AMX_BENCH_WORKAROUND, AMX_WORKAROUND
 
 name = "cuda"
 ggml_backend_name = "CUDA0"
@@ -337,7 +338,9 @@ def _no_gpu() -> str | None:
     return None if detected_archs() else "no NVIDIA GPU here (nvidia-smi found none)"
 
 
-e2e = EndToEnd(tool_args=("-ngl", "99"), runnable=_no_gpu)
+# the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)
+e2e = EndToEnd(tool_args=("-ngl", "99", *AMX_WORKAROUND), bench_args=AMX_BENCH_WORKAROUND,
+               runnable=_no_gpu)
 
 # A stand-in cuBLAS for toolkits that lack it (the compile check links nothing).
 _CUBLAS_STUB = Path(__file__).resolve().parent / "cuda-stub" / "stub-cublas.cmake"

@@ -30,12 +30,15 @@ def _backend_names():
               help="Which built backend to verify (default: the one built last).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Build directory (default: the tqpatch cache's build/<backend>).")
+@click.option("--of-build", type=click.Choice(_backend_names()), default=None,
+              help="Verify the backend inside another backend's build: every build holds the "
+                   "CPU backend, e.g. --backend cpu --of-build vulkan.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the machine-readable report.")
 @click.option("--quick", is_flag=True, help="Head size 128 only and fewer rows (a smoke test).")
 @click.option("--types", "types", multiple=True, callback=_split_types, metavar="T[,T...]",
               help="Turbo types to verify (default: all of them).")
-def command(backend, build_dir, seed, as_json, quick, types):
+def command(backend, build_dir, of_build, seed, as_json, quick, types):
     """Check built kernels against the NumPy reference.
 
     \b
@@ -53,10 +56,14 @@ def command(backend, build_dir, seed, as_json, quick, types):
       tqpatch verify                 # what `tqpatch build` built last
       tqpatch verify --backend cpu
       tqpatch verify --backend cuda --quick --types turbo3
+      tqpatch verify --backend cpu --of-build vulkan
     """
     from .. import verify as verify_mod
 
-    report = verify_mod.verify(backend, build_dir=build_dir, seed=seed, quick=quick, types=types)
+    if of_build and backend is None:
+        raise click.UsageError("--of-build needs --backend: the backend to verify inside that build")
+    report = verify_mod.verify(backend, build_dir=build_dir, seed=seed, quick=quick, types=types,
+                               of_build=of_build)
     click.echo(report.to_json() if as_json else verify_mod.render_table(report), nl=False)
     if as_json:
         click.echo()

@@ -51,8 +51,12 @@ def precision_for(backend: str) -> Precision:
 def verify(backend: str | None = None, build_dir: Path | None = None, seed: int = 0,
            quick: bool = False, types=TURBO_TYPES,
            runner: Callable[[list[Case]], HarnessRun] | None = None,
-           binary: Path | None = None) -> Report:
+           binary: Path | None = None, of_build: str | None = None) -> Report:
     """Run the checks on one built backend (default: the last one built) and return the report.
+
+    `of_build` names the build whose harness runs them when it is another
+    backend's: every build holds the CPU backend, so `cpu` can be verified in
+    a Vulkan or CUDA build.
 
     `runner` replaces the real harness (tests); otherwise the backend's own
     verify_runner (host emulation; called with record None when there is no
@@ -65,11 +69,12 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
     if backend is None:
         backend = build_mod.last_built(build_dir)
     be = get_backend(backend)
+    built = of_build or backend
     types = tuple(types)
     checks = make_checks(types, seed=seed, quick=quick)
     if runner is None:
         try:
-            record, not_built = build_mod.load_record(backend, build_dir), None
+            record, not_built = build_mod.load_record(built, build_dir), None
         except TqpatchError as exc:  # a backend may verify without a build (host emulation)
             record, not_built = None, exc
         if record is not None:
@@ -79,7 +84,7 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
             raise not_built
     if runner is None:
         if binary is None:
-            binary = build_mod.find_binary(HARNESS, backend, build_dir)
+            binary = build_mod.find_binary(HARNESS, built, build_dir)
         bin_path = binary
 
         def runner(cases):

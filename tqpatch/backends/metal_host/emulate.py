@@ -58,8 +58,8 @@ NOT_DISPATCHED = re.compile(r"^kernel_flash_attn_ext_vec_idx$")
 CXX_FLAGS = ("-std=c++17", "-O1", "-fno-strict-aliasing", "-w")
 
 # what the emulation reads from the tree: these headers and kernels/*
-HEADERS = ("ggml/include/ggml.h", "ggml/src/ggml-common.h", "ggml/src/ggml-turbo-common.h",
-           f"{METAL}/ggml-metal-impl.h", f"{METAL}/ggml-metal-turbo.h")
+HEADERS = ("ggml/include/ggml.h", "ggml/include/ggml-turbo-types.h", "ggml/src/ggml-common.h",
+           "ggml/src/ggml-turbo-common.h", f"{METAL}/ggml-metal-impl.h", f"{METAL}/ggml-metal-turbo.h")
 
 
 def tree_files(tree: Path) -> list[str]:

@@ -23,6 +23,11 @@ void ggml_vec_dot_turbo3_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
 void quantize_row_turbo3_b32(const float * GGML_RESTRICT x, void * GGML_RESTRICT y, int64_t k);
 void ggml_vec_dot_turbo3_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, const void * GGML_RESTRICT vx, size_t bx, const void * GGML_RESTRICT vy, size_t by, int nrc);
 
+// y[0..n) += v * dequantize(vx): flash attention's V accumulation (ops.cpp)
+typedef void (*ggml_turbo_vec_mad_t)(int n, float * GGML_RESTRICT y, const void * GGML_RESTRICT vx, float v);
+// the turbo type's fused V accumulation, NULL for other types
+ggml_turbo_vec_mad_t ggml_turbo_cpu_vec_mad(enum ggml_type type);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,17 +6,28 @@
 // K.Q: the kernel keeps Q in registers as float2 (half2 where the GPU has a
 // dot2 f32 instruction), laid out as for f16 K, and each thread walks
 // 2*cpy_ne neighbouring values of a K row: sum_l c[idx_l] q_l over the block's
-// codebook entries, times the block scale. V: four neighbouring values at a
-// time, d * c[idx]. Both read the codebooks from shared memory (at most 16
-// floats per type: every entry in its own bank, so lanes never conflict), filled
-// once per CUDA block by ggml_cuda_turbo_fattn_init. Warp-size agnostic: no
-// warp intrinsics here, lane indices come from the caller's nthreads.
+// codebook entries, times the block scale. V: four (eight, where one block
+// takes a GQA group) neighbouring values at a time, d * c[idx]. Both read the
+// codebooks from shared memory (at most 16 floats per type: every entry in its
+// own bank, so lanes never conflict), filled once per CUDA block by
+// ggml_cuda_turbo_fattn_init. When one block decodes the query heads of a GQA
+// group (fattn-vec.cuh gqa_cols), each K chunk is decoded once for all heads
+// (vec_dot_fattn_vec_KQ_*_cols) and the heads' partial sums are reduced
+// together (ggml_cuda_turbo_reduce_cols). Lane indices come from the caller's
+// nthreads; the one shuffle helper works within the kernel's lane groups.
 
 #include "turbo.cuh"
 
 // codebooks of the K and V cache types of the running kernel
 static __shared__ float ggml_cuda_turbo_lut_K[16];
 static __shared__ float ggml_cuda_turbo_lut_V[16];
+
+// bits [pos, pos + popcount(mask)) of w as bits shift + 2 up: a plane's field of an index,
+// already times 4 (pos, mask and shift are compile-time constants once loops unroll)
+static __device__ __forceinline__ uint32_t turbo_field_x4(const uint32_t w, const int pos, const uint32_t mask, const int shift) {
+    const int s = pos - shift - 2;
+    return (s >= 0 ? w >> s : w << -s) & (mask << (shift + 2));
+}
 
 // levels and codebook of a turbo type (0, nullptr for other types)
 template <ggml_type type>
@@ -81,11 +92,37 @@ static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init(const int tid)
     }
 }
 
+// ncols partial sums per lane over a group of `width` lanes (width % ncols == 0, both powers of
+// two): halves the live values at each of the first log2(ncols) butterfly steps (a lane keeps
+// the upper or lower half by its lane bit and sends the other), so ncols sums cost
+// ncols - 1 + log2(width/ncols) shuffles instead of ncols*log2(width). Returns the full sum
+// of column lane / (width/ncols).
+template <int width, int ncols>
+static __device__ __forceinline__ float ggml_cuda_turbo_reduce_cols(float * v, const int lane) {
+    static_assert(width % ncols == 0 && (ncols & (ncols - 1)) == 0 && (width & (width - 1)) == 0, "bad width/ncols");
+#pragma unroll
+    for (int m = ncols, offset = width/2; m > 1; m /= 2, offset /= 2) {
+        const bool upper = lane & offset;
+#pragma unroll
+        for (int i = 0; i < m/2; ++i) {
+            const float send = upper ? v[i] : v[i + m/2];
+            const float keep = upper ? v[i + m/2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xFFFFFFFF, send, offset, width);
+        }
+    }
+    float sum = v[0];
+#pragma unroll
+    for (int offset = width/(2*ncols); offset > 0; offset /= 2) {
+        sum += __shfl_xor_sync(0xFFFFFFFF, sum, offset, width);
+    }
+    return sum;
+}
+
 // ---- turbo2 ----
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo2_fattn_index(codes, l) is value l's index.
+// turbo2_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -94,10 +131,13 @@ static __device__ __forceinline__ uint32_t turbo2_fattn_codes(const block_turbo2
         ;
 }
 
-static __device__ __forceinline__ int turbo2_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo2_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -122,12 +162,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo2_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo2): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo2 * K = (const block_turbo2 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo2 * x = K + i/QK_TURBO2;
+        const uint32_t codes = turbo2_fattn_codes<2*cpy_ne>(x, i % QK_TURBO2);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -139,15 +225,15 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo2_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -158,7 +244,7 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs, qh);
-// turbo3_fattn_index(codes, l) is value l's index.
+// turbo3_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -168,11 +254,14 @@ static __device__ __forceinline__ uint32_t turbo3_fattn_codes(const block_turbo3
         ;
 }
 
-static __device__ __forceinline__ int turbo3_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
-        | (((codes >> (16 + 1*l)) & 1) << 2)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo3_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
+        | turbo_field_x4(codes, 16 + 1*l, 1, 2)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -197,12 +286,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo3_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo3): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo3 * K = (const block_turbo3 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo3 * x = K + i/QK_TURBO3;
+        const uint32_t codes = turbo3_fattn_codes<2*cpy_ne>(x, i % QK_TURBO3);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -214,15 +349,15 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo3_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -233,7 +368,7 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo4_fattn_index(codes, l) is value l's index.
+// turbo4_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -242,10 +377,13 @@ static __device__ __forceinline__ uint32_t turbo4_fattn_codes(const block_turbo4
         ;
 }
 
-static __device__ __forceinline__ int turbo4_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 4*l)) & 15) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo4_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -270,12 +408,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo4(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo4_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo4): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo4 * K = (const block_turbo4 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo4 * x = K + i/QK_TURBO4;
+        const uint32_t codes = turbo4_fattn_codes<2*cpy_ne>(x, i % QK_TURBO4);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -287,15 +471,15 @@ static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo4_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -306,7 +490,7 @@ static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restri
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo2_b96_fattn_index(codes, l) is value l's index.
+// turbo2_b96_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_b96_fattn_codes(const block_turbo2_b96 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -315,10 +499,13 @@ static __device__ __forceinline__ uint32_t turbo2_b96_fattn_codes(const block_tu
         ;
 }
 
-static __device__ __forceinline__ int turbo2_b96_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo2_b96_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -343,12 +530,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2_b96(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo2_b96_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo2_b96_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo2_b96): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b96_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo2_b96 * K = (const block_turbo2_b96 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo2_b96 * x = K + i/QK_TURBO2_B96;
+        const uint32_t codes = turbo2_b96_fattn_codes<2*cpy_ne>(x, i % QK_TURBO2_B96);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -360,15 +593,15 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo2_b96_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo2_b96_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo2_b96_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -379,7 +612,7 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __re
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs);
-// turbo2_b32_fattn_index(codes, l) is value l's index.
+// turbo2_b32_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo2_b32_fattn_codes(const block_turbo2_b32 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -388,10 +621,13 @@ static __device__ __forceinline__ uint32_t turbo2_b32_fattn_codes(const block_tu
         ;
 }
 
-static __device__ __forceinline__ int turbo2_b32_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo2_b32_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -416,12 +652,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2_b32(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo2_b32_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo2_b32_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo2_b32): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b32_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo2_b32 * K = (const block_turbo2_b32 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo2_b32 * x = K + i/QK_TURBO2_B32;
+        const uint32_t codes = turbo2_b32_fattn_codes<2*cpy_ne>(x, i % QK_TURBO2_B32);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -433,15 +715,15 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo2_b32_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo2_b32_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo2_b32_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -452,7 +734,7 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __re
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs, qh);
-// turbo3_b96_fattn_index(codes, l) is value l's index.
+// turbo3_b96_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_b96_fattn_codes(const block_turbo3_b96 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -462,11 +744,14 @@ static __device__ __forceinline__ uint32_t turbo3_b96_fattn_codes(const block_tu
         ;
 }
 
-static __device__ __forceinline__ int turbo3_b96_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
-        | (((codes >> (16 + 1*l)) & 1) << 2)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo3_b96_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
+        | turbo_field_x4(codes, 16 + 1*l, 1, 2)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -491,12 +776,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3_b96(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo3_b96_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo3_b96_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo3_b96): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b96_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo3_b96 * K = (const block_turbo3_b96 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo3_b96 * x = K + i/QK_TURBO3_B96;
+        const uint32_t codes = turbo3_b96_fattn_codes<2*cpy_ne>(x, i % QK_TURBO3_B96);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -508,15 +839,15 @@ static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo3_b96_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo3_b96_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo3_b96_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -527,7 +858,7 @@ static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __re
 
 // The indices of the ne values j..j+ne-1 of block x (j % ne == 0) as one word,
 // plane after plane, each taking 8 * its bits of the word (qs, qh);
-// turbo3_b32_fattn_index(codes, l) is value l's index.
+// turbo3_b32_fattn_lut(lut, codes, l) is value l's codebook entry.
 template <int ne>
 static __device__ __forceinline__ uint32_t turbo3_b32_fattn_codes(const block_turbo3_b32 * x, const int j) {
     static_assert(ne == 4 || ne == 8, "bad ne");
@@ -537,11 +868,14 @@ static __device__ __forceinline__ uint32_t turbo3_b32_fattn_codes(const block_tu
         ;
 }
 
-static __device__ __forceinline__ int turbo3_b32_fattn_index(const uint32_t codes, const int l) {
-    return 0
-        | (((codes >> (0 + 2*l)) & 3) << 0)
-        | (((codes >> (16 + 1*l)) & 1) << 2)
+// value l's codebook entry: the byte offset 4*index comes straight from the bit fields
+// (a shift and a mask per plane, no separate scaling of the index)
+static __device__ __forceinline__ float turbo3_b32_fattn_lut(const float * lut, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 2*l, 3, 0)
+        | turbo_field_x4(codes, 16 + 1*l, 1, 2)
         ;
+    return *(const float *) ((const char *) lut + offset);
 }
 
 template <int D, int nthreads>
@@ -566,12 +900,58 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3_b32(
 #else
             const float2 q = ((const float2 *) Q_v)[k_KQ_0/nthreads + l];
 #endif // V_DOT2_F32_F16_AVAILABLE
-            part += ggml_cuda_turbo_lut_K[turbo3_b32_fattn_index(codes, 2*l + 0)] * q.x;
-            part += ggml_cuda_turbo_lut_K[turbo3_b32_fattn_index(codes, 2*l + 1)] * q.y;
+            part += turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
+            part += turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
         sum += __half2float(x->d) * part;
     }
     return sum;
+}
+
+// The K.Q partial sums of ncols query heads (Q_v: ncols rows of (D/2)/nthreads Q pairs, laid
+// out as for vec_dot_fattn_vec_KQ_turbo3_b32): each K chunk is decoded once for all heads.
+template <int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b32_cols(
+    const char * __restrict__ K_c, const q_t * __restrict__ Q_v, float * __restrict__ sum) {
+    const block_turbo3_b32 * K = (const block_turbo3_b32 *) K_c;
+
+    constexpr int cpy_ne = ggml_cuda_get_max_cpy_bytes() / 4;
+    constexpr int nq     = (D/2)/nthreads; // Q pairs per head and lane
+#pragma unroll
+    for (int j = 0; j < ncols; ++j) {
+        sum[j] = 0.0f;
+    }
+#pragma unroll
+    for (int k_KQ_0 = 0; k_KQ_0 < D/2; k_KQ_0 += nthreads*cpy_ne) {
+        const int i = 2*(k_KQ_0 + (threadIdx.x % nthreads)*cpy_ne); // first of 2*cpy_ne values
+        const block_turbo3_b32 * x = K + i/QK_TURBO3_B32;
+        const uint32_t codes = turbo3_b32_fattn_codes<2*cpy_ne>(x, i % QK_TURBO3_B32);
+        float part[ncols];
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            part[j] = 0.0f;
+        }
+#pragma unroll
+        for (int l = 0; l < cpy_ne; ++l) {
+            const float c0 = turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0);
+            const float c1 = turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1);
+#pragma unroll
+            for (int j = 0; j < ncols; ++j) {
+#ifdef V_DOT2_F32_F16_AVAILABLE
+                const float2 q = __half22float2(Q_v[j*nq + k_KQ_0/nthreads + l]);
+#else
+                const float2 q = Q_v[j*nq + k_KQ_0/nthreads + l];
+#endif // V_DOT2_F32_F16_AVAILABLE
+                part[j] += c0*q.x;
+                part[j] += c1*q.y;
+            }
+        }
+        const float d = __half2float(x->d);
+#pragma unroll
+        for (int j = 0; j < ncols; ++j) {
+            sum[j] += d*part[j];
+        }
+    }
 }
 
 template <typename T, int ne>
@@ -583,15 +963,15 @@ static __device__ __forceinline__ void dequantize_V_turbo3_b32(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * ggml_cuda_turbo_lut_V[turbo3_b32_fattn_index(codes, l + 0)],
-                                              d * ggml_cuda_turbo_lut_V[turbo3_b32_fattn_index(codes, l + 1)]);
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
+                                              d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * ggml_cuda_turbo_lut_V[turbo3_b32_fattn_index(codes, l)];
+            ((float *) dst)[l] = d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
@@ -617,6 +997,28 @@ constexpr __device__ vec_dot_KQ_t ggml_cuda_turbo_vec_dot_KQ() {
         return vec_dot_fattn_vec_KQ_turbo3_b32<D, nthreads>;
     } else {
         return nullptr;
+    }
+}
+
+// K_turbo_cols in fattn-vec.cuh: the ncols heads' partial sums of one K row
+template <ggml_type type_K, int D, int nthreads, int ncols, typename q_t>
+static __device__ __forceinline__ void ggml_cuda_turbo_vec_dot_KQ_cols(const char * __restrict__ K, const q_t * __restrict__ Q, float * __restrict__ sum) {
+    if constexpr (type_K == GGML_TYPE_TURBO2) {
+        vec_dot_fattn_vec_KQ_turbo2_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO3) {
+        vec_dot_fattn_vec_KQ_turbo3_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO4) {
+        vec_dot_fattn_vec_KQ_turbo4_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO2_B96) {
+        vec_dot_fattn_vec_KQ_turbo2_b96_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO2_B32) {
+        vec_dot_fattn_vec_KQ_turbo2_b32_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO3_B96) {
+        vec_dot_fattn_vec_KQ_turbo3_b96_cols<D, nthreads, ncols>(K, Q, sum);
+    } else if constexpr (type_K == GGML_TYPE_TURBO3_B32) {
+        vec_dot_fattn_vec_KQ_turbo3_b32_cols<D, nthreads, ncols>(K, Q, sum);
+    } else {
+        static_assert(type_K == GGML_TYPE_COUNT, "not a turbo type");
     }
 }
 

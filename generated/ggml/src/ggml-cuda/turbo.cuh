@@ -4,17 +4,47 @@
 // source). Block formats and codebooks: ggml-turbo-common.h; the algorithm
 // and the bytes to match: the C reference, ggml-turbo.c.
 //
-// Quantize: one thread per block, bit-exact with the reference. Dequantize:
+// Quantize: a group of lanes per block, bit-exact with the reference (see
+// "Quantize" below). Dequantize:
 // ggml's QR=1 scheme (two neighbouring values per call) for get_rows, cpy and
 // the f16 conversion the tensor-core flash-attention kernels use. The
 // flash-attention vector kernel's pieces are in fattn-turbo.cuh.
 
 #include "common.cuh"
 
-// ggml-cuda builds with -use_fast_math, which flushes float subnormals to zero
-// in float arithmetic and in float <-> double conversions. The quantizer must
-// give the C reference's bytes for every finite input, so its float steps run
-// in double (exact here, never flushed) and round to float by hand.
+// ---- Quantize: a group of lanes per block ----
+//
+// TURBO_QUANT_VPL neighbouring values per lane, qk/TURBO_QUANT_VPL lanes per
+// block (a power of two that divides the warp: 32 or 16 lanes on CUDA, 2 or 4
+// blocks per 64-wide wavefront on CDNA). The group finds max|x| and the two
+// least-squares sums with shuffles, each lane decides its own indices, and the
+// lanes OR their index bits into whole bytes of every plane. Every lane of the
+// warp must call the quantizer, and it never returns early (a NaN/inf block
+// included): the shuffles use the full mask.
+//
+// Exactness against the C reference under -use_fast_math, which flushes float
+// subnormals to zero in float arithmetic and in float <-> double conversions:
+//   * max|x| and the NaN/inf test run on the float bits (integer compare);
+//   * 1/max is computed once per block as a double division rounded to float
+//     by hand (correctly rounded: 53 >= 2*24 + 2; subnormal results kept);
+//   * u = fl32(x * inv) is a float multiply, the reference's own product,
+//     whenever that is neither zero nor NaN. Only then can flushing have
+//     changed it (x, inv or the product subnormal; 0 * inf for a flushed x when
+//     1/max overflows), so such a u is recomputed exactly in double and an index
+//     next to a boundary at 0 lands on the reference's side too;
+//   * sum(x*c) and sum(c*c) add exact double products (x converted by hand) in a
+//     shuffle tree instead of the reference's index order: every product of a
+//     block has the sign of its x (symmetric codebooks: c has the sign of u), so
+//     no cancellation, the tree's relative difference from the ordered sum is
+//     below 2^-46, and (float)(num/den) can differ only when the quotient lies
+//     that close to a float rounding midpoint: the stored scale then differs by
+//     at most 1 fp16 ulp (the contract's tolerance; none in the host
+//     emulation's blocks, tests/test_cuda_quantizer_emulation.py);
+//   * d = fp16((float)(num/den)): double -> float -> half, both round to
+//     nearest even as in the reference (a float-subnormal quotient is 0 in fp16
+//     either way).
+
+#define TURBO_QUANT_VPL 4
 
 // x as a double, exactly, subnormal x included
 static __device__ __forceinline__ double turbo_f64(const float x) {
@@ -34,6 +64,14 @@ static __device__ __forceinline__ double turbo_round_f32(const double v) {
     return (double) (float) v; // normal range (or overflow to inf): exact rounding
 }
 
+// a double that is exactly a float (turbo_round_f32's result, v >= 0) as that float
+static __device__ __forceinline__ float turbo_to_f32(const double v) {
+    if (v < 0x1p-126) {
+        return __uint_as_float((uint32_t) (v * 0x1p149)); // zero or subnormal: its bits
+    }
+    return (float) v;
+}
+
 static __device__ __forceinline__ float turbo_load_f32(const float x) {
     return x;
 }
@@ -42,46 +80,76 @@ static __device__ __forceinline__ float turbo_load_f32(const half x) {
     return __half2float(x);
 }
 
-// The per-block constants of the quantizer: 1/max|x| as the C reference
-// computes it in float (here as an exact double), or false when the block holds
-// a NaN or inf.
-template <int qk, typename src_t>
-static __device__ __forceinline__ bool turbo_block_inv(const src_t * __restrict__ x, double & inv) {
-    uint32_t amax = 0; // |x| as float bits: their integer order is the float order
-    for (int j = 0; j < qk; ++j) {
-        const uint32_t ax = __float_as_uint(turbo_load_f32(x[j])) & 0x7FFFFFFFu;
-        if (ax >= 0x7F800000u) {
-            return false;
-        }
-        amax = ax > amax ? ax : amax;
+template <int lanes, typename T>
+static __device__ __forceinline__ T turbo_group_sum(T v) {
+#pragma unroll
+    for (int offset = lanes/2; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffff, v, offset, lanes);
     }
-    // 1.0f/amax in float == 1.0/amax in double rounded to float (53 >= 2*24 + 2)
-    inv = amax > 0 ? turbo_round_f32(1.0 / turbo_f64(__uint_as_float(amax))) : 0.0;
-    return true;
+    return v;
 }
 
-// Index of one value: the number of boundaries b with b < fl32(x*inv). Adds
-// x*c and c*c to the least-squares sums (each product is exact in double, so
-// the sums equal the reference's, fused or not, in the same order).
-template <int nbounds>
-static __device__ __forceinline__ int turbo_quantize_value(
-        const float xf, const double inv, const float * bounds, const float * cent, double & num, double & den) {
-    const double x = turbo_f64(xf);
-    const double u = turbo_round_f32(x * inv);
-    int q = 0;
+template <int lanes>
+static __device__ __forceinline__ uint32_t turbo_group_max(uint32_t v) {
 #pragma unroll
-    for (int k = 0; k < nbounds; ++k) {
-        q += u > (double) bounds[k];
+    for (int offset = lanes/2; offset > 0; offset >>= 1) {
+        const uint32_t o = __shfl_xor_sync(0xffffffff, v, offset, lanes);
+        v = o > v ? o : v;
     }
-    const double c = (double) cent[q];
-    num += x * c;
-    den += c * c;
+    return v;
+}
+
+template <int lanes>
+static __device__ __forceinline__ uint32_t turbo_group_or(uint32_t v, const int width) {
+#pragma unroll
+    for (int offset = 1; offset < lanes; offset <<= 1) {
+        if (offset < width) {
+            v |= __shfl_xor_sync(0xffffffff, v, offset, lanes);
+        }
+    }
+    return v;
+}
+
+// Index of one value: the number of boundaries b with b < fl32(x*inv)
+template <int nbounds>
+static __device__ __forceinline__ int turbo_quantize_index(const float x, const float inv, const float * bounds) {
+    const float u = x * inv;
+    const uint32_t ub = __float_as_uint(u) & 0x7FFFFFFFu;
+    int q = 0;
+    if (ub != 0 && ub <= 0x7F800000u) { // neither zero nor NaN: the reference's product
+#pragma unroll
+        for (int k = 0; k < nbounds; ++k) {
+            q += u > bounds[k];
+        }
+    } else {
+        // zero, or NaN (0 * inf): x, inv or the product may have been flushed;
+        // the reference's u, exactly, in double (also 0 * inf = NaN: index 0)
+        const double ud = turbo_round_f32(turbo_f64(x) * turbo_f64(inv));
+#pragma unroll
+        for (int k = 0; k < nbounds; ++k) {
+            q += ud > (double) bounds[k];
+        }
+    }
     return q;
 }
 
-// the stored scale: fp16(float(num/den)), both roundings as in the reference
-static __device__ __forceinline__ half turbo_scale_f16(const double num, const double den) {
-    return __float2half((float) (num / den));
+// The group's shared block constant: 1/max|x| as the reference computes it
+// (0 for an all-zero block); false (and inv 0) when the block holds a NaN or inf.
+template <int lanes>
+static __device__ __forceinline__ bool turbo_group_inv(const float (&x)[TURBO_QUANT_VPL], float & inv) {
+    uint32_t amax = 0; // |x| as float bits: their integer order is the float order
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        const uint32_t ax = __float_as_uint(x[l]) & 0x7FFFFFFFu;
+        amax = ax > amax ? ax : amax;
+    }
+    amax = turbo_group_max<lanes>(amax);
+    if (amax >= 0x7F800000u) {
+        inv = 0.0f;
+        return false;
+    }
+    inv = amax > 0 ? turbo_to_f32(turbo_round_f32(1.0 / turbo_f64(__uint_as_float(amax)))) : 0.0f;
+    return true;
 }
 
 // `nbits` (4, 8, 16 or 32) bits of a packed index plane starting at bit `bit`,
@@ -115,38 +183,61 @@ static __device__ __forceinline__ void dequantize_turbo2(const void * vx, const 
     v.y = d * turbo2_centroids[turbo2_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo2, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo2, the C reference's bytes;
+// called by the TURBO2_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO2_QUANT_LANES (QK_TURBO2/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo2_block(const src_t * __restrict__ x, block_turbo2 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO2>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        return;
+static __device__ void quantize_turbo2_block_lanes(const src_t * __restrict__ xb, block_turbo2 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO2_QUANT_LANES;
+    static_assert(QK_TURBO2 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO2/4; ++i) { // 4 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        for (int l = 0; l < 4; ++l) {
-            const int q = turbo_quantize_value<TURBO2_LEVELS - 1>(turbo_load_f32(x[4*i + l]), inv,
-                turbo2_boundaries, turbo2_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO2_LEVELS - 1>(x[l], inv, turbo2_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 1; ++b) {
-            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo2_block(const float * __restrict__ x, block_turbo2 * __restrict__ y) {
-    quantize_turbo2_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti) {
-    quantize_turbo2_block<float>((const float *) cxi, (block_turbo2 *) cdsti);
+// cpy.cu block copies: f32 -> turbo2 by a lane group (cpy_f32_q with nlanes), turbo2 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo2(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo2_block_lanes<float>((const float *) cxi, (block_turbo2 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo2_f32(const char * cxi, char * cdsti) {
@@ -173,44 +264,80 @@ static __device__ __forceinline__ void dequantize_turbo3(const void * vx, const 
     v.y = d * turbo3_centroids[turbo3_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo3, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo3, the C reference's bytes;
+// called by the TURBO3_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO3_QUANT_LANES (QK_TURBO3/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo3_block(const src_t * __restrict__ x, block_turbo3 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO3>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        for (int i_ = 0; i_ < (int) sizeof(y->qh); ++i_) { y->qh[i_] = 0; }
-        return;
+static __device__ void quantize_turbo3_block_lanes(const src_t * __restrict__ xb, block_turbo3 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO3_QUANT_LANES;
+    static_assert(QK_TURBO3 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO3/8; ++i) { // 8 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        uint32_t w_qh = 0;
-        for (int l = 0; l < 8; ++l) {
-            const int q = turbo_quantize_value<TURBO3_LEVELS - 1>(turbo_load_f32(x[8*i + l]), inv,
-                turbo3_boundaries, turbo3_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
-            w_qh |= (uint32_t) ((q >> 2) & 1) << (1*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO3_LEVELS - 1>(x[l], inv, turbo3_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 2; ++b) {
-            y->qs[2*i + b] = (uint8_t) (w_qs >> (8*b));
-        }
-        for (int b = 0; b < 1; ++b) {
-            y->qh[1*i + b] = (uint8_t) (w_qh >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    {
+        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*1;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        }
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
+        }
+    }
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo3_block(const float * __restrict__ x, block_turbo3 * __restrict__ y) {
-    quantize_turbo3_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo3(const char * cxi, char * cdsti) {
-    quantize_turbo3_block<float>((const float *) cxi, (block_turbo3 *) cdsti);
+// cpy.cu block copies: f32 -> turbo3 by a lane group (cpy_f32_q with nlanes), turbo3 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo3(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo3_block_lanes<float>((const float *) cxi, (block_turbo3 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo3_f32(const char * cxi, char * cdsti) {
@@ -237,38 +364,61 @@ static __device__ __forceinline__ void dequantize_turbo4(const void * vx, const 
     v.y = d * turbo4_centroids[turbo4_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo4, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo4, the C reference's bytes;
+// called by the TURBO4_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO4_QUANT_LANES (QK_TURBO4/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo4_block(const src_t * __restrict__ x, block_turbo4 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO4>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        return;
+static __device__ void quantize_turbo4_block_lanes(const src_t * __restrict__ xb, block_turbo4 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO4_QUANT_LANES;
+    static_assert(QK_TURBO4 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO4/2; ++i) { // 2 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        for (int l = 0; l < 2; ++l) {
-            const int q = turbo_quantize_value<TURBO4_LEVELS - 1>(turbo_load_f32(x[2*i + l]), inv,
-                turbo4_boundaries, turbo4_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 15) << (4*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO4_LEVELS - 1>(x[l], inv, turbo4_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo4_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 4 bit(s) per value, TURBO_QUANT_VPL*4 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*4;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 15) << (4*l);
         }
-        for (int b = 0; b < 1; ++b) {
-            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo4_block(const float * __restrict__ x, block_turbo4 * __restrict__ y) {
-    quantize_turbo4_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo4(const char * cxi, char * cdsti) {
-    quantize_turbo4_block<float>((const float *) cxi, (block_turbo4 *) cdsti);
+// cpy.cu block copies: f32 -> turbo4 by a lane group (cpy_f32_q with nlanes), turbo4 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo4(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo4_block_lanes<float>((const float *) cxi, (block_turbo4 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo4_f32(const char * cxi, char * cdsti) {
@@ -295,38 +445,61 @@ static __device__ __forceinline__ void dequantize_turbo2_b96(const void * vx, co
     v.y = d * turbo2_b96_centroids[turbo2_b96_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo2_b96, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo2_b96, the C reference's bytes;
+// called by the TURBO2_B96_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO2_B96_QUANT_LANES (QK_TURBO2_B96/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo2_b96_block(const src_t * __restrict__ x, block_turbo2_b96 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO2_B96>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        return;
+static __device__ void quantize_turbo2_b96_block_lanes(const src_t * __restrict__ xb, block_turbo2_b96 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO2_B96_QUANT_LANES;
+    static_assert(QK_TURBO2_B96 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO2_B96/4; ++i) { // 4 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        for (int l = 0; l < 4; ++l) {
-            const int q = turbo_quantize_value<TURBO2_B96_LEVELS - 1>(turbo_load_f32(x[4*i + l]), inv,
-                turbo2_b96_boundaries, turbo2_b96_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO2_B96_LEVELS - 1>(x[l], inv, turbo2_b96_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_b96_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 1; ++b) {
-            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo2_b96_block(const float * __restrict__ x, block_turbo2_b96 * __restrict__ y) {
-    quantize_turbo2_b96_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo2_b96(const char * cxi, char * cdsti) {
-    quantize_turbo2_b96_block<float>((const float *) cxi, (block_turbo2_b96 *) cdsti);
+// cpy.cu block copies: f32 -> turbo2_b96 by a lane group (cpy_f32_q with nlanes), turbo2_b96 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo2_b96(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo2_b96_block_lanes<float>((const float *) cxi, (block_turbo2_b96 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo2_b96_f32(const char * cxi, char * cdsti) {
@@ -353,38 +526,61 @@ static __device__ __forceinline__ void dequantize_turbo2_b32(const void * vx, co
     v.y = d * turbo2_b32_centroids[turbo2_b32_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo2_b32, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo2_b32, the C reference's bytes;
+// called by the TURBO2_B32_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO2_B32_QUANT_LANES (QK_TURBO2_B32/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo2_b32_block(const src_t * __restrict__ x, block_turbo2_b32 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO2_B32>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        return;
+static __device__ void quantize_turbo2_b32_block_lanes(const src_t * __restrict__ xb, block_turbo2_b32 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO2_B32_QUANT_LANES;
+    static_assert(QK_TURBO2_B32 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO2_B32/4; ++i) { // 4 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        for (int l = 0; l < 4; ++l) {
-            const int q = turbo_quantize_value<TURBO2_B32_LEVELS - 1>(turbo_load_f32(x[4*i + l]), inv,
-                turbo2_b32_boundaries, turbo2_b32_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO2_B32_LEVELS - 1>(x[l], inv, turbo2_b32_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_b32_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 1; ++b) {
-            y->qs[1*i + b] = (uint8_t) (w_qs >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo2_b32_block(const float * __restrict__ x, block_turbo2_b32 * __restrict__ y) {
-    quantize_turbo2_b32_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo2_b32(const char * cxi, char * cdsti) {
-    quantize_turbo2_b32_block<float>((const float *) cxi, (block_turbo2_b32 *) cdsti);
+// cpy.cu block copies: f32 -> turbo2_b32 by a lane group (cpy_f32_q with nlanes), turbo2_b32 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo2_b32(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo2_b32_block_lanes<float>((const float *) cxi, (block_turbo2_b32 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo2_b32_f32(const char * cxi, char * cdsti) {
@@ -411,44 +607,80 @@ static __device__ __forceinline__ void dequantize_turbo3_b96(const void * vx, co
     v.y = d * turbo3_b96_centroids[turbo3_b96_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo3_b96, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo3_b96, the C reference's bytes;
+// called by the TURBO3_B96_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO3_B96_QUANT_LANES (QK_TURBO3_B96/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo3_b96_block(const src_t * __restrict__ x, block_turbo3_b96 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO3_B96>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        for (int i_ = 0; i_ < (int) sizeof(y->qh); ++i_) { y->qh[i_] = 0; }
-        return;
+static __device__ void quantize_turbo3_b96_block_lanes(const src_t * __restrict__ xb, block_turbo3_b96 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO3_B96_QUANT_LANES;
+    static_assert(QK_TURBO3_B96 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO3_B96/8; ++i) { // 8 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        uint32_t w_qh = 0;
-        for (int l = 0; l < 8; ++l) {
-            const int q = turbo_quantize_value<TURBO3_B96_LEVELS - 1>(turbo_load_f32(x[8*i + l]), inv,
-                turbo3_b96_boundaries, turbo3_b96_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
-            w_qh |= (uint32_t) ((q >> 2) & 1) << (1*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO3_B96_LEVELS - 1>(x[l], inv, turbo3_b96_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_b96_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 2; ++b) {
-            y->qs[2*i + b] = (uint8_t) (w_qs >> (8*b));
-        }
-        for (int b = 0; b < 1; ++b) {
-            y->qh[1*i + b] = (uint8_t) (w_qh >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    {
+        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*1;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        }
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
+        }
+    }
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo3_b96_block(const float * __restrict__ x, block_turbo3_b96 * __restrict__ y) {
-    quantize_turbo3_b96_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo3_b96(const char * cxi, char * cdsti) {
-    quantize_turbo3_b96_block<float>((const float *) cxi, (block_turbo3_b96 *) cdsti);
+// cpy.cu block copies: f32 -> turbo3_b96 by a lane group (cpy_f32_q with nlanes), turbo3_b96 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo3_b96(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo3_b96_block_lanes<float>((const float *) cxi, (block_turbo3_b96 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo3_b96_f32(const char * cxi, char * cdsti) {
@@ -475,44 +707,80 @@ static __device__ __forceinline__ void dequantize_turbo3_b32(const void * vx, co
     v.y = d * turbo3_b32_centroids[turbo3_b32_index_cuda(x, iqs + 1)];
 }
 
-// one block of f32 (or f16) values -> block_turbo3_b32, the C reference's bytes
+// one block of f32 (or f16) values -> block_turbo3_b32, the C reference's bytes;
+// called by the TURBO3_B32_QUANT_LANES lanes of a group (`lane` = 0..), all of
+// them (see above), `store` false for a group that only keeps the warp whole
+#define TURBO3_B32_QUANT_LANES (QK_TURBO3_B32/TURBO_QUANT_VPL)
 template <typename src_t>
-static __device__ void quantize_turbo3_b32_block(const src_t * __restrict__ x, block_turbo3_b32 * __restrict__ y) {
-    double inv;
-    if (!turbo_block_inv<QK_TURBO3_B32>(x, inv)) {
-        y->d = __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
-        for (int i_ = 0; i_ < (int) sizeof(y->qs); ++i_) { y->qs[i_] = 0; }
-        for (int i_ = 0; i_ < (int) sizeof(y->qh); ++i_) { y->qh[i_] = 0; }
-        return;
+static __device__ void quantize_turbo3_b32_block_lanes(const src_t * __restrict__ xb, block_turbo3_b32 * __restrict__ y,
+                                                  const int lane, const bool store) {
+    constexpr int lanes = TURBO3_B32_QUANT_LANES;
+    static_assert(QK_TURBO3_B32 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
+    float x[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
     }
+    float inv;
+    const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    for (int i = 0; i < QK_TURBO3_B32/8; ++i) { // 8 values fill whole bytes of every plane
-        uint32_t w_qs = 0;
-        uint32_t w_qh = 0;
-        for (int l = 0; l < 8; ++l) {
-            const int q = turbo_quantize_value<TURBO3_B32_LEVELS - 1>(turbo_load_f32(x[8*i + l]), inv,
-                turbo3_b32_boundaries, turbo3_b32_centroids, num, den);
-            w_qs |= (uint32_t) ((q >> 0) & 3) << (2*l);
-            w_qh |= (uint32_t) ((q >> 2) & 1) << (1*l);
+    int q[TURBO_QUANT_VPL];
+#pragma unroll
+    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+        q[l] = finite ? turbo_quantize_index<TURBO3_B32_LEVELS - 1>(x[l], inv, turbo3_b32_boundaries) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_b32_centroids[q[l]];
+        num += turbo_f64(x[l]) * c; // exact products
+        den += c * c;
+    }
+    num = turbo_group_sum<lanes>(num);
+    den = turbo_group_sum<lanes>(den);
+    {
+        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*2;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
         }
-        for (int b = 0; b < 2; ++b) {
-            y->qs[2*i + b] = (uint8_t) (w_qs >> (8*b));
-        }
-        for (int b = 0; b < 1; ++b) {
-            y->qh[1*i + b] = (uint8_t) (w_qh >> (8*b));
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
         }
     }
-    y->d = turbo_scale_f16(num, den);
+    {
+        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
+        constexpr int lane_bits = TURBO_QUANT_VPL*1;
+        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        uint32_t w = 0;
+#pragma unroll
+        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        }
+        w <<= lane_bits*(lane % per_byte);
+        w = turbo_group_or<lanes>(w, per_byte);
+        if (store && lane % per_byte == 0) {
+            const int byte0 = lane_bits*lane/8;
+#pragma unroll
+            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
+                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            }
+        }
+    }
+    if (store && lane == 0) {
+        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+    }
 }
 
-static __device__ void quantize_f32_turbo3_b32_block(const float * __restrict__ x, block_turbo3_b32 * __restrict__ y) {
-    quantize_turbo3_b32_block<float>(x, y);
-}
-
-// cpy.cu block copies (cpy_kernel_t)
-static __device__ void cpy_blck_f32_turbo3_b32(const char * cxi, char * cdsti) {
-    quantize_turbo3_b32_block<float>((const float *) cxi, (block_turbo3_b32 *) cdsti);
+// cpy.cu block copies: f32 -> turbo3_b32 by a lane group (cpy_f32_q with nlanes), turbo3_b32 -> f32 (cpy_kernel_t)
+static __device__ void cpy_blck_f32_turbo3_b32(const char * cxi, char * cdsti, const int lane, const bool store) {
+    quantize_turbo3_b32_block_lanes<float>((const float *) cxi, (block_turbo3_b32 *) cdsti, lane, store);
 }
 
 static __device__ void cpy_blck_turbo3_b32_f32(const char * cxi, char * cdsti) {
