@@ -120,9 +120,12 @@ def test_cuda_rejects_garbage_with_accepted_forms(arch):
 
 def test_default_fa_pairs_cover_every_cache_type_pair_plus_upstream_defaults():
     pairs = cuda.fa_pairs(None)
-    assert len(pairs) == len(formats.CACHE_TYPES) ** 2 + 2 == len(set(pairs))
+    # every pair users can name; the block variants (heads 32/96) have no vector kernel
+    assert len(pairs) == len(formats.USER_CACHE_TYPES) ** 2 + 2 == len(set(pairs))
     types = ("f16", "q8_0", "turbo2", "turbo3", "turbo4")
     assert {f"{k}-{v}" for k in types for v in types} <= set(pairs)
+    assert not [p for p in pairs if "_b" in p]
+    assert all(cuda.fa_head_sizes(*p.split("-")) for p in pairs)
     assert set(cuda.UPSTREAM_DEFAULT_FA) <= set(pairs)  # what upstream builds by default stays
     assert cuda.fa_pairs(None) == cuda.fa_pairs("default") == cuda.fa_pairs(" Default ") == pairs
 

@@ -76,10 +76,26 @@ def default_arch() -> str | None:
 UPSTREAM_FA_TYPES: tuple[str, ...] = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "bf16", "f16")
 FA_TYPES: tuple[str, ...] = (*UPSTREAM_FA_TYPES, *formats.TURBO_TYPES)
 UPSTREAM_DEFAULT_FA: tuple[str, ...] = ("q4_0-q4_0", "q8_0-q8_0", "f16-f16", "bf16-bf16")
-# Every K cache type with every V cache type, plus upstream's defaults.
+
+
+def fa_head_sizes(k: str, v: str) -> list[int]:
+    """The head sizes the vector kernel is instantiated for, K type k and V type v: those
+    of formats.HEAD_SIZES (upstream's vec kernel sizes) at which a cache really pairs
+    them (a turbo type only where its family picks it, formats.serving_heads)."""
+    def serves(t: str, d: int) -> bool:
+        if t in formats.TURBO_FORMATS:
+            return d in formats.serving_heads(t)
+        return d % formats.type_info(t).block_size == 0
+    return [d for d in formats.HEAD_SIZES if serves(k, d) and serves(v, d)]
+
+
+# Every K cache type with every V cache type that a head size of the vector kernel
+# pairs (the block variants of heads 32 and 96 have no vector kernel), plus
+# upstream's defaults.
 DEFAULT_FA_PAIRS: tuple[str, ...] = tuple(dict.fromkeys(
-    [f"{k}-{v}" for k, v in formats.cache_pairs(turbo_only=False)] + list(UPSTREAM_DEFAULT_FA)))
-FA_QUANTS_FORMS = (f"'default' (every K/V pair of {', '.join(formats.CACHE_TYPES)}, plus "
+    [f"{k}-{v}" for k, v in formats.cache_pairs(turbo_only=False) if fa_head_sizes(k, v)]
+    + list(UPSTREAM_DEFAULT_FA)))
+FA_QUANTS_FORMS = (f"'default' (every K/V pair of {', '.join(formats.USER_CACHE_TYPES)}, plus "
                    "q4_0-q4_0 and bf16-bf16), 'all' (every pair of every type: slow to build), "
                    "or a comma list of K-V pairs such as q8_0-turbo3,turbo3-turbo3 "
                    "(may include 'default')")
@@ -130,28 +146,45 @@ def fa_quants_value(selection: str | None = None) -> str:
 
 
 def fa_instance_pairs() -> list[dict]:
-    """Every flash-attention vector-kernel K/V pair that involves a turbo type.
+    """Every flash-attention vector-kernel K/V pair that involves a turbo type (each
+    gets an instance file: upstream's cmake expects one for every pair of FA_TYPES).
 
     Each item: slug 'turbo3-q8_0', the cmake/macro names (K, V upper case), the
-    ggml enums and the head sizes both block sizes divide (only those are
-    instantiated: llama.cpp never builds a cache row the block does not divide).
+    ggml enums and the head sizes (fa_head_sizes). The block variants of heads 32
+    and 96 have none: heads of 96 take the tensor-core kernel on K/V converted to
+    f16, heads of 32 have no CUDA flash-attention kernel (the op runs on the CPU).
     """
     pairs = []
     for k in FA_TYPES:
         for v in FA_TYPES:
             if k not in formats.TURBO_FORMATS and v not in formats.TURBO_FORMATS:
                 continue
-            bk, bv = formats.type_info(k).block_size, formats.type_info(v).block_size
             pairs.append({
                 "slug": f"{k}-{v}", "K": k.upper(), "V": v.upper(),
                 "k_enum": "GGML_TYPE_" + k.upper(), "v_enum": "GGML_TYPE_" + v.upper(),
-                "head_sizes": [d for d in formats.HEAD_SIZES if d % bk == 0 and d % bv == 0],
+                "head_sizes": fa_head_sizes(k, v),
             })
     return pairs
 
 
+def quant_lanes(fmt: formats.TurboFormat) -> int:
+    """Lanes per block of the CUDA quantizer: the fewest (a power of two, at least 8 so
+    a byte of a 1-bit plane has its own lanes, at most a warp of 32) that leave at most
+    4 values per lane: 8 for blocks of 32, 16 for 64, 32 for 96."""
+    lanes = 8
+    while fmt.block % lanes or fmt.block // lanes > 4:
+        lanes *= 2
+        if lanes > 32:
+            raise TqpatchError(f"{fmt.name}: no CUDA quantizer lane group for blocks of {fmt.block}")
+    return lanes
+
+
 def render_context() -> dict:
-    return {"fa_pairs": fa_instance_pairs()}
+    pairs = fa_instance_pairs()
+    return {"fa_pairs": pairs,
+            # (pair, head size) of every compiled vector-kernel instance, for the dispatch macros
+            "fa_vec_cases": [(p, d) for p in pairs for d in p["head_sizes"]],
+            "quant_lanes": {n: quant_lanes(f) for n, f in formats.TURBO_FORMATS.items()}}
 
 
 def render_expansions() -> dict:

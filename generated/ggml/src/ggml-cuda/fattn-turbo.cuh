@@ -165,7 +165,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2(
             part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo2_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -208,7 +208,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -220,7 +220,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2 * x = (const block_turbo2 *) vx + i0/QK_TURBO2;
     const uint32_t codes = turbo2_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -289,7 +289,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3(
             part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo3_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -332,7 +332,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -344,7 +344,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3 * x = (const block_turbo3 *) vx + i0/QK_TURBO3;
     const uint32_t codes = turbo3_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -411,7 +411,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo4(
             part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo4_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -454,7 +454,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -466,7 +466,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo4 * x = (const block_turbo4 *) vx + i0/QK_TURBO4;
     const uint32_t codes = turbo4_fattn_codes<ne>(x, (int) (i0 % QK_TURBO4));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -533,7 +533,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2_b96(
             part += turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -576,7 +576,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b96_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -588,7 +588,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2_b96 * x = (const block_turbo2_b96 *) vx + i0/QK_TURBO2_B96;
     const uint32_t codes = turbo2_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B96));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -655,7 +655,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo2_b32(
             part += turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -698,7 +698,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b32_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -710,7 +710,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2_b32 * x = (const block_turbo2_b32 *) vx + i0/QK_TURBO2_B32;
     const uint32_t codes = turbo2_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B32));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -779,7 +779,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3_b96(
             part += turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -822,7 +822,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b96_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -834,7 +834,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3_b96 * x = (const block_turbo3_b96 *) vx + i0/QK_TURBO3_B96;
     const uint32_t codes = turbo3_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B96));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -903,7 +903,7 @@ static __device__ __forceinline__ float vec_dot_fattn_vec_KQ_turbo3_b32(
             part += turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 0) * q.x;
             part += turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_K, codes, 2*l + 1) * q.y;
         }
-        sum += __half2float(x->d) * part;
+        sum += ggml_turbo_log8_scale[x->e] * part;
     }
     return sum;
 }
@@ -946,7 +946,7 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b32_cols(
                 part[j] += c1*q.y;
             }
         }
-        const float d = __half2float(x->d);
+        const float d = ggml_turbo_log8_scale[x->e];
 #pragma unroll
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
@@ -958,7 +958,7 @@ template <typename T, int ne>
 static __device__ __forceinline__ void dequantize_V_turbo3_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3_b32 * x = (const block_turbo3_b32 *) vx + i0/QK_TURBO3_B32;
     const uint32_t codes = turbo3_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B32));
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
 #ifdef FP16_AVAILABLE
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
@@ -1055,12 +1055,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, Q4_0, TURBO4) \
     FATTN_VEC_CASE(128, Q4_0, TURBO4) \
     FATTN_VEC_CASE(256, Q4_0, TURBO4) \
-    FATTN_VEC_CASE( 64, Q4_0, TURBO2_B32) \
-    FATTN_VEC_CASE(128, Q4_0, TURBO2_B32) \
-    FATTN_VEC_CASE(256, Q4_0, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, Q4_0, TURBO3_B32) \
-    FATTN_VEC_CASE(128, Q4_0, TURBO3_B32) \
-    FATTN_VEC_CASE(256, Q4_0, TURBO3_B32) \
     FATTN_VEC_CASE( 64, Q4_1, TURBO2) \
     FATTN_VEC_CASE(128, Q4_1, TURBO2) \
     FATTN_VEC_CASE(256, Q4_1, TURBO2) \
@@ -1070,12 +1064,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, Q4_1, TURBO4) \
     FATTN_VEC_CASE(128, Q4_1, TURBO4) \
     FATTN_VEC_CASE(256, Q4_1, TURBO4) \
-    FATTN_VEC_CASE( 64, Q4_1, TURBO2_B32) \
-    FATTN_VEC_CASE(128, Q4_1, TURBO2_B32) \
-    FATTN_VEC_CASE(256, Q4_1, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, Q4_1, TURBO3_B32) \
-    FATTN_VEC_CASE(128, Q4_1, TURBO3_B32) \
-    FATTN_VEC_CASE(256, Q4_1, TURBO3_B32) \
     FATTN_VEC_CASE( 64, Q5_0, TURBO2) \
     FATTN_VEC_CASE(128, Q5_0, TURBO2) \
     FATTN_VEC_CASE(256, Q5_0, TURBO2) \
@@ -1085,12 +1073,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, Q5_0, TURBO4) \
     FATTN_VEC_CASE(128, Q5_0, TURBO4) \
     FATTN_VEC_CASE(256, Q5_0, TURBO4) \
-    FATTN_VEC_CASE( 64, Q5_0, TURBO2_B32) \
-    FATTN_VEC_CASE(128, Q5_0, TURBO2_B32) \
-    FATTN_VEC_CASE(256, Q5_0, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, Q5_0, TURBO3_B32) \
-    FATTN_VEC_CASE(128, Q5_0, TURBO3_B32) \
-    FATTN_VEC_CASE(256, Q5_0, TURBO3_B32) \
     FATTN_VEC_CASE( 64, Q5_1, TURBO2) \
     FATTN_VEC_CASE(128, Q5_1, TURBO2) \
     FATTN_VEC_CASE(256, Q5_1, TURBO2) \
@@ -1100,12 +1082,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, Q5_1, TURBO4) \
     FATTN_VEC_CASE(128, Q5_1, TURBO4) \
     FATTN_VEC_CASE(256, Q5_1, TURBO4) \
-    FATTN_VEC_CASE( 64, Q5_1, TURBO2_B32) \
-    FATTN_VEC_CASE(128, Q5_1, TURBO2_B32) \
-    FATTN_VEC_CASE(256, Q5_1, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, Q5_1, TURBO3_B32) \
-    FATTN_VEC_CASE(128, Q5_1, TURBO3_B32) \
-    FATTN_VEC_CASE(256, Q5_1, TURBO3_B32) \
     FATTN_VEC_CASE( 64, Q8_0, TURBO2) \
     FATTN_VEC_CASE(128, Q8_0, TURBO2) \
     FATTN_VEC_CASE(256, Q8_0, TURBO2) \
@@ -1115,12 +1091,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, Q8_0, TURBO4) \
     FATTN_VEC_CASE(128, Q8_0, TURBO4) \
     FATTN_VEC_CASE(256, Q8_0, TURBO4) \
-    FATTN_VEC_CASE( 64, Q8_0, TURBO2_B32) \
-    FATTN_VEC_CASE(128, Q8_0, TURBO2_B32) \
-    FATTN_VEC_CASE(256, Q8_0, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, Q8_0, TURBO3_B32) \
-    FATTN_VEC_CASE(128, Q8_0, TURBO3_B32) \
-    FATTN_VEC_CASE(256, Q8_0, TURBO3_B32) \
     FATTN_VEC_CASE( 64, BF16, TURBO2) \
     FATTN_VEC_CASE(128, BF16, TURBO2) \
     FATTN_VEC_CASE(256, BF16, TURBO2) \
@@ -1130,12 +1100,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, BF16, TURBO4) \
     FATTN_VEC_CASE(128, BF16, TURBO4) \
     FATTN_VEC_CASE(256, BF16, TURBO4) \
-    FATTN_VEC_CASE( 64, BF16, TURBO2_B32) \
-    FATTN_VEC_CASE(128, BF16, TURBO2_B32) \
-    FATTN_VEC_CASE(256, BF16, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, BF16, TURBO3_B32) \
-    FATTN_VEC_CASE(128, BF16, TURBO3_B32) \
-    FATTN_VEC_CASE(256, BF16, TURBO3_B32) \
     FATTN_VEC_CASE( 64, F16, TURBO2) \
     FATTN_VEC_CASE(128, F16, TURBO2) \
     FATTN_VEC_CASE(256, F16, TURBO2) \
@@ -1145,12 +1109,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, F16, TURBO4) \
     FATTN_VEC_CASE(128, F16, TURBO4) \
     FATTN_VEC_CASE(256, F16, TURBO4) \
-    FATTN_VEC_CASE( 64, F16, TURBO2_B32) \
-    FATTN_VEC_CASE(128, F16, TURBO2_B32) \
-    FATTN_VEC_CASE(256, F16, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, F16, TURBO3_B32) \
-    FATTN_VEC_CASE(128, F16, TURBO3_B32) \
-    FATTN_VEC_CASE(256, F16, TURBO3_B32) \
     FATTN_VEC_CASE( 64, TURBO2, Q4_0) \
     FATTN_VEC_CASE(128, TURBO2, Q4_0) \
     FATTN_VEC_CASE(256, TURBO2, Q4_0) \
@@ -1181,12 +1139,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, TURBO2, TURBO4) \
     FATTN_VEC_CASE(128, TURBO2, TURBO4) \
     FATTN_VEC_CASE(256, TURBO2, TURBO4) \
-    FATTN_VEC_CASE( 64, TURBO2, TURBO2_B32) \
-    FATTN_VEC_CASE(128, TURBO2, TURBO2_B32) \
-    FATTN_VEC_CASE(256, TURBO2, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, TURBO2, TURBO3_B32) \
-    FATTN_VEC_CASE(128, TURBO2, TURBO3_B32) \
-    FATTN_VEC_CASE(256, TURBO2, TURBO3_B32) \
     FATTN_VEC_CASE( 64, TURBO3, Q4_0) \
     FATTN_VEC_CASE(128, TURBO3, Q4_0) \
     FATTN_VEC_CASE(256, TURBO3, Q4_0) \
@@ -1217,12 +1169,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE( 64, TURBO3, TURBO4) \
     FATTN_VEC_CASE(128, TURBO3, TURBO4) \
     FATTN_VEC_CASE(256, TURBO3, TURBO4) \
-    FATTN_VEC_CASE( 64, TURBO3, TURBO2_B32) \
-    FATTN_VEC_CASE(128, TURBO3, TURBO2_B32) \
-    FATTN_VEC_CASE(256, TURBO3, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, TURBO3, TURBO3_B32) \
-    FATTN_VEC_CASE(128, TURBO3, TURBO3_B32) \
-    FATTN_VEC_CASE(256, TURBO3, TURBO3_B32) \
     FATTN_VEC_CASE( 64, TURBO4, Q4_0) \
     FATTN_VEC_CASE(128, TURBO4, Q4_0) \
     FATTN_VEC_CASE(256, TURBO4, Q4_0) \
@@ -1252,85 +1198,7 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     FATTN_VEC_CASE(256, TURBO4, TURBO3) \
     FATTN_VEC_CASE( 64, TURBO4, TURBO4) \
     FATTN_VEC_CASE(128, TURBO4, TURBO4) \
-    FATTN_VEC_CASE(256, TURBO4, TURBO4) \
-    FATTN_VEC_CASE( 64, TURBO4, TURBO2_B32) \
-    FATTN_VEC_CASE(128, TURBO4, TURBO2_B32) \
-    FATTN_VEC_CASE(256, TURBO4, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, TURBO4, TURBO3_B32) \
-    FATTN_VEC_CASE(128, TURBO4, TURBO3_B32) \
-    FATTN_VEC_CASE(256, TURBO4, TURBO3_B32) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, Q4_0) \
-    FATTN_VEC_CASE(128, TURBO2_B32, Q4_0) \
-    FATTN_VEC_CASE(256, TURBO2_B32, Q4_0) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, Q4_1) \
-    FATTN_VEC_CASE(128, TURBO2_B32, Q4_1) \
-    FATTN_VEC_CASE(256, TURBO2_B32, Q4_1) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, Q5_0) \
-    FATTN_VEC_CASE(128, TURBO2_B32, Q5_0) \
-    FATTN_VEC_CASE(256, TURBO2_B32, Q5_0) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, Q5_1) \
-    FATTN_VEC_CASE(128, TURBO2_B32, Q5_1) \
-    FATTN_VEC_CASE(256, TURBO2_B32, Q5_1) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, Q8_0) \
-    FATTN_VEC_CASE(128, TURBO2_B32, Q8_0) \
-    FATTN_VEC_CASE(256, TURBO2_B32, Q8_0) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, BF16) \
-    FATTN_VEC_CASE(128, TURBO2_B32, BF16) \
-    FATTN_VEC_CASE(256, TURBO2_B32, BF16) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, F16) \
-    FATTN_VEC_CASE(128, TURBO2_B32, F16) \
-    FATTN_VEC_CASE(256, TURBO2_B32, F16) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, TURBO2) \
-    FATTN_VEC_CASE(128, TURBO2_B32, TURBO2) \
-    FATTN_VEC_CASE(256, TURBO2_B32, TURBO2) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, TURBO3) \
-    FATTN_VEC_CASE(128, TURBO2_B32, TURBO3) \
-    FATTN_VEC_CASE(256, TURBO2_B32, TURBO3) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, TURBO4) \
-    FATTN_VEC_CASE(128, TURBO2_B32, TURBO4) \
-    FATTN_VEC_CASE(256, TURBO2_B32, TURBO4) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, TURBO2_B32) \
-    FATTN_VEC_CASE(128, TURBO2_B32, TURBO2_B32) \
-    FATTN_VEC_CASE(256, TURBO2_B32, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, TURBO2_B32, TURBO3_B32) \
-    FATTN_VEC_CASE(128, TURBO2_B32, TURBO3_B32) \
-    FATTN_VEC_CASE(256, TURBO2_B32, TURBO3_B32) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, Q4_0) \
-    FATTN_VEC_CASE(128, TURBO3_B32, Q4_0) \
-    FATTN_VEC_CASE(256, TURBO3_B32, Q4_0) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, Q4_1) \
-    FATTN_VEC_CASE(128, TURBO3_B32, Q4_1) \
-    FATTN_VEC_CASE(256, TURBO3_B32, Q4_1) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, Q5_0) \
-    FATTN_VEC_CASE(128, TURBO3_B32, Q5_0) \
-    FATTN_VEC_CASE(256, TURBO3_B32, Q5_0) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, Q5_1) \
-    FATTN_VEC_CASE(128, TURBO3_B32, Q5_1) \
-    FATTN_VEC_CASE(256, TURBO3_B32, Q5_1) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, Q8_0) \
-    FATTN_VEC_CASE(128, TURBO3_B32, Q8_0) \
-    FATTN_VEC_CASE(256, TURBO3_B32, Q8_0) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, BF16) \
-    FATTN_VEC_CASE(128, TURBO3_B32, BF16) \
-    FATTN_VEC_CASE(256, TURBO3_B32, BF16) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, F16) \
-    FATTN_VEC_CASE(128, TURBO3_B32, F16) \
-    FATTN_VEC_CASE(256, TURBO3_B32, F16) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, TURBO2) \
-    FATTN_VEC_CASE(128, TURBO3_B32, TURBO2) \
-    FATTN_VEC_CASE(256, TURBO3_B32, TURBO2) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, TURBO3) \
-    FATTN_VEC_CASE(128, TURBO3_B32, TURBO3) \
-    FATTN_VEC_CASE(256, TURBO3_B32, TURBO3) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, TURBO4) \
-    FATTN_VEC_CASE(128, TURBO3_B32, TURBO4) \
-    FATTN_VEC_CASE(256, TURBO3_B32, TURBO4) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, TURBO2_B32) \
-    FATTN_VEC_CASE(128, TURBO3_B32, TURBO2_B32) \
-    FATTN_VEC_CASE(256, TURBO3_B32, TURBO2_B32) \
-    FATTN_VEC_CASE( 64, TURBO3_B32, TURBO3_B32) \
-    FATTN_VEC_CASE(128, TURBO3_B32, TURBO3_B32) \
-    FATTN_VEC_CASE(256, TURBO3_B32, TURBO3_B32)
+    FATTN_VEC_CASE(256, TURBO4, TURBO4)
 
 // fattn-vec.cuh: the instances live in template-instances/fattn-vec-instance-<k>-<v>.cu
 #define GGML_CUDA_TURBO_FATTN_VEC_EXTERN_DECLS \
@@ -1343,12 +1211,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_0, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_0, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2); \
@@ -1358,12 +1220,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_1, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_1, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_1, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q4_1, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q4_1, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q4_1, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2); \
@@ -1373,12 +1229,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_0, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_0, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2); \
@@ -1388,12 +1238,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_1, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_1, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_1, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_1, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q5_1, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q5_1, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q5_1, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2); \
@@ -1403,12 +1247,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_BF16, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_BF16, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_BF16, GGML_TYPE_TURBO2); \
@@ -1418,12 +1256,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_BF16, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_BF16, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_BF16, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_BF16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_BF16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_BF16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_BF16, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_BF16, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_BF16, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_F16, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_F16, GGML_TYPE_TURBO2); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_F16, GGML_TYPE_TURBO2); \
@@ -1433,12 +1265,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_F16, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_F16, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_F16, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_F16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_F16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_F16, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_F16, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_F16, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_F16, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2, GGML_TYPE_Q4_0); \
@@ -1469,12 +1295,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3, GGML_TYPE_Q4_0); \
@@ -1505,12 +1325,6 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3_B32); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO4, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_Q4_0); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_Q4_0); \
@@ -1540,82 +1354,4 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3); \
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q4_1); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q5_1); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q8_0); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_BF16); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_F16); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO4); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2_B32); \
-    extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3_B32); \
-    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3_B32);
+    extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4);

@@ -14,11 +14,12 @@
 
 // ---- Quantize: a group of lanes per block ----
 //
-// TURBO_QUANT_VPL neighbouring values per lane, qk/TURBO_QUANT_VPL lanes per
-// block (a power of two that divides the warp: 32 or 16 lanes on CUDA, 2 or 4
-// blocks per 64-wide wavefront on CDNA). The group finds max|x| and the two
+// <TYPE>_QUANT_LANES lanes per block (a power of two that divides the warp, at
+// most 4 values per lane: 8 lanes for 32 values, 16 for 64, 32 for 96; on CDNA
+// several blocks share a 64-wide wavefront). Lane l holds values l, l + lanes,
+// l + 2*lanes, ... (coalesced loads). The group finds max|x| and the two
 // least-squares sums with shuffles, each lane decides its own indices, and the
-// lanes OR their index bits into whole bytes of every plane. Every lane of the
+// lanes that share a byte of a plane OR their bits together. Every lane of the
 // warp must call the quantizer, and it never returns early (a NaN/inf block
 // included): the shuffles use the full mask.
 //
@@ -38,13 +39,13 @@
 //     no cancellation, the tree's relative difference from the ordered sum is
 //     below 2^-46, and (float)(num/den) can differ only when the quotient lies
 //     that close to a float rounding midpoint: the stored scale then differs by
-//     at most 1 fp16 ulp (the contract's tolerance; none in the host
-//     emulation's blocks, tests/test_cuda_quantizer_emulation.py);
-//   * d = fp16((float)(num/den)): double -> float -> half, both round to
-//     nearest even as in the reference (a float-subnormal quotient is 0 in fp16
-//     either way).
-
-#define TURBO_QUANT_VPL 4
+//     at most 1 fp16 ulp, or one log-scale code where the quotient lies that close
+//     to a code boundary (the contract's tolerances);
+//   * the float quotient is rounded by hand (turbo_round_f32), so a float-subnormal
+//     quotient keeps its value: a log scale codes it 1 as the reference does;
+//   * log scale: the code counts the scale table's boundaries below the quotient
+//     (a binary search, compared in double: exact for float values), and the
+//     second pass u = fl32(x * inv[code]) takes the same path as the first.
 
 // x as a double, exactly, subnormal x included
 static __device__ __forceinline__ double turbo_f64(const float x) {
@@ -135,11 +136,11 @@ static __device__ __forceinline__ int turbo_quantize_index(const float x, const 
 
 // The group's shared block constant: 1/max|x| as the reference computes it
 // (0 for an all-zero block); false (and inv 0) when the block holds a NaN or inf.
-template <int lanes>
-static __device__ __forceinline__ bool turbo_group_inv(const float (&x)[TURBO_QUANT_VPL], float & inv) {
+template <int lanes, int vpl>
+static __device__ __forceinline__ bool turbo_group_inv(const float (&x)[vpl], float & inv) {
     uint32_t amax = 0; // |x| as float bits: their integer order is the float order
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         const uint32_t ax = __float_as_uint(x[l]) & 0x7FFFFFFFu;
         amax = ax > amax ? ax : amax;
     }
@@ -152,21 +153,39 @@ static __device__ __forceinline__ bool turbo_group_inv(const float (&x)[TURBO_QU
     return true;
 }
 
-// `nbits` (4, 8, 16 or 32) bits of a packed index plane starting at bit `bit`,
-// a multiple of nbits (planes start at even offsets of 2-byte aligned blocks)
+// `nbits` (4, 8, 16 or 32) bits of a packed index plane starting at bit `bit`, a
+// multiple of nbits. Byte loads only: blocks are 1-byte aligned (an 8-bit scale,
+// odd block sizes), so a plane's bytes have no alignment to rely on.
 template <int nbits>
 static __device__ __forceinline__ uint32_t turbo_load_bits(const uint8_t * p, const int bit) {
     static_assert(nbits == 4 || nbits == 8 || nbits == 16 || nbits == 32, "bad nbits");
-    if constexpr (nbits == 32) {
-        const uint16_t * q = (const uint16_t *) (p + bit/8);
-        return (uint32_t) q[0] | ((uint32_t) q[1] << 16);
-    } else if constexpr (nbits == 16) {
-        return *(const uint16_t *) (p + bit/8);
-    } else if constexpr (nbits == 8) {
-        return p[bit/8];
+    if constexpr (nbits == 4) {
+        return ((uint32_t) p[bit/8] >> (bit % 8)) & 0xFu;
     } else {
-        return ((uint32_t) p[bit/8] >> (bit % 8)) & ((1u << nbits) - 1);
+        uint32_t w = 0;
+#pragma unroll
+        for (int b = 0; b < nbits/8; ++b) {
+            w |= (uint32_t) p[bit/8 + b] << (8*b);
+        }
+        return w;
     }
+}
+
+// The log8 code of a scale s >= 0 that is exactly a float (passed as a double):
+// 0 for s == 0, else 1 + the number of ggml_turbo_log8_bounds below s (sorted:
+// a binary search; double compares of float values are exact)
+static __device__ __forceinline__ int turbo_log8_code(const double s) {
+    if (!(s > 0.0)) {
+        return 0;
+    }
+    int n = 0; // bounds below s
+#pragma unroll
+    for (int step = 128; step > 0; step >>= 1) {
+        if (n + step <= GGML_TURBO_LOG8_BOUNDS && (double) ggml_turbo_log8_bounds[n + step - 1] < s) {
+            n += step;
+        }
+    }
+    return 1 + n;
 }
 
 // ---- turbo2: 2-bit indices, 64 values per block ----
@@ -178,7 +197,7 @@ static __device__ __forceinline__ int turbo2_index_cuda(const block_turbo2 * x, 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo2(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo2 * x = (const block_turbo2 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo2_centroids[turbo2_index_cuda(x, iqs + 0)];
     v.y = d * turbo2_centroids[turbo2_index_cuda(x, iqs + 1)];
 }
@@ -186,24 +205,26 @@ static __device__ __forceinline__ void dequantize_turbo2(const void * vx, const 
 // one block of f32 (or f16) values -> block_turbo2, the C reference's bytes;
 // called by the TURBO2_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO2_QUANT_LANES (QK_TURBO2/TURBO_QUANT_VPL)
+#define TURBO2_QUANT_LANES 16
 template <typename src_t>
 static __device__ void quantize_turbo2_block_lanes(const src_t * __restrict__ xb, block_turbo2 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO2_QUANT_LANES;
-    static_assert(QK_TURBO2 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO2/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO2 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO2_LEVELS - 1>(x[l], inv, turbo2_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo2_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -211,27 +232,33 @@ static __device__ void quantize_turbo2_block_lanes(const src_t * __restrict__ xb
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO2_LEVELS - 1>(x[l], inv_e, turbo2_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -259,7 +286,7 @@ static __device__ __forceinline__ int turbo3_index_cuda(const block_turbo3 * x, 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo3(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo3 * x = (const block_turbo3 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo3_centroids[turbo3_index_cuda(x, iqs + 0)];
     v.y = d * turbo3_centroids[turbo3_index_cuda(x, iqs + 1)];
 }
@@ -267,24 +294,26 @@ static __device__ __forceinline__ void dequantize_turbo3(const void * vx, const 
 // one block of f32 (or f16) values -> block_turbo3, the C reference's bytes;
 // called by the TURBO3_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO3_QUANT_LANES (QK_TURBO3/TURBO_QUANT_VPL)
+#define TURBO3_QUANT_LANES 16
 template <typename src_t>
 static __device__ void quantize_turbo3_block_lanes(const src_t * __restrict__ xb, block_turbo3 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO3_QUANT_LANES;
-    static_assert(QK_TURBO3 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO3/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO3 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO3_LEVELS - 1>(x[l], inv, turbo3_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo3_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -292,46 +321,49 @@ static __device__ void quantize_turbo3_block_lanes(const src_t * __restrict__ xb
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO3_LEVELS - 1>(x[l], inv_e, turbo3_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     {
-        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*1;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qh: value j's 1 bit(s) in byte j/8; the 8 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*(lane % 8) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 8);
+        if (store && lane % 8 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qh[(lane + lanes*l)/8] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -359,7 +391,7 @@ static __device__ __forceinline__ int turbo4_index_cuda(const block_turbo4 * x, 
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo4(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo4 * x = (const block_turbo4 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo4_centroids[turbo4_index_cuda(x, iqs + 0)];
     v.y = d * turbo4_centroids[turbo4_index_cuda(x, iqs + 1)];
 }
@@ -367,24 +399,26 @@ static __device__ __forceinline__ void dequantize_turbo4(const void * vx, const 
 // one block of f32 (or f16) values -> block_turbo4, the C reference's bytes;
 // called by the TURBO4_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO4_QUANT_LANES (QK_TURBO4/TURBO_QUANT_VPL)
+#define TURBO4_QUANT_LANES 8
 template <typename src_t>
 static __device__ void quantize_turbo4_block_lanes(const src_t * __restrict__ xb, block_turbo4 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO4_QUANT_LANES;
-    static_assert(QK_TURBO4 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO4/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO4 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO4_LEVELS - 1>(x[l], inv, turbo4_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo4_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -392,27 +426,33 @@ static __device__ void quantize_turbo4_block_lanes(const src_t * __restrict__ xb
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO4_LEVELS - 1>(x[l], inv_e, turbo4_boundaries);
+        }
+    }
     {
-        // plane qs: 4 bit(s) per value, TURBO_QUANT_VPL*4 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*4;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 4 bit(s) in byte j/2; the 2 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 15) << (4*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 15) << (4*(lane % 2) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 2);
+        if (store && lane % 2 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/2] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -440,7 +480,7 @@ static __device__ __forceinline__ int turbo2_b96_index_cuda(const block_turbo2_b
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo2_b96(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo2_b96 * x = (const block_turbo2_b96 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo2_b96_centroids[turbo2_b96_index_cuda(x, iqs + 0)];
     v.y = d * turbo2_b96_centroids[turbo2_b96_index_cuda(x, iqs + 1)];
 }
@@ -448,24 +488,26 @@ static __device__ __forceinline__ void dequantize_turbo2_b96(const void * vx, co
 // one block of f32 (or f16) values -> block_turbo2_b96, the C reference's bytes;
 // called by the TURBO2_B96_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO2_B96_QUANT_LANES (QK_TURBO2_B96/TURBO_QUANT_VPL)
+#define TURBO2_B96_QUANT_LANES 32
 template <typename src_t>
 static __device__ void quantize_turbo2_b96_block_lanes(const src_t * __restrict__ xb, block_turbo2_b96 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO2_B96_QUANT_LANES;
-    static_assert(QK_TURBO2_B96 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO2_B96/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO2_B96 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO2_B96_LEVELS - 1>(x[l], inv, turbo2_b96_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo2_b96_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -473,27 +515,33 @@ static __device__ void quantize_turbo2_b96_block_lanes(const src_t * __restrict_
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO2_B96_LEVELS - 1>(x[l], inv_e, turbo2_b96_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -521,7 +569,7 @@ static __device__ __forceinline__ int turbo2_b32_index_cuda(const block_turbo2_b
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo2_b32(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo2_b32 * x = (const block_turbo2_b32 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo2_b32_centroids[turbo2_b32_index_cuda(x, iqs + 0)];
     v.y = d * turbo2_b32_centroids[turbo2_b32_index_cuda(x, iqs + 1)];
 }
@@ -529,24 +577,26 @@ static __device__ __forceinline__ void dequantize_turbo2_b32(const void * vx, co
 // one block of f32 (or f16) values -> block_turbo2_b32, the C reference's bytes;
 // called by the TURBO2_B32_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO2_B32_QUANT_LANES (QK_TURBO2_B32/TURBO_QUANT_VPL)
+#define TURBO2_B32_QUANT_LANES 8
 template <typename src_t>
 static __device__ void quantize_turbo2_b32_block_lanes(const src_t * __restrict__ xb, block_turbo2_b32 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO2_B32_QUANT_LANES;
-    static_assert(QK_TURBO2_B32 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO2_B32/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO2_B32 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO2_B32_LEVELS - 1>(x[l], inv, turbo2_b32_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo2_b32_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -554,27 +604,33 @@ static __device__ void quantize_turbo2_b32_block_lanes(const src_t * __restrict_
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO2_B32_LEVELS - 1>(x[l], inv_e, turbo2_b32_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -602,7 +658,7 @@ static __device__ __forceinline__ int turbo3_b96_index_cuda(const block_turbo3_b
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo3_b96(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo3_b96 * x = (const block_turbo3_b96 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo3_b96_centroids[turbo3_b96_index_cuda(x, iqs + 0)];
     v.y = d * turbo3_b96_centroids[turbo3_b96_index_cuda(x, iqs + 1)];
 }
@@ -610,24 +666,26 @@ static __device__ __forceinline__ void dequantize_turbo3_b96(const void * vx, co
 // one block of f32 (or f16) values -> block_turbo3_b96, the C reference's bytes;
 // called by the TURBO3_B96_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO3_B96_QUANT_LANES (QK_TURBO3_B96/TURBO_QUANT_VPL)
+#define TURBO3_B96_QUANT_LANES 32
 template <typename src_t>
 static __device__ void quantize_turbo3_b96_block_lanes(const src_t * __restrict__ xb, block_turbo3_b96 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO3_B96_QUANT_LANES;
-    static_assert(QK_TURBO3_B96 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO3_B96/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO3_B96 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO3_B96_LEVELS - 1>(x[l], inv, turbo3_b96_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo3_b96_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -635,46 +693,49 @@ static __device__ void quantize_turbo3_b96_block_lanes(const src_t * __restrict_
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO3_B96_LEVELS - 1>(x[l], inv_e, turbo3_b96_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     {
-        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*1;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qh: value j's 1 bit(s) in byte j/8; the 8 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*(lane % 8) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 8);
+        if (store && lane % 8 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qh[(lane + lanes*l)/8] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
@@ -702,7 +763,7 @@ static __device__ __forceinline__ int turbo3_b32_index_cuda(const block_turbo3_b
 // dequantize_kernel_t, QR=1: v.x = value iqs, v.y = value iqs + 1 of block ib
 static __device__ __forceinline__ void dequantize_turbo3_b32(const void * vx, const int64_t ib, const int iqs, float2 & v) {
     const block_turbo3_b32 * x = (const block_turbo3_b32 *) vx + ib;
-    const float d = __half2float(x->d);
+    const float d = ggml_turbo_log8_scale[x->e];
     v.x = d * turbo3_b32_centroids[turbo3_b32_index_cuda(x, iqs + 0)];
     v.y = d * turbo3_b32_centroids[turbo3_b32_index_cuda(x, iqs + 1)];
 }
@@ -710,24 +771,26 @@ static __device__ __forceinline__ void dequantize_turbo3_b32(const void * vx, co
 // one block of f32 (or f16) values -> block_turbo3_b32, the C reference's bytes;
 // called by the TURBO3_B32_QUANT_LANES lanes of a group (`lane` = 0..), all of
 // them (see above), `store` false for a group that only keeps the warp whole
-#define TURBO3_B32_QUANT_LANES (QK_TURBO3_B32/TURBO_QUANT_VPL)
+#define TURBO3_B32_QUANT_LANES 8
 template <typename src_t>
 static __device__ void quantize_turbo3_b32_block_lanes(const src_t * __restrict__ xb, block_turbo3_b32 * __restrict__ y,
                                                   const int lane, const bool store) {
     constexpr int lanes = TURBO3_B32_QUANT_LANES;
-    static_assert(QK_TURBO3_B32 % TURBO_QUANT_VPL == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE, "bad lane group");
-    float x[TURBO_QUANT_VPL];
+    constexpr int vpl   = QK_TURBO3_B32/lanes; // values per lane: lane, lane + lanes, ...
+    static_assert(QK_TURBO3_B32 % lanes == 0 && vpl <= 4 && lanes % 8 == 0 && (lanes & (lanes - 1)) == 0 && lanes <= WARP_SIZE,
+                  "bad lane group");
+    float x[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-        x[l] = turbo_load_f32(xb[TURBO_QUANT_VPL*lane + l]);
+    for (int l = 0; l < vpl; ++l) {
+        x[l] = turbo_load_f32(xb[lane + lanes*l]);
     }
     float inv;
     const bool finite = turbo_group_inv<lanes>(x, inv); // the same for the whole group
     double num = 0.0;
     double den = 0.0;
-    int q[TURBO_QUANT_VPL];
+    int q[vpl];
 #pragma unroll
-    for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
+    for (int l = 0; l < vpl; ++l) {
         q[l] = finite ? turbo_quantize_index<TURBO3_B32_LEVELS - 1>(x[l], inv, turbo3_b32_boundaries) : 0; // NaN/inf block: indices 0
         const double c = (double) turbo3_b32_centroids[q[l]];
         num += turbo_f64(x[l]) * c; // exact products
@@ -735,46 +798,49 @@ static __device__ void quantize_turbo3_b32_block_lanes(const src_t * __restrict_
     }
     num = turbo_group_sum<lanes>(num);
     den = turbo_group_sum<lanes>(den);
+    // the scale's code, then the indices again for the stored scale
+    const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
+    if (finite) {
+        const float inv_e = ggml_turbo_log8_inv[e];
+#pragma unroll
+        for (int l = 0; l < vpl; ++l) {
+            q[l] = turbo_quantize_index<TURBO3_B32_LEVELS - 1>(x[l], inv_e, turbo3_b32_boundaries);
+        }
+    }
     {
-        // plane qs: 2 bit(s) per value, TURBO_QUANT_VPL*2 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*2;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qs: value j's 2 bit(s) in byte j/4; the 4 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 0) & 3) << (2*(lane % 4) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 4);
+        if (store && lane % 4 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qs[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qs[(lane + lanes*l)/4] = (uint8_t) (w >> (8*l));
             }
         }
     }
     {
-        // plane qh: 1 bit(s) per value, TURBO_QUANT_VPL*1 bits per lane
-        constexpr int lane_bits = TURBO_QUANT_VPL*1;
-        constexpr int per_byte  = lane_bits < 8 ? 8/lane_bits : 1; // lanes sharing a byte
+        // plane qh: value j's 1 bit(s) in byte j/8; the 8 lanes of a byte OR
+        // their bits (one byte per value of the lane: byte l of the word)
         uint32_t w = 0;
 #pragma unroll
-        for (int l = 0; l < TURBO_QUANT_VPL; ++l) {
-            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*l);
+        for (int l = 0; l < vpl; ++l) {
+            w |= (uint32_t) ((q[l] >> 2) & 1) << (1*(lane % 8) + 8*l);
         }
-        w <<= lane_bits*(lane % per_byte);
-        w = turbo_group_or<lanes>(w, per_byte);
-        if (store && lane % per_byte == 0) {
-            const int byte0 = lane_bits*lane/8;
+        w = turbo_group_or<lanes>(w, 8);
+        if (store && lane % 8 == 0) {
 #pragma unroll
-            for (int b = 0; b < (lane_bits + 7)/8; ++b) {
-                y->qh[byte0 + b] = (uint8_t) (w >> (8*b));
+            for (int l = 0; l < vpl; ++l) {
+                y->qh[(lane + lanes*l)/8] = (uint8_t) (w >> (8*l));
             }
         }
     }
     if (store && lane == 0) {
-        y->d = finite ? __float2half((float) (num / den)) : __ushort_as_half((unsigned short) GGML_TURBO_FP16_NAN);
+        y->e = (uint8_t) e;
     }
 }
 
