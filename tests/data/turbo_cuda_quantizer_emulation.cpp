@@ -88,8 +88,10 @@ static int compare(const char * what, const std::vector<block_t> & got, const st
     for (size_t b = 0; b < want.size(); ++b) {
         if (memcmp(&got[b], &want[b], sizeof(block_t)) != 0) {
             if (++bad <= 5) {
-                printf("%s: block %zu (%s) differs: d got %04x want %04x\n", what, b, (int) b < n_adv ? "adversarial" : "random",
-                       (unsigned) got[b].d, (unsigned) want[b].d);
+                // the scale is the block's first member (fp16 d or an 8-bit code e): its first byte
+                printf("%s: block %zu (%s) differs: scale byte 0 got %02x want %02x\n", what, b,
+                       (int) b < n_adv ? "adversarial" : "random",
+                       (unsigned) ((const uint8_t *) &got[b])[0], (unsigned) ((const uint8_t *) &want[b])[0]);
             }
         }
     }
