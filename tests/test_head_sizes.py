@@ -57,36 +57,52 @@ def test_plan_sizes_use_the_variant(tmp_path, head):
 
 # ---------------------------------------------------------------- slow: llama.cpp itself
 
+# The CPU (the tests' CPU build) and each GPU backend whose build and device are here
+# (cuda: marker gpu, on the H100; vulkan: marker vulkan, lavapipe in CI).
+BACKENDS = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu),
+            pytest.param("vulkan", marks=pytest.mark.vulkan)]
 
-def _llama_cli():
+
+def _llama_cli(backend: str = "cpu"):
+    import cpu_build as cpu
+    from tqpatch import backends
     from tqpatch.build import find_binary
     from tqpatch.errors import TqpatchError
 
+    if backend == "cpu":
+        return str(cpu.find("llama-cli")), cpu.TOOL_ARGS, {}
+    be = backends.get(backend)
+    why = be.e2e.runnable()
+    if why:
+        pytest.skip(f"{backend}: {why}")
     try:
-        return str(find_binary("llama-cli", "cpu"))
+        return str(find_binary("llama-cli", backend)), be.e2e.tool_args, dict(be.e2e.env)
     except TqpatchError as exc:
-        pytest.skip(f"llama-cli has not been built: {exc}")
+        pytest.skip(f"llama-cli has not been built for {backend}: {exc}")
 
 
-def _run(binary, model, type_k, type_v, ctx=512):
-    from tqpatch.backends import BACKENDS
+def _run(cli, model, type_k, type_v, ctx=512):
+    import os
 
+    binary, tool_args, env = cli
     cmd = [binary, "-m", str(model), "-c", str(ctx), "-ctk", type_k, "-ctv", type_v, "-fa", "on",
-           "-ngl", "0", "-fit", "off", "-n", "4", "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2",
-           *BACKENDS["cpu"].e2e.tool_args]
+           "-fit", "off", "-n", "4", "-p", "Hello", "-st", "-v", "--no-warmup", "-t", "2", *tool_args]
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          errors="replace", timeout=600)
+                          errors="replace", timeout=600, env={**os.environ, **env})
     return proc.returncode, proc.stdout + proc.stderr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head", formats.SERVED_HEAD_SIZES)
 @pytest.mark.parametrize("types", [("turbo3", "turbo2"), ("turbo4", "turbo3"), ("q8_0", "turbo2")])
-def test_synthetic_model_runs_with_the_variant(tmp_path, head, types):
-    binary = _llama_cli()
+def test_synthetic_model_runs_with_the_variant(tmp_path, backend, head, types):
+    if backend == "vulkan" and types != ("turbo4", "turbo3"):
+        pytest.skip("Vulkan: one K/V pair per head size (each run compiles its pipelines; lavapipe in CI is slow)")
+    cli = _llama_cli(backend)
     model = tmp_path / f"h{head}.gguf"
     synth_model(model, _shape(head), seed=1)
-    rc, log = _run(binary, model, *types)
+    rc, log = _run(cli, model, *types)
     assert rc == 0, log[-3000:]
     expected = kv_caches(read_model(model), 512, *types)
     got = parse_kv_sizes(log)[-len(expected):]
@@ -98,10 +114,10 @@ def test_synthetic_model_runs_with_the_variant(tmp_path, head, types):
 
 @pytest.mark.slow
 def test_a_head_no_block_divides_is_refused_naming_what_fits(tmp_path):
-    binary = _llama_cli()
+    cli = _llama_cli()
     model = tmp_path / "h80.gguf"
     synth_model(model, _shape(80), seed=1)
-    rc, log = _run(binary, model, "turbo3", "turbo3")
+    rc, log = _run(cli, model, "turbo3", "turbo3")
     assert rc != 0
     assert "does not divide n_embd_head_k=80" in log, log[-3000:]
     fits = log.split("fit this model:")[1].splitlines()[0]

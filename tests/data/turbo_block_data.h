@@ -16,7 +16,7 @@ static const float turbo_test_points[] = {
     -0.8484532f, -0.63230044f, -0.35761398f, -0.17956185f, 0.0f, 0.09511176f, 0.35761398f, 0.63230044f, 0.8484532f,
     -0.66868645f, 0.52599406f, -0.40385145f, 0.29421636f, -0.19236687f, 0.37797076f, -0.09511176f };
 
-static const int NE0 = 256; // row length: a multiple of every turbo block
+static const int NE0 = 768; // row length: a multiple of every turbo block (32, 64, 96; tests/test_c_reference.py)
 
 // qk values per block; n_adv_blocks receives the number of adversarial blocks (a whole number of NE0 rows)
 static std::vector<float> make_data(int qk, const float * bounds, int nbounds, int & n_adv_blocks, int n_random = 8192) {
