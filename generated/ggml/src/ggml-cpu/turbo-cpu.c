@@ -152,7 +152,7 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -170,7 +170,7 @@ void ggml_vec_dot_turbo2_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO2_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -198,7 +198,7 @@ static void ggml_vec_mad_turbo2(const int n, float * GGML_RESTRICT y, const void
     const __m256 hi = _mm256_loadu_ps(turbo2_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO2; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO2_LEVELS, turbo2_idx8(&x[i], j, g));
@@ -210,7 +210,7 @@ static void ggml_vec_mad_turbo2(const int n, float * GGML_RESTRICT y, const void
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo2_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -222,7 +222,7 @@ static void ggml_vec_mad_turbo2(const int n, float * GGML_RESTRICT y, const void
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2; ++j) {
             y[i*QK_TURBO2 + j] += turbo2_centroids[turbo2_index(&x[i], j)] * dv;
         }
@@ -319,7 +319,7 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -337,7 +337,7 @@ void ggml_vec_dot_turbo3_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO3_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -365,7 +365,7 @@ static void ggml_vec_mad_turbo3(const int n, float * GGML_RESTRICT y, const void
     const __m256 hi = _mm256_loadu_ps(turbo3_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO3; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO3_LEVELS, turbo3_idx8(&x[i], j, g));
@@ -377,7 +377,7 @@ static void ggml_vec_mad_turbo3(const int n, float * GGML_RESTRICT y, const void
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo3_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -389,7 +389,7 @@ static void ggml_vec_mad_turbo3(const int n, float * GGML_RESTRICT y, const void
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3; ++j) {
             y[i*QK_TURBO3 + j] += turbo3_centroids[turbo3_index(&x[i], j)] * dv;
         }
@@ -469,7 +469,7 @@ void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -487,7 +487,7 @@ void ggml_vec_dot_turbo4_f32(int n, float * GGML_RESTRICT s, size_t bs, const vo
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO4_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -515,7 +515,7 @@ static void ggml_vec_mad_turbo4(const int n, float * GGML_RESTRICT y, const void
     const __m256 hi = _mm256_loadu_ps(turbo4_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO4;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO4; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO4_LEVELS, turbo4_idx8(&x[i], j, g));
@@ -527,7 +527,7 @@ static void ggml_vec_mad_turbo4(const int n, float * GGML_RESTRICT y, const void
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo4_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO4;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO4; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -539,7 +539,7 @@ static void ggml_vec_mad_turbo4(const int n, float * GGML_RESTRICT y, const void
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO4; ++j) {
             y[i*QK_TURBO4 + j] += turbo4_centroids[turbo4_index(&x[i], j)] * dv;
         }
@@ -619,7 +619,7 @@ void ggml_vec_dot_turbo2_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_B96_LEVELS, turbo2_b96_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_B96_LEVELS, turbo2_b96_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -637,7 +637,7 @@ void ggml_vec_dot_turbo2_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO2_B96_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -665,7 +665,7 @@ static void ggml_vec_mad_turbo2_b96(const int n, float * GGML_RESTRICT y, const 
     const __m256 hi = _mm256_loadu_ps(turbo2_b96_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2_B96;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO2_B96; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO2_B96_LEVELS, turbo2_b96_idx8(&x[i], j, g));
@@ -677,7 +677,7 @@ static void ggml_vec_mad_turbo2_b96(const int n, float * GGML_RESTRICT y, const 
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo2_b96_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2_B96;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2_B96; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -689,7 +689,7 @@ static void ggml_vec_mad_turbo2_b96(const int n, float * GGML_RESTRICT y, const 
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2_B96; ++j) {
             y[i*QK_TURBO2_B96 + j] += turbo2_b96_centroids[turbo2_b96_index(&x[i], j)] * dv;
         }
@@ -769,7 +769,7 @@ void ggml_vec_dot_turbo2_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_B32_LEVELS, turbo2_b32_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO2_B32_LEVELS, turbo2_b32_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -787,7 +787,7 @@ void ggml_vec_dot_turbo2_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO2_B32_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -815,7 +815,7 @@ static void ggml_vec_mad_turbo2_b32(const int n, float * GGML_RESTRICT y, const 
     const __m256 hi = _mm256_loadu_ps(turbo2_b32_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2_B32;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO2_B32; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO2_B32_LEVELS, turbo2_b32_idx8(&x[i], j, g));
@@ -827,7 +827,7 @@ static void ggml_vec_mad_turbo2_b32(const int n, float * GGML_RESTRICT y, const 
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo2_b32_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO2_B32;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2_B32; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -839,7 +839,7 @@ static void ggml_vec_mad_turbo2_b32(const int n, float * GGML_RESTRICT y, const 
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO2_B32; ++j) {
             y[i*QK_TURBO2_B32 + j] += turbo2_b32_centroids[turbo2_b32_index(&x[i], j)] * dv;
         }
@@ -936,7 +936,7 @@ void ggml_vec_dot_turbo3_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_B96_LEVELS, turbo3_b96_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_B96_LEVELS, turbo3_b96_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -954,7 +954,7 @@ void ggml_vec_dot_turbo3_b96_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO3_B96_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -982,7 +982,7 @@ static void ggml_vec_mad_turbo3_b96(const int n, float * GGML_RESTRICT y, const 
     const __m256 hi = _mm256_loadu_ps(turbo3_b96_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3_B96;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO3_B96; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO3_B96_LEVELS, turbo3_b96_idx8(&x[i], j, g));
@@ -994,7 +994,7 @@ static void ggml_vec_mad_turbo3_b96(const int n, float * GGML_RESTRICT y, const 
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo3_b96_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3_B96;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3_B96; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -1006,7 +1006,7 @@ static void ggml_vec_mad_turbo3_b96(const int n, float * GGML_RESTRICT y, const 
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3_B96; ++j) {
             y[i*QK_TURBO3_B96 + j] += turbo3_b96_centroids[turbo3_b96_index(&x[i], j)] * dv;
         }
@@ -1103,7 +1103,7 @@ void ggml_vec_dot_turbo3_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
             p0 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_B32_LEVELS, turbo3_b32_idx8(&x[i], j, 2)), _mm256_loadu_ps(yb + j + 16), p0);
             p1 = _mm256_fmadd_ps(turbo_lookup8(lo, hi, TURBO3_B32_LEVELS, turbo3_b32_idx8(&x[i], j, 3)), _mm256_loadu_ps(yb + j + 24), p1);
         }
-        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d)), acc);
+        acc = _mm256_fmadd_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e]), acc);
     }
     *s = turbo_hsum8(acc);
 #elif defined(TURBO_CPU_NEON)
@@ -1121,7 +1121,7 @@ void ggml_vec_dot_turbo3_b32_f32(int n, float * GGML_RESTRICT s, size_t bs, cons
                 p1 = vfmaq_f32(p1, turbo_lookup4(lut, TURBO3_B32_LEVELS, ib), vld1q_f32(yb + j + 8*g + 4));
             }
         }
-        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), GGML_CPU_FP16_TO_FP32(x[i].d));
+        acc = vfmaq_n_f32(acc, vaddq_f32(p0, p1), ggml_turbo_log8_scale[(&x[i])->e]);
     }
     *s = vaddvq_f32(acc);
 #else
@@ -1149,7 +1149,7 @@ static void ggml_vec_mad_turbo3_b32(const int n, float * GGML_RESTRICT y, const 
     const __m256 hi = _mm256_loadu_ps(turbo3_b32_lut16 + 8);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3_B32;
-        const __m256 dv = _mm256_set1_ps(GGML_CPU_FP16_TO_FP32(x[i].d) * v);
+        const __m256 dv = _mm256_set1_ps(ggml_turbo_log8_scale[(&x[i])->e] * v);
         for (int j = 0; j < QK_TURBO3_B32; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 const __m256 c = turbo_lookup8(lo, hi, TURBO3_B32_LEVELS, turbo3_b32_idx8(&x[i], j, g));
@@ -1161,7 +1161,7 @@ static void ggml_vec_mad_turbo3_b32(const int n, float * GGML_RESTRICT y, const 
     const uint8x16x4_t lut = vld1q_u8_x4((const uint8_t *) turbo3_b32_lut16);
     for (int i = 0; i < nb; ++i) {
         float * GGML_RESTRICT yb = y + i*QK_TURBO3_B32;
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3_B32; j += 32) {
             for (int g = 0; g < 4; ++g) {
                 uint32x4_t ia, ib;
@@ -1173,7 +1173,7 @@ static void ggml_vec_mad_turbo3_b32(const int n, float * GGML_RESTRICT y, const 
     }
 #else
     for (int i = 0; i < nb; ++i) {
-        const float dv = GGML_CPU_FP16_TO_FP32(x[i].d) * v;
+        const float dv = ggml_turbo_log8_scale[(&x[i])->e] * v;
         for (int j = 0; j < QK_TURBO3_B32; ++j) {
             y[i*QK_TURBO3_B32 + j] += turbo3_b32_centroids[turbo3_b32_index(&x[i], j)] * dv;
         }
