@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from tqpatch import formats
-from tqpatch.plan import kv_caches, parse_kv_sizes, read_model
+from tqpatch.plan import MIB, kv_caches, parse_kv_sizes, read_model
 from tqpatch.synth import SynthShape, synth_model
 
 FAMILIES = formats.FAMILY_TYPES
@@ -102,11 +102,17 @@ def test_synthetic_model_runs_with_the_variant(tmp_path, backend, head, types):
     cli = _llama_cli(backend)
     model = tmp_path / f"h{head}.gguf"
     synth_model(model, _shape(head), seed=1)
-    rc, log = _run(cli, model, *types)
+    rc, log = _run(cli, model, *types, ctx=4096)
     assert rc == 0, log[-3000:]
-    expected = kv_caches(read_model(model), 512, *types)
+    expected = kv_caches(read_model(model), 4096, *types)
     got = parse_kv_sizes(log)[-len(expected):]
-    assert [(g.k_bytes, g.v_bytes) for g in got] == [(e.k_bytes, e.v_bytes) for e in expected], log[-3000:]
+    assert len(got) == len(expected), log[-3000:]
+    for e, g in zip(expected, got):
+        # the log names the family; the bytes are the variant's (plan sizes each layer's cache
+        # with formats.fit_type), which no other block size of the family gives
+        assert (g["type_k"], g["type_v"]) == types, log[-3000:]
+        assert g["k_mib"] == pytest.approx(e.k_bytes / MIB, abs=0.006)
+        assert g["v_mib"] == pytest.approx(e.v_bytes / MIB, abs=0.006)
     if head % 64:
         # rotated in blocks of 32 (upstream rotates multiples of 64 only)
         assert "attn_rot_k = 1" in log and "attn_rot_v = 1" in log or not formats.TURBO_FORMATS.get(types[0]), log[-3000:]

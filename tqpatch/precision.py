@@ -30,6 +30,9 @@ class Precision:
     dot_q, dot_k_f16: the same for MUL_MAT (Q conversion bound, K in f16).
     optional_ops: ops the backend may report unsupported for turbo types
              (GPU backends attend through flash attention, not MUL_MAT).
+    fa_heads_on_cpu: head sizes at which the backend has no flash-attention
+             kernel for turbo caches, so it reports the op unsupported and
+             llama.cpp runs it on the CPU backend (verified on its own).
     """
     name: str
     q_sim: dict
@@ -40,6 +43,7 @@ class Precision:
     dot_q: str
     dot_k_f16: bool
     optional_ops: frozenset = frozenset()
+    fa_heads_on_cpu: frozenset = frozenset()
 
 
 def ggml_cpu() -> Precision:
@@ -54,13 +58,16 @@ def ggml_cpu() -> Precision:
                      dot_q="f32", dot_k_f16=False)
 
 
-def gpu(name: str = "gpu: Q as f16 or q8, K/V as f16, f16 accumulators allowed") -> Precision:
+def gpu(name: str = "gpu: Q as f16 or q8, K/V as f16, f16 accumulators allowed",
+        fa_heads_on_cpu: frozenset = frozenset()) -> Precision:
     """A GPU backend: Q may reach the dot as half or q8_1 (vec kernels for
     quantized K), K and V may be dequantized to half (tensor-core paths), and
-    accumulators may be half; MUL_MAT on turbo types is optional."""
+    accumulators may be half; MUL_MAT on turbo types is optional, and so is
+    flash attention at the head sizes of fa_heads_on_cpu."""
     turbo = formats.TURBO_TYPES
     return Precision(name,
                      q_sim={t: "f32" for t in formats.CACHE_TYPES},
                      q_extra={"f16": "f16", **{t: "q8" for t in formats.CACHE_TYPES if t != "f16"}},
                      k_f16=True, v_f16=True, v_acc_f16=frozenset({"f16", "q8_0", *turbo}),
-                     dot_q="q8", dot_k_f16=True, optional_ops=frozenset({"MUL_MAT"}))
+                     dot_q="q8", dot_k_f16=True, optional_ops=frozenset({"MUL_MAT"}),
+                     fa_heads_on_cpu=frozenset(fa_heads_on_cpu))

@@ -59,6 +59,10 @@ static std::vector<float> make_data(int qk, const float * bounds, int nbounds, i
         const float s = expf(ue(rng));
         block([&](int) { return g(rng) * s; });
     }
+    while (x.size() % NE0) { // whole rows
+        const float s = expf(ue(rng));
+        block([&](int) { return g(rng) * s; });
+    }
     return x;
 }
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from .. import formats
+from .. import precision as _precision
 from ..errors import TqpatchError
 from ..toolchain import run_capture, version_tuple
 from ._base import *  # noqa: F403  (the defaults this backend keeps)
@@ -369,6 +370,16 @@ def unsupported_reason() -> str | None:
 
 def _no_gpu() -> str | None:
     return None if detected_archs() else "no NVIDIA GPU here (nvidia-smi found none)"
+
+
+# Head sizes whose turbo flash attention ggml-cuda leaves to the CPU backend (it reports
+# the op unsupported): upstream has no CUDA flash-attention kernel for heads of 32 at
+# all. Heads of 96 and 512 take the tensor-core kernel on K/V converted to f16.
+FA_HEADS_ON_CPU = frozenset({32})
+
+
+def precision() -> _precision.Precision:
+    return _precision.gpu(fa_heads_on_cpu=FA_HEADS_ON_CPU)
 
 
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)

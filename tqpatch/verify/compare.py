@@ -346,6 +346,9 @@ def judge(check: Check, result: Result | None, backend: str, prec: Precision) ->
         elif check.op in prec.optional_ops:
             rep.note = (f"{check.op} not supported on {backend}: allowed (the KV cache attends "
                         "through flash attention)")
+        elif check.op == "FLASH_ATTN_EXT" and check.case.dims[0] in prec.fa_heads_on_cpu:
+            rep.note = (f"no {backend} flash-attention kernel for heads of {check.case.dims[0]}: allowed "
+                        "(llama.cpp runs the op on the CPU backend)")
         else:
             rep.result = "FAIL"
             rep.note = f"UNSUPPORTED: the backend does not run this turbo op ({result.message})"
