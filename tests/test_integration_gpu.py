@@ -84,7 +84,11 @@ def test_backend_ops_turbo_cases_match_cpu(gpu, op):
                    timeout=3600)
     out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
     assert "FAIL" not in out, out[-3000:]
-    assert "not supported" not in out, out[-3000:]
+    # unsupported only where the backend leaves flash attention to the CPU (its precision model)
+    heads_on_cpu = backends.get(gpu.backend).precision().fa_heads_on_cpu
+    unsupported = [line for line in out.splitlines() if "not supported" in line]
+    assert all(op == "FLASH_ATTN_EXT" and int(re.search(r"hsk=(\d+)", line)[1]) in heads_on_cpu
+               for line in unsupported), "\n".join(unsupported[:20])
     summary = [line for line in out.splitlines() if "tests passed" in line]
     assert summary, out[-3000:]
     done, total = summary[0].split()[0].split("/")
