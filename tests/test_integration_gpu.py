@@ -87,8 +87,9 @@ def test_backend_ops_turbo_cases_match_cpu(gpu, op):
     # unsupported only where the backend leaves flash attention to the CPU (its precision model)
     heads_on_cpu = backends.get(gpu.backend).precision().fa_heads_on_cpu
     unsupported = [line for line in out.splitlines() if "not supported" in line]
-    assert all(op == "FLASH_ATTN_EXT" and int(re.search(r"hsk=(\d+)", line)[1]) in heads_on_cpu
-               for line in unsupported), "\n".join(unsupported[:20])
+    bad = [line for line in unsupported
+           if not (m := re.search(r"FLASH_ATTN_EXT\(hsk=(\d+)", line)) or int(m[1]) not in heads_on_cpu]
+    assert not bad, "\n".join(bad[:20])
     summary = [line for line in out.splitlines() if "tests passed" in line]
     assert summary, out[-3000:]
     done, total = summary[0].split()[0].split("/")
@@ -140,13 +141,14 @@ def test_perplexity_on_gpu_equals_cpu(gpu, gemma):
     # 2.1% (of 16%) and the degenerate turbo2/turbo2 14.5% (of +2000%) between
     # CUDA and the CPU on the H100 machine (docs/measurements/cuda-20261123; the
     # bound was set after that run).
-    # The device's own arithmetic moves f16/f16 too (Vulkan's scalar flash
-    # attention on NVIDIA: -0.93%, docs/measurements/vulkan-h100/20261127), so a
-    # configuration is judged by how far it moves beyond f16/f16's shift.
-    base = dev["f16/f16"] / host["f16/f16"]
+    # The two runs' own arithmetic moves f16/f16 too (Vulkan's scalar flash
+    # attention on NVIDIA: -0.93%, docs/measurements/vulkan-h100/20261127; CUDA
+    # against the CPU without its repacked matmuls: -0.65%, blocks-h100), in either
+    # direction, so each configuration may move that much more.
+    shift = abs(dev["f16/f16"] / host["f16/f16"] - 1)
     for c in PPL_CONFIGS:
-        allowed = max(gpu.e2e.ppl_rel, 0.25 * (host[c] / host["f16/f16"] - 1))
-        assert abs(dev[c] / host[c] / base - 1) <= allowed, (c, allowed, table)
+        allowed = max(gpu.e2e.ppl_rel, 0.25 * (host[c] / host["f16/f16"] - 1)) + shift
+        assert abs(dev[c] / host[c] - 1) <= allowed, (c, allowed, table)
 
 
 def test_server_coherence_on_gpu(gpu, gemma, monkeypatch):
