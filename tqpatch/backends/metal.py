@@ -82,15 +82,20 @@ def unsupported_reason() -> str | None:
 
 
 def notes() -> list[str]:
+    missing = [h for h in formats.SERVED_HEAD_SIZES if h not in fa_head_sizes()]
+    out = []
+    if missing:
+        out.append("no turbo flash-attention kernels for heads of " + ", ".join(map(str, missing))
+                   + ": Metal refuses those (supports_op) and ggml runs that attention on the CPU")
     if not emulated():
-        return []
+        return out
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx:
         return [f"no Metal here: `tqpatch verify --backend metal` runs the rendered Metal kernels "
                 f"host-emulated (C++ compiler {cxx}); the real-device check is ci/tqpatch-metal.yml "
-                "on a macOS arm64 runner"]
+                "on a macOS arm64 runner", *out]
     return ["no Metal here, and no g++ for the host emulation of the Metal kernels "
-            "(`apt install g++`)"]
+            "(`apt install g++`)", *out]
 
 
 def detect() -> tuple[bool, str]:

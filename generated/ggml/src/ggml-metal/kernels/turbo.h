@@ -91,8 +91,9 @@ void quantize_turbo2(device const float * src, device block_turbo2 & dst) {
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -102,9 +103,8 @@ void quantize_turbo2(device const float * src, device block_turbo2 & dst) {
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -191,8 +191,9 @@ void quantize_turbo3(device const float * src, device block_turbo3 & dst) {
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -202,9 +203,8 @@ void quantize_turbo3(device const float * src, device block_turbo3 & dst) {
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -296,8 +296,9 @@ void quantize_turbo4(device const float * src, device block_turbo4 & dst) {
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -307,9 +308,8 @@ void quantize_turbo4(device const float * src, device block_turbo4 & dst) {
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -396,8 +396,9 @@ void quantize_turbo2_b96(device const float * src, device block_turbo2_b96 & dst
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -407,9 +408,8 @@ void quantize_turbo2_b96(device const float * src, device block_turbo2_b96 & dst
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -496,8 +496,9 @@ void quantize_turbo2_b32(device const float * src, device block_turbo2_b32 & dst
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -507,9 +508,8 @@ void quantize_turbo2_b32(device const float * src, device block_turbo2_b32 & dst
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -596,8 +596,9 @@ void quantize_turbo3_b96(device const float * src, device block_turbo3_b96 & dst
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -607,9 +608,8 @@ void quantize_turbo3_b96(device const float * src, device block_turbo3_b96 & dst
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
@@ -701,8 +701,9 @@ void quantize_turbo3_b32(device const float * src, device block_turbo3_b32 & dst
         const float s = num/den;
         // the code: 0 unless s > 0, else 1 + the number of the scale's boundaries below s
         // (a binary search over the sorted boundaries: the same count)
-        int lo = 0;
+        code = GGML_TURBO_LOG8_ZERO_CODE;
         if (s > 0.0f) {
+            int lo = 0;
             int hi = GGML_TURBO_LOG8_BOUNDS;
             while (lo < hi) {
                 const int mid = (lo + hi)/2;
@@ -712,9 +713,8 @@ void quantize_turbo3_b32(device const float * src, device block_turbo3_b32 & dst
                     hi = mid;
                 }
             }
-            lo += 1;
+            code = (uint8_t) (1 + lo);
         }
-        code = (uint8_t) lo;
         inv2 = ggml_turbo_log8_inv[code]; // second pass: the indices for the stored scale
     }
     dst.e = code;
