@@ -333,17 +333,18 @@ def test_emulation_fails_when_the_rendered_metal_code_is_wrong(tree, tmp_path):
         blk = formats.TURBO_FORMATS[t].block
         x, labels = vchecks._row_set(rng, ("gaussian",), vchecks._row_len(t, 256), blk, 8)
         checks[f"SET_ROWS {t}"] = vchecks._set_rows_check(rng, t, x, labels, "gaussian")
-    checks["FA turbo2"] = vchecks._fa_check(rng, "turbo2", "turbo2", 128, 1, 4, 96, 1)
-    checks["FA turbo2_b32"] = vchecks._fa_check(rng, "turbo2_b32", "turbo2_b32", 32, 1, 4, 96, 1)
+    # their own draws: a check with large K outlier channels has a wide tolerance
+    checks["FA turbo2"] = vchecks._fa_check(np.random.default_rng(3), "turbo2", "turbo2", 128, 1, 4, 96, 1)
+    checks["FA turbo2_b32"] = vchecks._fa_check(np.random.default_rng(3), "turbo2_b32", "turbo2_b32", 32, 1, 4, 96, 1)
     reports = dict(zip(checks, _judge(list(checks.values()), binary)))
     result = {k: (r.result, r.mismatches) for k, r in reports.items()}
     for broken in ("GET_ROWS turbo4", "CPY turbo4", "GET_ROWS turbo3", "CPY turbo3", "SET_ROWS turbo3",
                    "FA turbo2", "GET_ROWS turbo2_b32", "CPY turbo2_b32", "FA turbo2_b32", "SET_ROWS turbo3_b96"):
-        assert reports[broken].result == "FAIL" and reports[broken].mismatches > 0, result
+        assert reports[broken].result == "FAIL" and reports[broken].mismatches > 0, (broken, str(result))
     # untouched: turbo2's 16-value reader, turbo3_b96's reader, turbo2_b96 and turbo2_b32's quantizers
     for fine in ("GET_ROWS turbo2", "CPY turbo2", "GET_ROWS turbo3_b96", "CPY turbo3_b96",
                  "SET_ROWS turbo2_b96", "SET_ROWS turbo2_b32"):
-        assert reports[fine].result == "PASS", result
+        assert reports[fine].result == "PASS", (fine, str(result))
 
 
 @pytest.mark.slow
