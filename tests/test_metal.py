@@ -348,6 +348,19 @@ def test_emulation_fails_when_the_rendered_metal_code_is_wrong(tree, tmp_path):
 
 
 @pytest.mark.slow
+def test_vector_baseline_matches_the_pins_tuning(tree):
+    """FA_VEC_BASELINE_NE is what ggml-metal-tuning.cpp's fa_vec_baseline_ne() gives (the
+    host names the baseline pipeline without a suffix only for that NE)."""
+    text = (tree / emulate.METAL / "ggml-metal-tuning.cpp").read_text()
+    body = text[text.index("int fa_vec_baseline_ne(int dk, int dv)"):]
+    body = body[:body.index("\n}\n")]
+    pin = {int(dk): int(ne) for dk, dv, ne in
+           re.findall(r"if \(dk == (\d+) && dv == (\d+)\) \{\s*return (\d+);", body) if dk == dv}
+    for d, ne in metal.FA_VEC_BASELINE_NE.items():
+        assert pin[d] == ne, d
+
+
+@pytest.mark.slow
 @needs_cxx
 def test_embedded_sources_are_what_cmake_makes(tree):
     from tqpatch.backends.metal_host import check
