@@ -5,7 +5,9 @@ SET_ROWS / GET_ROWS / CPY / the f16 conversion, one flash-attention file per K
 type for the regular and the vector kernel), rendered from
 templates/ggml/src/ggml-metal/. The flash-attention files instantiate
 upstream's kernel templates (fa_common.metal, fa_vec_common.metal) with the
-turbo dequantizers, for every K type with every V type of formats.CACHE_TYPES.
+turbo dequantizers, for the (head size, K, V) triples of fa_instances(): every
+K/V pair each head size of formats.fa_cases() produces. supports_op refuses
+turbo attention at any other head size (ggml runs it on the CPU).
 
 No Mac is reachable from where tqpatch is developed, so `tqpatch verify
 --backend metal` on a machine without Metal compiles the rendered Metal
