@@ -42,7 +42,7 @@ def metal_build():
 # (as for upstream's quantized types); every flash-attention K/V pair must run on the GPU
 ALLOWED_UNSUPPORTED = {
     "SET_ROWS": re.compile(r"type_src=f16"),
-    "CPY": re.compile(r"type_src=(turbo\d),type_dst=\1"),
+    "CPY": re.compile(r"type_src=(turbo\w+),type_dst=\1,"),
 }
 
 

@@ -5,7 +5,9 @@ SET_ROWS / GET_ROWS / CPY / the f16 conversion, one flash-attention file per K
 type for the regular and the vector kernel), rendered from
 templates/ggml/src/ggml-metal/. The flash-attention files instantiate
 upstream's kernel templates (fa_common.metal, fa_vec_common.metal) with the
-turbo dequantizers, for every K type with every V type of formats.CACHE_TYPES.
+turbo dequantizers, for the (head size, K, V) triples of fa_instances(): every
+K/V pair each head size of formats.fa_cases() produces. supports_op refuses
+turbo attention at any other head size (ggml runs it on the CPU).
 
 No Mac is reachable from where tqpatch is developed, so `tqpatch verify
 --backend metal` on a machine without Metal compiles the rendered Metal
@@ -16,6 +18,7 @@ runs the real harness on the GPU.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from dataclasses import dataclass
@@ -81,15 +84,20 @@ def unsupported_reason() -> str | None:
 
 
 def notes() -> list[str]:
+    missing = [h for h in formats.SERVED_HEAD_SIZES if h not in fa_head_sizes()]
+    out = []
+    if missing:
+        out.append("no turbo flash-attention kernels for heads of " + ", ".join(map(str, missing))
+                   + ": Metal refuses those (supports_op) and ggml runs that attention on the CPU")
     if not emulated():
-        return []
+        return out
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx:
         return [f"no Metal here: `tqpatch verify --backend metal` runs the rendered Metal kernels "
                 f"host-emulated (C++ compiler {cxx}); the real-device check is ci/tqpatch-metal.yml "
-                "on a macOS arm64 runner"]
+                "on a macOS arm64 runner", *out]
     return ["no Metal here, and no g++ for the host emulation of the Metal kernels "
-            "(`apt install g++`)"]
+            "(`apt install g++`)", *out]
 
 
 def detect() -> tuple[bool, str]:
@@ -167,13 +175,28 @@ def kv_types() -> dict[str, KVType]:
 # fa_vec_baseline_ne() gives each head size at the pin: the host names the
 # baseline pipeline without a _q<Q>_ne<NE> suffix, and turbo pairs always run
 # the baseline configuration.
-FA_VEC_BASELINE_NE = {64: 2, 128: 1, 256: 1}
+FA_VEC_BASELINE_NE = {32: 4, 64: 2, 96: 4, 128: 1, 256: 1}
+
+
+@functools.cache
+def fa_instances() -> tuple[tuple[int, str, str], ...]:
+    """(head size, K, V) of every turbo flash-attention kernel pair the Metal sources
+    instantiate: at each head size of formats.fa_cases(), every K/V pair that head
+    produces (formats.served_pairs). Metal instantiates per head size, so the family
+    types at heads of 32 and 96 (turbo4, paired with f16, q8_0 or itself) need their
+    own instances too. Other head sizes (192, 512, ...) have no turbo kernel:
+    supports_op refuses them and ggml runs that attention on the CPU."""
+    heads = sorted({h for h, _, _ in formats.fa_cases()})
+    return tuple((h, k, v) for h in heads for k, v in formats.served_pairs(h))
+
+
+def fa_head_sizes() -> list[int]:
+    """The head sizes that have turbo flash-attention kernels."""
+    return sorted({h for h, _, _ in fa_instances()})
 
 
 def fa_heads(k: str, v: str) -> list[int]:
-    kv = kv_types()
-    return [d for d in formats.HEAD_SIZES
-            if d % kv[k].block_size == 0 and d % kv[v].block_size == 0]
+    return [h for h, kk, vv in fa_instances() if (kk, vv) == (k, v)]
 
 
 def fa_k_files() -> list[dict]:
@@ -181,10 +204,9 @@ def fa_k_files() -> list[dict]:
     kv = kv_types()
     out = []
     for k in formats.CACHE_TYPES:
-        pairs = [{"k": kv[k], "v": kv[v], "heads": fa_heads(k, v),
-                  "name": k if k == v else f"{k}_{v}"}
-                 for kk, v in formats.cache_pairs() if kk == k]
-        pairs = [p for p in pairs if p["heads"]]
+        vs = dict.fromkeys(vv for _, kk, vv in fa_instances() if kk == k)
+        pairs = [{"k": kv[k], "v": kv[v], "heads": fa_heads(k, v), "name": k if k == v else f"{k}_{v}"}
+                 for v in vs]
         if pairs:
             out.append({"slug": k, "k": kv[k], "pairs": pairs})
     return out
@@ -204,6 +226,8 @@ def render_context() -> dict:
         "kv": kv_types(),
         "fa_files": fa_k_files(),
         "vec_ne": FA_VEC_BASELINE_NE,
+        "fa_instances": fa_instances(),
+        "fa_heads": fa_head_sizes(),
         "libraries": libraries(),
     }
 

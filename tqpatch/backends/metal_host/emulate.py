@@ -95,13 +95,14 @@ _HEADS = re.compile(r"_dk(\d+)_dv(\d+)(_q\d+_ne\d+)?$")
 
 def dispatched(name: str) -> bool:
     """Whether the emulated host code can ask for the kernel of this host name: the ops it
-    plays, at the head sizes tqpatch instantiates, in the baseline vector configuration."""
+    plays, at the head sizes the turbo flash-attention kernels are instantiated for, in the
+    baseline vector configuration."""
     if not DISPATCHED.search(name) or NOT_DISPATCHED.search(name):
         return False
-    from ... import formats
+    from .. import metal
 
     m = _HEADS.search(name)
-    return m is None or (int(m.group(1)) == int(m.group(2)) in formats.HEAD_SIZES and not m.group(3))
+    return m is None or (int(m.group(1)) == int(m.group(2)) in metal.fa_head_sizes() and not m.group(3))
 
 
 def rewrite(text: str, register: bool = True) -> str:

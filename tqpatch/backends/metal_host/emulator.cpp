@@ -108,6 +108,13 @@ static const tq_emu::kernel_ref<F> & pipeline(const std::string & name, const tq
     return *k;
 }
 
+// Bytes of threadgroup memory past what the host sets (a guard). Upstream's vector
+// flash-attention kernel zero-fills past its threadgroup memory where DV/4 is not a
+// multiple of its lanes per row (DV = 96 at 4 elements per thread: up to 256 bytes,
+// the same for its own f16 and q8_0 kernels at head 96); Apple GPUs run that. The
+// guard takes those zeros; any other value written there fails the dispatch.
+static constexpr size_t SMEM_GUARD = 4096;
+
 // ggml_metal_encoder_dispatch_threadgroups: every threadgroup in order, threadgroup
 // memory filled with 0xFF (a half NaN) so that reading what no thread wrote shows
 static void dispatch(int gx, int gy, int gz, int tx, int ty, int tz, size_t smem,
@@ -115,7 +122,7 @@ static void dispatch(int gx, int gy, int gz, int tx, int ty, int tz, size_t smem
     if (tx * ty * tz > MAX_THREADS_PER_THREADGROUP) {
         throw dispatch_error{"threadgroup of " + std::to_string(tx * ty * tz) + " threads"};
     }
-    std::vector<uint8_t> shmem(smem + 16, 0xFF);
+    std::vector<uint8_t> shmem(smem + SMEM_GUARD, 0xFF);
     const tq_simt::uint3_t grid = {(uint32_t) gx, (uint32_t) gy, (uint32_t) gz};
     const tq_simt::uint3_t ntg = {(uint32_t) tx, (uint32_t) ty, (uint32_t) tz};
     half * sh = (half *) shmem.data();
@@ -127,6 +134,12 @@ static void dispatch(int gx, int gy, int gz, int tx, int ty, int tz, size_t smem
             for (int x = 0; x < gx; ++x) {
                 memset(shmem.data(), 0xFF, shmem.size());
                 tq_simt::run_threadgroup(grid, {(uint32_t) x, (uint32_t) y, (uint32_t) z}, ntg, per_thread);
+                for (size_t i = smem; i < shmem.size(); ++i) {
+                    if (shmem[i] != 0xFF && shmem[i] != 0x00) {
+                        throw dispatch_error{"a kernel wrote past its " + std::to_string(smem) +
+                                             " bytes of threadgroup memory (byte " + std::to_string(i) + ")"};
+                    }
+                }
             }
         }
     }

@@ -34,32 +34,18 @@
     X(FA_VEC_TURBO_TURBO3, fa_vec_turbo_turbo3) \
     X(FA_TURBO_TURBO4, fa_turbo_turbo4) \
     X(FA_VEC_TURBO_TURBO4, fa_vec_turbo_turbo4) \
+    X(FA_TURBO_TURBO2_B96, fa_turbo_turbo2_b96) \
+    X(FA_VEC_TURBO_TURBO2_B96, fa_vec_turbo_turbo2_b96) \
     X(FA_TURBO_TURBO2_B32, fa_turbo_turbo2_b32) \
     X(FA_VEC_TURBO_TURBO2_B32, fa_vec_turbo_turbo2_b32) \
+    X(FA_TURBO_TURBO3_B96, fa_turbo_turbo3_b96) \
+    X(FA_VEC_TURBO_TURBO3_B96, fa_vec_turbo_turbo3_b96) \
     X(FA_TURBO_TURBO3_B32, fa_turbo_turbo3_b32) \
     X(FA_VEC_TURBO_TURBO3_B32, fa_vec_turbo_turbo3_b32)
 
 static inline bool ggml_metal_type_is_turbo(enum ggml_type type) {
     switch (type) {
         GGML_METAL_TURBO_CASES
-            return true;
-        default:
-            return false;
-    }
-}
-
-// the K/V cache types flash attention pairs freely with the turbo types
-static inline bool ggml_metal_turbo_fa_kv_type(enum ggml_type type) {
-    switch (type) {
-        case GGML_TYPE_F16:
-        case GGML_TYPE_Q8_0:
-        case GGML_TYPE_TURBO2:
-        case GGML_TYPE_TURBO3:
-        case GGML_TYPE_TURBO4:
-        case GGML_TYPE_TURBO2_B96:
-        case GGML_TYPE_TURBO2_B32:
-        case GGML_TYPE_TURBO3_B96:
-        case GGML_TYPE_TURBO3_B32:
             return true;
         default:
             return false;
@@ -88,25 +74,138 @@ static inline bool ggml_metal_turbo_fa(const struct ggml_tensor * op) {
     return ggml_metal_type_is_turbo(op->src[1]->type) || ggml_metal_type_is_turbo(op->src[2]->type);
 }
 
-// kernels/fa_turbo_<K>.metal and fa_vec_turbo_<K>.metal instantiate every pair of the
-// cache types for these head sizes (K and V of one head size, a multiple of both blocks)
+// kernels/fa_turbo_<K>.metal and fa_vec_turbo_<K>.metal instantiate these (head size, K, V)
+// triples and no others (tqpatch.backends.metal.fa_instances: every pair each head size of
+// formats.fa_cases() produces); any other turbo attention, e.g. at heads of 192 or 512,
+// is refused and runs on the CPU
+struct ggml_metal_turbo_fa_instance {
+    int64_t d;
+    enum ggml_type k;
+    enum ggml_type v;
+};
+
+static const struct ggml_metal_turbo_fa_instance ggml_metal_turbo_fa_instances[] = {
+    { 32, GGML_TYPE_F16, GGML_TYPE_TURBO2_B32 },
+    { 32, GGML_TYPE_F16, GGML_TYPE_TURBO3_B32 },
+    { 32, GGML_TYPE_F16, GGML_TYPE_TURBO4 },
+    { 32, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2_B32 },
+    { 32, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3_B32 },
+    { 32, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4 },
+    { 32, GGML_TYPE_TURBO2_B32, GGML_TYPE_F16 },
+    { 32, GGML_TYPE_TURBO2_B32, GGML_TYPE_Q8_0 },
+    { 32, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO2_B32 },
+    { 32, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO3_B32 },
+    { 32, GGML_TYPE_TURBO2_B32, GGML_TYPE_TURBO4 },
+    { 32, GGML_TYPE_TURBO3_B32, GGML_TYPE_F16 },
+    { 32, GGML_TYPE_TURBO3_B32, GGML_TYPE_Q8_0 },
+    { 32, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO2_B32 },
+    { 32, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO3_B32 },
+    { 32, GGML_TYPE_TURBO3_B32, GGML_TYPE_TURBO4 },
+    { 32, GGML_TYPE_TURBO4, GGML_TYPE_F16 },
+    { 32, GGML_TYPE_TURBO4, GGML_TYPE_Q8_0 },
+    { 32, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2_B32 },
+    { 32, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3_B32 },
+    { 32, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4 },
+    { 64, GGML_TYPE_F16, GGML_TYPE_TURBO2 },
+    { 64, GGML_TYPE_F16, GGML_TYPE_TURBO3 },
+    { 64, GGML_TYPE_F16, GGML_TYPE_TURBO4 },
+    { 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2 },
+    { 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3 },
+    { 64, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4 },
+    { 64, GGML_TYPE_TURBO2, GGML_TYPE_F16 },
+    { 64, GGML_TYPE_TURBO2, GGML_TYPE_Q8_0 },
+    { 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2 },
+    { 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3 },
+    { 64, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4 },
+    { 64, GGML_TYPE_TURBO3, GGML_TYPE_F16 },
+    { 64, GGML_TYPE_TURBO3, GGML_TYPE_Q8_0 },
+    { 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2 },
+    { 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3 },
+    { 64, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4 },
+    { 64, GGML_TYPE_TURBO4, GGML_TYPE_F16 },
+    { 64, GGML_TYPE_TURBO4, GGML_TYPE_Q8_0 },
+    { 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2 },
+    { 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3 },
+    { 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4 },
+    { 96, GGML_TYPE_F16, GGML_TYPE_TURBO2_B96 },
+    { 96, GGML_TYPE_F16, GGML_TYPE_TURBO3_B96 },
+    { 96, GGML_TYPE_F16, GGML_TYPE_TURBO4 },
+    { 96, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2_B96 },
+    { 96, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3_B96 },
+    { 96, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4 },
+    { 96, GGML_TYPE_TURBO2_B96, GGML_TYPE_F16 },
+    { 96, GGML_TYPE_TURBO2_B96, GGML_TYPE_Q8_0 },
+    { 96, GGML_TYPE_TURBO2_B96, GGML_TYPE_TURBO2_B96 },
+    { 96, GGML_TYPE_TURBO2_B96, GGML_TYPE_TURBO3_B96 },
+    { 96, GGML_TYPE_TURBO2_B96, GGML_TYPE_TURBO4 },
+    { 96, GGML_TYPE_TURBO3_B96, GGML_TYPE_F16 },
+    { 96, GGML_TYPE_TURBO3_B96, GGML_TYPE_Q8_0 },
+    { 96, GGML_TYPE_TURBO3_B96, GGML_TYPE_TURBO2_B96 },
+    { 96, GGML_TYPE_TURBO3_B96, GGML_TYPE_TURBO3_B96 },
+    { 96, GGML_TYPE_TURBO3_B96, GGML_TYPE_TURBO4 },
+    { 96, GGML_TYPE_TURBO4, GGML_TYPE_F16 },
+    { 96, GGML_TYPE_TURBO4, GGML_TYPE_Q8_0 },
+    { 96, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2_B96 },
+    { 96, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3_B96 },
+    { 96, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4 },
+    { 128, GGML_TYPE_F16, GGML_TYPE_TURBO2 },
+    { 128, GGML_TYPE_F16, GGML_TYPE_TURBO3 },
+    { 128, GGML_TYPE_F16, GGML_TYPE_TURBO4 },
+    { 128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2 },
+    { 128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3 },
+    { 128, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4 },
+    { 128, GGML_TYPE_TURBO2, GGML_TYPE_F16 },
+    { 128, GGML_TYPE_TURBO2, GGML_TYPE_Q8_0 },
+    { 128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2 },
+    { 128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3 },
+    { 128, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4 },
+    { 128, GGML_TYPE_TURBO3, GGML_TYPE_F16 },
+    { 128, GGML_TYPE_TURBO3, GGML_TYPE_Q8_0 },
+    { 128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2 },
+    { 128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3 },
+    { 128, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4 },
+    { 128, GGML_TYPE_TURBO4, GGML_TYPE_F16 },
+    { 128, GGML_TYPE_TURBO4, GGML_TYPE_Q8_0 },
+    { 128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2 },
+    { 128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3 },
+    { 128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4 },
+    { 256, GGML_TYPE_F16, GGML_TYPE_TURBO2 },
+    { 256, GGML_TYPE_F16, GGML_TYPE_TURBO3 },
+    { 256, GGML_TYPE_F16, GGML_TYPE_TURBO4 },
+    { 256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO2 },
+    { 256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO3 },
+    { 256, GGML_TYPE_Q8_0, GGML_TYPE_TURBO4 },
+    { 256, GGML_TYPE_TURBO2, GGML_TYPE_F16 },
+    { 256, GGML_TYPE_TURBO2, GGML_TYPE_Q8_0 },
+    { 256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO2 },
+    { 256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO3 },
+    { 256, GGML_TYPE_TURBO2, GGML_TYPE_TURBO4 },
+    { 256, GGML_TYPE_TURBO3, GGML_TYPE_F16 },
+    { 256, GGML_TYPE_TURBO3, GGML_TYPE_Q8_0 },
+    { 256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO2 },
+    { 256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO3 },
+    { 256, GGML_TYPE_TURBO3, GGML_TYPE_TURBO4 },
+    { 256, GGML_TYPE_TURBO4, GGML_TYPE_F16 },
+    { 256, GGML_TYPE_TURBO4, GGML_TYPE_Q8_0 },
+    { 256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO2 },
+    { 256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO3 },
+    { 256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4 },
+};
+
 static inline bool ggml_metal_turbo_supports_fa(const struct ggml_tensor * op) {
     const enum ggml_type tk = op->src[1]->type;
     const enum ggml_type tv = op->src[2]->type;
     const int64_t d = op->src[1]->ne[0];
-    if (!ggml_metal_turbo_fa_kv_type(tk) || !ggml_metal_turbo_fa_kv_type(tv) ||
-        op->src[2]->ne[0] != d || op->src[0]->ne[0] != d ||
-        d % ggml_blck_size(tk) != 0 || d % ggml_blck_size(tv) != 0) {
+    if (op->src[2]->ne[0] != d || op->src[0]->ne[0] != d) {
         return false;
     }
-    switch (d) {
-        case 64:
-        case 128:
-        case 256:
+    for (size_t i = 0; i < sizeof(ggml_metal_turbo_fa_instances)/sizeof(ggml_metal_turbo_fa_instances[0]); ++i) {
+        const struct ggml_metal_turbo_fa_instance * c = &ggml_metal_turbo_fa_instances[i];
+        if (c->d == d && c->k == tk && c->v == tv) {
             return true;
-        default:
-            return false;
+        }
     }
+    return false;
 }
 
 // dequantize K and V to f16 before the regular kernel (ggml_metal_op_flash_attn_ext_use_kv_f16)

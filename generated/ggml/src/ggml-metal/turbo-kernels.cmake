@@ -13,8 +13,12 @@ list(APPEND METALLIB_KERNEL_SOURCES
     kernels/fa_vec_turbo_turbo3.metal
     kernels/fa_turbo_turbo4.metal
     kernels/fa_vec_turbo_turbo4.metal
+    kernels/fa_turbo_turbo2_b96.metal
+    kernels/fa_vec_turbo_turbo2_b96.metal
     kernels/fa_turbo_turbo2_b32.metal
     kernels/fa_vec_turbo_turbo2_b32.metal
+    kernels/fa_turbo_turbo3_b96.metal
+    kernels/fa_vec_turbo_turbo3_b96.metal
     kernels/fa_turbo_turbo3_b32.metal
     kernels/fa_vec_turbo_turbo3_b32.metal
 )

@@ -20,20 +20,20 @@
 
 typedef decltype(kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, half4x4, 1, dequantize_f16, 64, 64>) flash_attn_ext_turbo_t;
 
+template [[host_name("kernel_flash_attn_ext_f16_turbo2_b32_dk32_dv32")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2_b32, 2, dequantize_turbo2_b32, 32, 32>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo3_b32_dk32_dv32")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3_b32, 2, dequantize_turbo3_b32, 32, 32>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk32_dv32")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 32, 32>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 64, 64>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk96_dv96")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 96, 96>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 128, 128>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 256, 256>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo2_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2, 4, dequantize_turbo2, 64, 64>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo2_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2, 4, dequantize_turbo2, 128, 128>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo2_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2, 4, dequantize_turbo2, 256, 256>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo3_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3, 4, dequantize_turbo3, 64, 64>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo3_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3, 4, dequantize_turbo3, 128, 128>;
 template [[host_name("kernel_flash_attn_ext_f16_turbo3_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3, 4, dequantize_turbo3, 256, 256>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 64, 64>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 128, 128>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo4_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo4, 2, dequantize_turbo4, 256, 256>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo2_b32_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2_b32, 2, dequantize_turbo2_b32, 64, 64>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo2_b32_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2_b32, 2, dequantize_turbo2_b32, 128, 128>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo2_b32_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2_b32, 2, dequantize_turbo2_b32, 256, 256>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo3_b32_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3_b32, 2, dequantize_turbo3_b32, 64, 64>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo3_b32_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3_b32, 2, dequantize_turbo3_b32, 128, 128>;
-template [[host_name("kernel_flash_attn_ext_f16_turbo3_b32_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3_b32, 2, dequantize_turbo3_b32, 256, 256>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo2_b96_dk96_dv96")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo2_b96, 6, dequantize_turbo2_b96, 96, 96>;
+template [[host_name("kernel_flash_attn_ext_f16_turbo3_b96_dk96_dv96")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, half4x4, 1, dequantize_f16, block_turbo3_b96, 6, dequantize_turbo3_b96, 96, 96>;
 
 #undef FA_TURBO_TYPES

@@ -35,11 +35,5 @@ template [[host_name("kernel_flash_attn_ext_turbo2_turbo3_dk256_dv256")]] kernel
 template [[host_name("kernel_flash_attn_ext_turbo2_turbo4_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo4, 2, dequantize_turbo4, 64, 64>;
 template [[host_name("kernel_flash_attn_ext_turbo2_turbo4_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo4, 2, dequantize_turbo4, 128, 128>;
 template [[host_name("kernel_flash_attn_ext_turbo2_turbo4_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo4, 2, dequantize_turbo4, 256, 256>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo2_b32_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo2_b32, 2, dequantize_turbo2_b32, 64, 64>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo2_b32_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo2_b32, 2, dequantize_turbo2_b32, 128, 128>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo2_b32_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo2_b32, 2, dequantize_turbo2_b32, 256, 256>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo3_b32_dk64_dv64")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo3_b32, 2, dequantize_turbo3_b32, 64, 64>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo3_b32_dk128_dv128")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo3_b32, 2, dequantize_turbo3_b32, 128, 128>;
-template [[host_name("kernel_flash_attn_ext_turbo2_turbo3_b32_dk256_dv256")]] kernel flash_attn_ext_turbo_t kernel_flash_attn_ext<FA_TURBO_TYPES, block_turbo2, 4, dequantize_turbo2, block_turbo3_b32, 2, dequantize_turbo3_b32, 256, 256>;
 
 #undef FA_TURBO_TYPES
