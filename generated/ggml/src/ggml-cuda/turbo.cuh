@@ -176,7 +176,7 @@ static __device__ __forceinline__ uint32_t turbo_load_bits(const uint8_t * p, co
 // a binary search; double compares of float values are exact)
 static __device__ __forceinline__ int turbo_log8_code(const double s) {
     if (!(s > 0.0)) {
-        return GGML_TURBO_LOG8_ZERO_CODE;
+        return 0;
     }
     int n = 0; // bounds below s
 #pragma unroll
