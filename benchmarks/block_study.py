@@ -28,9 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqpatch import calibrate, capture, codebook  # noqa: E402
+from tqpatch import calibrate, capture, codebook, formats  # noqa: E402
 
-LOG8 = 2.0 ** ((np.arange(256) - 128) / 8)
+# the shipped log scale: code -> value, and the encoder's boundaries between codes
+LOG8 = np.array(formats.LOG8.table, dtype=np.float64)
+LOG8_BOUNDS = np.array(formats.LOG8.boundaries, dtype=np.float32)
 
 
 def book(block: int, bits: int):
@@ -50,7 +52,7 @@ def quant(x: np.ndarray, block: int, bits: int, scale: str, reindex: bool) -> np
     if scale == "fp16":
         s = s.astype(np.float16).astype(np.float64)
     else:
-        code = np.clip(np.round(np.log2(np.maximum(s, 1e-30)) * 8) + 128, 1, 254).astype(int)
+        code = 1 + np.searchsorted(LOG8_BOUNDS, s.astype(np.float32), side="left")  # 1 + #(bounds < s)
         s = LOG8[code]
     if reindex:
         cc = c[np.searchsorted((c[:-1] + c[1:]) / 2, xb / s[:, None])]
