@@ -169,7 +169,7 @@ def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bits", type=int, metavar="N", help="Index bits per value (1-4): 2**N levels.")
 @click.option("--dim", type=int, metavar="D",
-              help="Block size / dimension (32, 64, 128, 256 or 512).")
+              help=f"Block size / dimension ({', '.join(map(str, cbmod.DIMS))}).")
 @click.option("--dist", type=click.Choice(cbmod.DISTRIBUTIONS), help="Distribution to fit.")
 @click.option("--out", type=click.Path(dir_okay=True), metavar="PATH",
               help="Where to write: a file, or a folder (existing, or given with a trailing "
