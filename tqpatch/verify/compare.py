@@ -182,15 +182,22 @@ def compare_quantize(check: Check, got: bytes) -> CaseReport:
     rep.scale_ulp = int(((ulps == 1) | ((ulps == 0) & (d_o != exp_d))).sum())
     bad_d = ulps > 1
     rep.mismatches += int(bad_idx.sum()) + int(bad_d.sum())
-    for b, j in np.argwhere(bad_idx)[:3]:
-        r, col = b // nb_per_row, (b % nb_per_row) * blk + j
-        rep.details.append(f"{_where(check, r, col)}: index {i_o[b, j]}, reference {i_r[b, j]} "
-                           f"(x={x[r, col]:.9g}, not at a decision boundary)")
+    _bad_index_details(rep, check, bad_idx, i_o, x, nb_per_row, blk,
+                       lambda b, j: f"reference {i_r[b, j]}")
     for b in np.flatnonzero(bad_d)[:3]:
         rep.details.append(f"{_where(check, b // nb_per_row)}, block {b % nb_per_row}: scale "
                            f"{d_o[b]:#06x}, expected {exp_d[b]:#06x} ({ulps[b]} fp16 ulps apart)")
     _max_err_deq(rep, out, ref, name, k)
     return _finish(rep)
+
+
+def _bad_index_details(rep, check, bad_idx, got, x, nb_per_row, blk, expected) -> None:
+    """Up to three wrong indices (not at a decision boundary) into rep.details;
+    expected(block, j) says what the index should have been."""
+    for b, j in np.argwhere(bad_idx)[:3]:
+        r, col = b // nb_per_row, (b % nb_per_row) * blk + j
+        rep.details.append(f"{_where(check, r, col)}: index {got[b, j]}, {expected(b, j)} "
+                           f"(x={x[r, col]:.9g}, not at a decision boundary)")
 
 
 def _compare_log_quantize(check, rep, out, ref, ob, rb, xb, name, nb_per_row, blk, k) -> CaseReport:
@@ -227,10 +234,8 @@ def _compare_log_quantize(check, rep, out, ref, ob, rb, xb, name, nb_per_row, bl
     rep.scale_ulp = int(((d_o != d_r) & code_ok).sum())
     bad_d = ~code_ok
     rep.mismatches += int(bad_idx.sum()) + int(bad_d.sum())
-    for b, j in np.argwhere(bad_idx)[:3]:
-        r, col = b // nb_per_row, (b % nb_per_row) * blk + j
-        rep.details.append(f"{_where(check, r, col)}: index {i_o[b, j]}, expected {exp_i[b, j]} for the "
-                           f"stored scale code {codes[b]} (x={x[r, col]:.9g}, not at a decision boundary)")
+    _bad_index_details(rep, check, bad_idx, i_o, x, nb_per_row, blk,
+                       lambda b, j: f"expected {exp_i[b, j]} for the stored scale code {codes[b]}")
     for b in np.flatnonzero(bad_d)[:3]:
         why = ("the block holds a NaN/inf: expected the poison block (code "
                f"{fmt.scale.NAN_CODE}, indices 0)") if poisoned[b] else "not within one step at a scale boundary"
