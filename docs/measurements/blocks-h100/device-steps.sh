@@ -9,30 +9,12 @@
 # Run from the repository root; inputs as docs/measurements/cuda-speed/device-steps.sh
 # (.carry/pristine.tgz, .carry/wheels). $OUT gets summary.txt and logs.tgz.
 set -u
-R=$(pwd)
-OUT=${OUT:-$R/out-blocks}
-L=$OUT/logs
-mkdir -p "$L"
-export TQPATCH_CACHE=${TQPATCH_CACHE:-/tmp/tqc}
-export PATH=/usr/local/cuda/bin:$PATH
-T0=$(date +%s)
-S=$OUT/summary.txt
-: > "$S"
+NAME=blocks
+source "$(dirname "$0")/steps-lib.sh"
 exec > >(tee -a "$L/steps.log") 2>&1
-say()  { echo "$*" | tee -a "$S"; }
-step() {
-    local name=$1 limit=$2; shift 2
-    local t=$(date +%s)
-    echo "+ [$name] $*"
-    timeout "$limit" "$@" > "$L/$name.log" 2>&1
-    local rc=$?
-    say "[$name] rc=$rc $(( $(date +%s) - t )) s (t=$(( $(date +%s) - T0 )) s)"
-    return $rc
-}
 TQ="python3 -m tqpatch.cli"
 mkdir -p /tmp/pylib
 for w in "$R"/.carry/wheels/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/pylib; done
-export PYTHONPATH=$R:$R/tests:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
 say "device: $(nvidia-smi -L 2>&1 | head -1)"
 
 step fetch 120 $TQ fetch --from "$R/.carry/pristine.tgz"

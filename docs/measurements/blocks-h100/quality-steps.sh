@@ -10,16 +10,8 @@
 # Models: /tmp/mp/m.0* (Gemma) and /tmp/sp/s.0* (SmolLM2) parts left by earlier
 # calls, joined here; calibration files in .carry/blocks/*.calib.gguf.
 set -u
-R=$(pwd)
-OUT=${OUT:-$R/out-quality}
-L=$OUT/logs
-mkdir -p "$L"
-export TQPATCH_CACHE=${TQPATCH_CACHE:-/tmp/tqc}
-export PYTHONPATH=$R:$R/tests:/tmp/pylib${PYTHONPATH:+:$PYTHONPATH}
-T0=$(date +%s)
-S=$OUT/summary.txt
-: > "$S"
-say() { echo "$*" | tee -a "$S"; }
+NAME=quality
+source "$(dirname "$0")/steps-lib.sh"
 M=$TQPATCH_CACHE/models
 mkdir -p "$M"
 [ -f "$M/gemma-3-270m-Q4_K_M.gguf" ] || cat /tmp/mp/m.0* > "$M/gemma-3-270m-Q4_K_M.gguf"
