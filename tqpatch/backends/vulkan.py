@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from math import lcm
+import struct
 
 from .. import formats
 from ._base import *  # noqa: F403  (the defaults this backend keeps)
@@ -137,19 +137,38 @@ e2e = EndToEnd(
 
 # ---------------------------------------------------------------- shaders
 
-# The quantize shader (turbo_quantize.comp) lets this many threads share one
-# block; each takes whole 16-bit words of every index plane.
+# The quantize shader (turbo_quantize.comp) lets up to this many threads share
+# one block; each takes whole bytes of every index plane (blocks are 1-byte
+# aligned and written byte by byte).
 QUANT_THREADS_PER_BLOCK = 8
 
 
 def quant_geometry(fmt: formats.TurboFormat) -> dict:
-    """Threads per block (tpb) and consecutive values per thread (vpt) of the quantizer."""
-    words = lcm(*(16 // p.bits for p in fmt.planes))  # values filling whole words of every plane
-    vpt = max(words, fmt.block // QUANT_THREADS_PER_BLOCK)
-    if fmt.block % vpt:
-        raise ValueError(f"{fmt.name}: a block of {fmt.block} is not a whole number of {vpt}-value runs")
-    return {"tpb": fmt.block // vpt, "vpt": vpt}
+    """Threads per block (tpb: a power of two, at most QUANT_THREADS_PER_BLOCK) and
+    consecutive values per thread (vpt: whole bytes of every plane) of the quantizer."""
+    tpb = QUANT_THREADS_PER_BLOCK
+    while tpb >= 1:
+        if fmt.block % tpb == 0 and (fmt.block // tpb) % fmt.group == 0:
+            return {"tpb": tpb, "vpt": fmt.block // tpb}
+        tpb //= 2
+    raise ValueError(f"{fmt.name}: a block of {fmt.block} is not a whole number of {fmt.group}-value groups")
+
+
+def float32_bits(v: float) -> int:
+    """The IEEE float32 bits of v (NaN: the quiet NaN 0x7FC00000)."""
+    return struct.unpack("<I", struct.pack("<f", v))[0]
+
+
+def log_scale_tables() -> dict:
+    """Per log scale kind of formats.SCALES: its decode, re-index and encode tables as
+    float32 bits (the shaders hold them as uint constants: exact, NaN included)."""
+    return {s.kind: {"scale": [float32_bits(v) for v in s.table],
+                     "inv": [float32_bits(v) for v in s.inverse],
+                     "bounds": [float32_bits(v) for v in s.boundaries],
+                     "nan_code": s.NAN_CODE}
+            for s in formats.SCALES.values() if s.is_log}
 
 
 def render_context() -> dict:
-    return {"quant": {name: quant_geometry(fmt) for name, fmt in formats.TURBO_FORMATS.items()}}
+    return {"quant": {name: quant_geometry(fmt) for name, fmt in formats.TURBO_FORMATS.items()},
+            "log": log_scale_tables()}
