@@ -112,13 +112,14 @@ def _only_cpu_driver() -> str | None:
 # is lavapipe on a CI machine and the GPU on a GPU machine without Mesa's drivers.
 # The end-to-end case sets are sized for lavapipe, where every new shader pipeline
 # is compiled by LLVM (measured on 2 cores: ~13 s per flash-attention pipeline at
-# head size 128, ~40 s at 256): every K type with every V type at head size 128
-# (a KV length the block size does not divide, 1 and 3 queries: one pipeline
-# each), turbo4 V at head size 64 and q8_0/turbo3 at 256; SET_ROWS / GET_ROWS /
-# CPY run all their cases; verify runs turbo3's quick set (every op); the real-model
-# checks need a Vulkan GPU. The whole sets ran on the H100 (docs/vulkan.md,
-# "Verified where").
+# head size 128, ~40 s at 256): every K/V pair of head size 128 (a KV length the
+# block size does not divide, 1 and 3 queries: one pipeline each), every pair of
+# the block variants at head sizes 32 and 96 (1 query), turbo4 V at head size 64
+# and q8_0/turbo3 at 256; SET_ROWS / GET_ROWS / CPY run all their cases; verify
+# runs turbo3's quick set (every op); the real-model checks need a Vulkan GPU.
+# The whole sets run on a GPU (docs/vulkan.md, "Verified where").
 FA_SUBSET = (r"^(?=.*type_[KV]=turbo)(hsk=128,.*kv=113,nb=[13],"
+             r"|hsk=(32|96),.*kv=113,nb=1,"
              r"|hsk=64,.*kv=113,nb=1,.*type_K=(f16|turbo4),type_V=turbo4,"
              r"|hsk=256,.*kv=113,nb=1,.*type_K=q8_0,type_V=turbo3,)")
 e2e = EndToEnd(

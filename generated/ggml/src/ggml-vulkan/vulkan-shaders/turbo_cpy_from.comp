@@ -101,7 +101,11 @@ const uint VALUES = TQ_QK / 32u;
 void main() {
     tq_init_shmem();
 
-    const uint idx = gl_WorkGroupID.z * 262144u + gl_WorkGroupID.y * 512u + gl_WorkGroupID.x * TQ_QK;
+    // The host lays the elements out in rows of 512 (ceil(512 / block) workgroups
+    // of one block each in x), and 512 is no multiple of a 96-value block:
+    // numbering the workgroups linearly covers every block once (x * block >= 512).
+    const uint wg = (gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y) * gl_NumWorkGroups.x + gl_WorkGroupID.x;
+    const uint idx = wg * TQ_QK;
     if (idx >= p.ne) {
         return;
     }
