@@ -22,16 +22,22 @@
 //    it every first-pass index, equals the reference's bit for bit (a device
 //    that flushes subnormals can differ only for values below 2^-126, i.e. u
 //    within 2^-126 of the boundary at 0: a counted boundary case).
-//  * The scale sum(x c) / sum(c c) is summed in fp32 where the reference sums
-//    in double. Every term is >= 0 (the codebook is symmetric about a boundary
-//    at 0, so c has the sign of x: no cancellation; checked when rendering), so
-//    each sum of n = 96 terms is within n * 2^-24 relative of the exact
-//    one, the quotient within ~(2n + 3) * 2^-24 (2.5 ulp for the division) <
-//    1.2e-5 relative: the code e = 1 + #(bounds < s) is the reference's, or its
-//    neighbour where s lies within that of a code boundary (the contract allows
-//    3e-5). The second pass, u = x * inv[e] (the rendered float32 table), is
-//    again one correctly rounded multiply: for the same e its indices are the
-//    reference's bit for bit.
+//  * The least-squares scale s = sum(x c) / sum(c c), which the reference sums
+//    in double, is summed in float-float (turbo_two_prod / turbo_ff_add: every
+//    product exact, ~48-bit sums) over x * 2^-k (exact: a power of two near
+//    max|x|, so nothing overflows), divided in float-float and rounded once to
+//    float (turbo_ff_div), then scaled back by 2^k (exact). So s is the
+//    reference's float except where the quotient lies within ~2^-44 of a float
+//    rounding midpoint, and the code e = 1 + #(bounds < s) (a binary search over
+//    the rendered float32 boundaries) differs only if such an s is also exactly
+//    a code boundary: never in practice, and within the 3e-5 the contract allows.
+//    (Plain fp32 sums, within ~1.2e-5 of the reference, were tried first: they
+//    move a block's code one step wherever s lies that close to a boundary,
+//    which the contract allows but test-backend-ops' SET_ROWS threshold does
+//    not; one lavapipe run failed there with an error the size of one such block.)
+//  * The second pass, u = x * inv[e] (the rendered float32 table), is again one
+//    correctly rounded multiply: for the same e its indices are the reference's
+//    bit for bit.
 
 #extension GL_EXT_control_flow_attributes : require
 
@@ -251,17 +257,18 @@ const uint BLOCKS_PER_WG = 32u;
 const uint BLOCKS_PER_PASS = 128u / TQ_TPB;
 
 shared uint sh_amax[128];
-shared vec2 sh_sums[128];
+shared vec4 sh_sums[128]; // float-float (sum x c, sum c c)
 shared float sh_centroids[TQ_LEVELS];
 shared float sh_inv[TQ_SCALE_CODES];
 shared float sh_bounds[TQ_SCALE_BOUNDS];
 
-// the log code of the least-squares scale s: 0 unless s > 0, else 1 + the
-// number of (sorted) code boundaries below s, counted by a binary search
-uint tq_scale_code(const float s) {
-    if (!(s > 0.0)) {
+// the log code of the least-squares scale s = q * 2^k: 0 unless q > 0, else
+// 1 + the number of (sorted) code boundaries below s, counted by a binary search
+uint tq_scale_code(const float q, const float pow2k) {
+    if (!(q > 0.0)) {
         return 0u;
     }
+    precise float s = q * pow2k; // exact (a power of two) unless it overflows, as the reference's float does
     uint c = 0u;
     [[unroll]] for (uint step = 128u; step > 0u; step >>= 1) {
         if (c + step <= TQ_SCALE_BOUNDS && sh_bounds[c + step - 1u] < s) {
@@ -351,24 +358,34 @@ void main() {
         const bool poison = amax >= 0x7F800000u; // a NaN or inf in the block
         const float inv = (amax == 0u || poison) ? 0.0 : turbo_recip(amax);
 
-        vec2 sums = vec2(0.0); // (sum x c, sum c c) over the first pass's centroids
+        // sum(x c) and sum(c c) in float-float over x * 2^-k (exact: a power of
+        // two near max|x|, so no product overflows), the first pass's centroids
+        const int k = clamp(int(amax >> 23) - 127, -126, 126);
+        const float pow2_down = uintBitsToFloat(uint(127 - k) << 23);
+        vec2 num = vec2(0.0);
+        vec2 den = vec2(0.0);
         [[unroll]] for (uint j = 0u; j < TQ_VPT; ++j) {
             precise float u = x[j] * inv;
             const float c = sh_centroids[tq_index(u)];
-            sums += vec2(x[j] * c, c * c);
+            precise float xs = x[j] * pow2_down;
+            num = turbo_ff_add(num, turbo_two_prod(xs, c));
+            den = turbo_ff_add(den, turbo_two_prod(c, c));
         }
-        sh_sums[tid] = sums;
+        sh_sums[tid] = vec4(num, den);
         barrier();
         [[unroll]] for (uint s = TQ_TPB / 2u; s > 0u; s >>= 1) {
             if (lane < s) {
-                sh_sums[tid] += sh_sums[tid + s];
+                const vec4 a = sh_sums[tid];
+                const vec4 b = sh_sums[tid + s];
+                sh_sums[tid] = vec4(turbo_ff_add(a.xy, b.xy), turbo_ff_add(a.zw, b.zw));
             }
             barrier();
         }
 
         // the stored code, then the indices again for the scale it stands for
-        const vec2 t = sh_sums[head];
-        const uint e = poison ? TQ_SCALE_NAN_CODE : tq_scale_code(t.x / t.y);
+        const vec4 t = sh_sums[head];
+        const float pow2_up = uintBitsToFloat(uint(127 + k) << 23);
+        const uint e = poison ? TQ_SCALE_NAN_CODE : tq_scale_code(turbo_ff_div(t.xy, t.zw), pow2_up);
         const float inv_e = sh_inv[e];
         uint q[TQ_VPT];
         [[unroll]] for (uint j = 0u; j < TQ_VPT; ++j) {

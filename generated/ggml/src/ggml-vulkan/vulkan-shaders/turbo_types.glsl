@@ -261,6 +261,52 @@ float turbo_half_to_float(const uint h) {
     return uintBitsToFloat(s | ((e + 112u) << 23) | (m << 13));
 }
 
+// Float-float arithmetic (a value as hi + lo, ~48 significant bits) from
+// error-free transformations: Vulkan rounds fp32 add, sub and mul correctly,
+// and `precise` keeps the compiler from fusing or reassociating them. The
+// quantizer sums its least-squares scale this way, where the C reference sums
+// in double.
+
+// a + b = s.x + s.y exactly (Knuth's two-sum)
+vec2 turbo_two_sum(const float a, const float b) {
+    precise float s = a + b;
+    precise float bb = s - a;
+    precise float err = (a - (s - bb)) + (b - bb);
+    return vec2(s, err);
+}
+
+// a * b = p.x + p.y exactly (Dekker's product with Veltkamp's split; |a|, |b| < 2^100)
+vec2 turbo_two_prod(const float a, const float b) {
+    precise float p = a * b;
+    precise float ta = 4097.0 * a;
+    precise float ah = ta - (ta - a);
+    precise float al = a - ah;
+    precise float tb = 4097.0 * b;
+    precise float bh = tb - (tb - b);
+    precise float bl = b - bh;
+    precise float err = ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+    return vec2(p, err);
+}
+
+// float-float a + b, renormalised
+vec2 turbo_ff_add(const vec2 a, const vec2 b) {
+    const vec2 s = turbo_two_sum(a.x, b.x);
+    precise float lo = s.y + (a.y + b.y);
+    precise float hi = s.x + lo;
+    precise float lo2 = lo - (hi - s.x);
+    return vec2(hi, lo2);
+}
+
+// float-float n / d (d > 0) rounded once to float: the float nearest the
+// quotient except within ~2^-44 of a rounding midpoint
+float turbo_ff_div(const vec2 n, const vec2 d) {
+    precise float q1 = n.x / d.x; // Vulkan: within 2.5 ulp
+    const vec2 p = turbo_two_prod(q1, d.x);
+    precise float r = (((n.x - p.x) - p.y) + n.y) - q1 * d.y; // n - q1 * d
+    precise float q = q1 + r / d.x;
+    return q;
+}
+
 // 1.0f / a for a positive finite float given as bits, rounded to nearest as C
 // computes it in float. Vulkan allows a float division 2.5 ulp of error, which
 // would move u = x * (1/a) off the reference's value; here the significand is
