@@ -432,28 +432,48 @@ def test_vulkan_fa_subset_keeps_every_kv_pair():
     from tqpatch import formats
 
     pattern = re.compile(vulkan.e2e.ops_filter["FLASH_ATTN_EXT"])
-    cases = [(hs, kv, nb, k, v) for k, v in formats.cache_pairs() for hs in formats.HEAD_SIZES
-             for nb in (1, 3, 32) for kv in (113, 512)
-             if hs % formats.type_info(k).block_size == 0 and hs % formats.type_info(v).block_size == 0]
+    # the cases test-backend-ops has (templates/tests/test-backend-ops-turbo.inc.j2)
+    cases = [(hs, kv, nb, k, v) for hs, k, v in formats.fa_cases() for nb in (1, 3, 32) for kv in (113, 512)]
     kept = [c for c in cases if pattern.search(_fa_case_vars(*c))]
-    assert {(k, v) for *_, k, v in kept} == set(formats.cache_pairs())
+    # every K/V pair a head size produces runs, the block variants' at the heads they serve
+    assert {(k, v) for *_, k, v in kept} == {(k, v) for _, k, v in formats.fa_cases()}
+    assert {hs for hs, *_ in kept} == {hs for hs, _, _ in formats.fa_cases()}
     assert all(kv == 113 and nb in (1, 3) for _, kv, nb, _, _ in kept)
     assert len(kept) < len(cases) / 4
     # upstream's own cases (no turbo type) are never picked
     assert not pattern.search(_fa_case_vars(128, 113, 1, "q8_0", "q8_0"))
+    assert not pattern.search(_fa_case_vars(96, 113, 1, "f16", "f16"))
     assert vulkan.e2e.env == {"GGML_VK_VISIBLE_DEVICES": "0"}
 
 
-def test_vulkan_quantizer_threads_own_whole_words_of_every_plane():
+def test_vulkan_quantizer_threads_own_whole_bytes_of_every_plane():
     from tqpatch import formats
 
     for fmt in formats.TURBO_FORMATS.values():
         g = vulkan.quant_geometry(fmt)
         assert g["tpb"] * g["vpt"] == fmt.block
         assert 128 % g["tpb"] == 0  # the shader's 128 threads hold whole blocks
-        for p in fmt.planes:
-            assert g["vpt"] * p.bits % 16 == 0, (fmt.name, p.field)
+        for p in fmt.planes:  # blocks are written byte by byte: no two threads share a byte
+            assert g["vpt"] * p.bits % 8 == 0, (fmt.name, p.field)
+    # a 96-value block of a 1-bit plane is 12 bytes: 4 threads of 3 bytes, not 8 of 1.5
+    assert vulkan.quant_geometry(formats.TURBO_FORMATS["turbo3_b96"]) == {"tpb": 4, "vpt": 24}
     assert vulkan.render_context()["quant"].keys() == formats.TURBO_FORMATS.keys()
+
+
+def test_vulkan_log_tables_are_the_formats_float32_bits():
+    import struct
+
+    from tqpatch import formats
+
+    tables = vulkan.render_context()["log"]
+    assert tables.keys() == {s.kind for s in formats.SCALES.values() if s.is_log}
+    t, s = tables["log8"], formats.LOG8
+    assert t["scale"][s.NAN_CODE] == 0x7FC00000 and t["scale"][s.ZERO_CODE] == 0
+    assert len(t["scale"]) == len(t["inv"]) == 256 and len(t["bounds"]) == 253
+    f32 = lambda b: struct.unpack("<f", struct.pack("<I", b))[0]  # noqa: E731
+    assert [f32(b) for b in t["scale"][:-1]] == list(s.table[:-1])
+    assert [f32(b) for b in t["inv"]] == list(s.inverse)
+    assert [f32(b) for b in t["bounds"]] == list(s.boundaries)
 
 
 def test_no_hardware_is_none(no_gpus):

@@ -13,13 +13,15 @@ V0) # the driver and the tools found: one NVIDIA device, glslc, headers 1.3.239 
 V1) T fetch --from $C/pristine.tgz | tail -1; T apply | tail -1
     T0=$(date +%s); timeout 560 python3 -m tqpatch.cli build --backend vulkan > $OUT/build.log 2>&1
     echo "build rc=$? $(( $(date +%s) - T0 )) s"; tail -3 $OUT/build.log ;;
-V2) T verify --backend vulkan > $OUT/verify.txt 2>&1; echo "verify rc=$?"; tail -3 $OUT/verify.txt
+V2) # every turbo type, block variants included: the full verify (every op, fa_cases at every head size)
+    T verify --backend vulkan > $OUT/verify.txt 2>&1; echo "verify rc=$?"; tail -3 $OUT/verify.txt
     for op in SET_ROWS GET_ROWS CPY; do
       timeout 120 $B/test-backend-ops test -b Vulkan0 -o $op -p turbo > $OUT/tbo_$op.log 2>&1; echo "$op rc=$? $(grep 'tests passed' $OUT/tbo_$op.log)"
     done ;;
-V3) # every turbo FLASH_ATTN_EXT case (not the lavapipe subset), against the CPU backend
+V3) # every turbo FLASH_ATTN_EXT case (formats.fa_cases: heads 64/128/256, the variants at 32/96), against the CPU backend
     timeout 560 $B/test-backend-ops test -b Vulkan0 -o FLASH_ATTN_EXT -p turbo > $OUT/tbo_FLASH_ATTN_EXT.log 2>&1
-    echo "FLASH_ATTN_EXT rc=$? $(grep 'tests passed' $OUT/tbo_FLASH_ATTN_EXT.log)"; grep -c FAIL $OUT/tbo_FLASH_ATTN_EXT.log ;;
+    echo "FLASH_ATTN_EXT rc=$? $(grep 'tests passed' $OUT/tbo_FLASH_ATTN_EXT.log)"; grep -c FAIL $OUT/tbo_FLASH_ATTN_EXT.log
+    for hs in 32 96; do echo "hsk=$hs: $(grep "hsk=$hs," $OUT/tbo_FLASH_ATTN_EXT.log | grep -c OK) OK, $(grep "hsk=$hs," $OUT/tbo_FLASH_ATTN_EXT.log | grep -c -E 'FAIL|not supported') FAIL/not supported"; done ;;
 V4) # decode attention microbenchmark (head 128 and 256, every K/V pair) and KV sizes
     timeout 560 python3 benchmarks/bench_kv.py --backend vulkan --parts fa,kv --no-default-model --synth --out $OUT/c --json $OUT/fa-kv-synth.json --markdown $OUT/fa-kv-synth.md 2>$OUT/c.err; echo "rc=$?"; tail -2 $OUT/c.err; rm -rf $OUT/c ;;
 V5) # llama-bench pp512 / tg128 at depths 0, 8192, 32768 on the synthetic 8B-attention model

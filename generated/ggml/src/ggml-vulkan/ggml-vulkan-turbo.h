@@ -19,6 +19,10 @@ static bool ggml_vk_type_is_turbo(ggml_type type) {
     }
 }
 
+// Shared memory the turbo part of the flash-attention shaders allocates
+// (turbo_fa.glsl): the K and V codebooks and one decode table per log scale.
+#define GGML_VK_TURBO_FA_SHMEM ((2 * 16 + 256) * sizeof(float))
+
 // Statements for ggml_vk_load_shaders(), where ggml_vk_create_pipeline is defined.
 #define GGML_VK_TURBO_CREATE_PIPELINES(device) \
     ggml_vk_create_pipeline(device, device->pipeline_cpy_f32_quant[GGML_TYPE_TURBO2], "cpy_f32_turbo2", cpy_f32_turbo2_len, cpy_f32_turbo2_data, "main", 2, sizeof(vk_op_unary_push_constants), {32, 1, 1}, {}, 1); \

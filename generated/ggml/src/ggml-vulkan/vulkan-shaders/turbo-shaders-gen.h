@@ -14,11 +14,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo2", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO2", "1"}, {"D_TYPE", "block_turbo2_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO2", "1"}, {"D_TYPE", "block_turbo2"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo2" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO2", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo2_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO2", "1"}, {"D_TYPE", dst_type}});
@@ -36,11 +36,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo3", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO3", "1"}, {"D_TYPE", "block_turbo3_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO3", "1"}, {"D_TYPE", "block_turbo3"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo3" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO3", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo3_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO3", "1"}, {"D_TYPE", dst_type}});
@@ -58,11 +58,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo4", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO4", "1"}, {"D_TYPE", "block_turbo4_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO4", "1"}, {"D_TYPE", "block_turbo4"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo4" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO4", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo4_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo4"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo4_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO4", "1"}, {"D_TYPE", dst_type}});
@@ -80,11 +80,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo2_b96", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO2_B96", "1"}, {"D_TYPE", "block_turbo2_b96_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO2_B96", "1"}, {"D_TYPE", "block_turbo2_b96"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo2_b96" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO2_B96", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2_b96_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2_b96"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo2_b96_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO2_B96", "1"}, {"D_TYPE", dst_type}});
@@ -102,11 +102,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo2_b32", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO2_B32", "1"}, {"D_TYPE", "block_turbo2_b32_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO2_B32", "1"}, {"D_TYPE", "block_turbo2_b32"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo2_b32" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO2_B32", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2_b32_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo2_b32"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo2_b32_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO2_B32", "1"}, {"D_TYPE", dst_type}});
@@ -124,11 +124,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo3_b96", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO3_B96", "1"}, {"D_TYPE", "block_turbo3_b96_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO3_B96", "1"}, {"D_TYPE", "block_turbo3_b96"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo3_b96" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO3_B96", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3_b96_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3_b96"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo3_b96_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO3_B96", "1"}, {"D_TYPE", dst_type}});
@@ -146,11 +146,11 @@ static void tqpatch_turbo_shaders() {
             ? std::map<std::string, std::string>{{"A_TYPE", "uint16_t"}, {"SRC_F16", "1"}}
             : std::map<std::string, std::string>{{"A_TYPE", "float"}};
         string_to_spv("cpy_" + src + "_turbo3_b32", "turbo_quantize.comp",
-            merge_maps(src_defs, {{"DATA_A_TURBO3_B32", "1"}, {"D_TYPE", "block_turbo3_b32_bits16"}}));
+            merge_maps(src_defs, {{"DATA_A_TURBO3_B32", "1"}, {"D_TYPE", "block_turbo3_b32"}}));
         for (const auto & it : idx_types) {
             string_to_spv("set_rows_" + src + "_turbo3_b32" + it.first, "turbo_quantize.comp",
                 merge_maps(src_defs, {{"DATA_A_TURBO3_B32", "1"}, {"SET_ROWS", "1"}, {"B_TYPE", it.second},
-                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3_b32_bits16"}}));
+                                      {"B_SIZE", it.first == std::string("_i64") ? "64" : "32"}, {"D_TYPE", "block_turbo3_b32"}}));
         }
         const std::string dst_type = f16 ? "float16_t" : "float";
         string_to_spv("cpy_turbo3_b32_" + src, "turbo_cpy_from.comp", {{"DATA_A_TURBO3_B32", "1"}, {"D_TYPE", dst_type}});

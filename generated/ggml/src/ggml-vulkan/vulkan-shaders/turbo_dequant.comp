@@ -4,7 +4,8 @@
 // (MUL_MAT's dequantize-then-f16 path) and, with -DDEQUANT_TRANSPOSE, the
 // f16 scratch that flash attention reads K/V from for long prefills
 // ([HS, NH, KV, NS] -> [HS, KV, NH, NS]). Compiled once per type. Each thread
-// converts 16 consecutive values (whole words of every plane, inside one head).
+// converts 16 consecutive values (every block size is a multiple of 16, so
+// they lie inside one block and one head).
 
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_EXT_shader_16bit_storage : require
@@ -20,75 +21,99 @@ layout (push_constant) uniform parameter
 
 #include "turbo_types.glsl"
 #if defined(DATA_A_TURBO2)
-#define TQ_BLOCK block_turbo2_bits16
+#define TQ_BLOCK block_turbo2
 #define TQ_QK QUANT_K_TURBO2
 #define TQ_LEVELS TURBO2_LEVELS
 #define TQ_CENTROIDS turbo2_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO3)
-#define TQ_BLOCK block_turbo3_bits16
+#define TQ_BLOCK block_turbo3
 #define TQ_QK QUANT_K_TURBO3
 #define TQ_LEVELS TURBO3_LEVELS
 #define TQ_CENTROIDS turbo3_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u) | (((uvec2(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec2(0u, 1u)) & 1u) << 2u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u) | (((uvec4(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec4(0u, 1u, 2u, 3u)) & 1u) << 2u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u) | (((uint(blk.qh[(j) / 8u]) >> (1u * ((j) % 8u))) & 1u) << 2u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO4)
-#define TQ_BLOCK block_turbo4_bits16
+#define TQ_BLOCK block_turbo4
 #define TQ_QK QUANT_K_TURBO4
 #define TQ_LEVELS TURBO4_LEVELS
 #define TQ_CENTROIDS turbo4_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 4u]) >> (4u * ((j) % 4u))) >> uvec2(0u, 4u)) & 15u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 4u]) >> (4u * ((j) % 4u))) >> uvec4(0u, 4u, 8u, 12u)) & 15u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 2u]) >> (4u * ((j) % 2u))) & 15u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO2_B96)
-#define TQ_BLOCK block_turbo2_b96_bits16
+#define TQ_BLOCK block_turbo2_b96
 #define TQ_QK QUANT_K_TURBO2_B96
 #define TQ_LEVELS TURBO2_B96_LEVELS
 #define TQ_CENTROIDS turbo2_b96_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO2_B32)
-#define TQ_BLOCK block_turbo2_b32_bits16
+#define TQ_BLOCK block_turbo2_b32
 #define TQ_QK QUANT_K_TURBO2_B32
 #define TQ_LEVELS TURBO2_B32_LEVELS
 #define TQ_CENTROIDS turbo2_b32_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO3_B96)
-#define TQ_BLOCK block_turbo3_b96_bits16
+#define TQ_BLOCK block_turbo3_b96
 #define TQ_QK QUANT_K_TURBO3_B96
 #define TQ_LEVELS TURBO3_B96_LEVELS
 #define TQ_CENTROIDS turbo3_b96_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u) | (((uvec2(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec2(0u, 1u)) & 1u) << 2u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u) | (((uvec4(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec4(0u, 1u, 2u, 3u)) & 1u) << 2u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u) | (((uint(blk.qh[(j) / 8u]) >> (1u * ((j) % 8u))) & 1u) << 2u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 #if defined(DATA_A_TURBO3_B32)
-#define TQ_BLOCK block_turbo3_b32_bits16
+#define TQ_BLOCK block_turbo3_b32
 #define TQ_QK QUANT_K_TURBO3_B32
 #define TQ_LEVELS TURBO3_B32_LEVELS
 #define TQ_CENTROIDS turbo3_b32_centroids
-#define TQ_INDEX2(blk, j) (((uvec2(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec2(0u, 2u)) & 3u) | (((uvec2(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec2(0u, 1u)) & 1u) << 2u))
-#define TQ_INDEX4(blk, j) (((uvec4(uint(blk.qs[(j) / 8u]) >> (2u * ((j) % 8u))) >> uvec4(0u, 2u, 4u, 6u)) & 3u) | (((uvec4(uint(blk.qh[(j) / 16u]) >> (1u * ((j) % 16u))) >> uvec4(0u, 1u, 2u, 3u)) & 1u) << 2u))
+#define TQ_SCALE_CODES TURBO_LOG8_CODES
+#define TQ_SCALE_BITS turbo_log8_scale_bits
+#define TQ_INDEX(blk, j) (((uint(blk.qs[(j) / 4u]) >> (2u * ((j) % 4u))) & 3u) | (((uint(blk.qh[(j) / 8u]) >> (1u * ((j) % 8u))) & 1u) << 2u))
+#define TQ_SCALE(blk) sh_scale[uint(blk.e)]
 #endif
 
+#if TQ_QK % 16 != 0
+#error "the turbo to_fp16 shader converts 16 values of one block per thread"
+#endif
 
 layout(local_size_x = 256, local_size_y = 1, local_size_z = 1) in;
 
 layout (binding = 0) readonly buffer A {TQ_BLOCK data_a[];};
 layout (binding = 1) writeonly buffer D {D_TYPE data_b[];};
-
 shared float sh_centroids[TQ_LEVELS];
+shared float sh_scale[TQ_SCALE_CODES];
 
-void main() {
-    if (gl_LocalInvocationID.x < TQ_LEVELS) {
-        sh_centroids[gl_LocalInvocationID.x] = TQ_CENTROIDS[gl_LocalInvocationID.x];
+void tq_init_shmem() {
+    for (uint i = gl_LocalInvocationIndex; i < TQ_SCALE_CODES; i += gl_WorkGroupSize.x) {
+        sh_scale[i] = uintBitsToFloat(TQ_SCALE_BITS[i]);
+        if (i < TQ_LEVELS) {
+            sh_centroids[i] = TQ_CENTROIDS[i];
+        }
     }
     barrier();
+}
+
+void main() {
+    tq_init_shmem();
 
     const uint e0 = (gl_WorkGroupID.x * 256u + gl_LocalInvocationID.x) * 16u;
     if (e0 >= p.nel) {
@@ -108,11 +133,8 @@ void main() {
     const uint b_idx = e0;
 #endif
 
-    const float d = turbo_half_to_float(uint(data_a[ib].d));
-    [[unroll]] for (uint l = 0u; l < 16u; l += 4u) {
-        const uvec4 q = TQ_INDEX4(data_a[ib], j0 + l);
-        [[unroll]] for (uint k = 0u; k < 4u; ++k) {
-            data_b[b_idx + l + k] = D_TYPE(d * sh_centroids[q[k]]);
-        }
+    const float d = TQ_SCALE(data_a[ib]);
+    [[unroll]] for (uint k = 0u; k < 16u; ++k) {
+        data_b[b_idx + k] = D_TYPE(d * sh_centroids[TQ_INDEX(data_a[ib], j0 + k)]);
     }
 }
