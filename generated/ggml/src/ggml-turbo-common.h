@@ -25,7 +25,6 @@
 #if defined(GGML_COMMON_DECL) && !defined(GGML_TURBO_COMMON_DECL)
 #define GGML_TURBO_COMMON_DECL
 
-#define GGML_TURBO_FP16_NAN 0x7E00
 // log8 scale: code e -> 2^((e-128)/8); 0 = all-zero block, 255 = NaN
 #define GGML_TURBO_LOG8_ZERO_CODE 0
 #define GGML_TURBO_LOG8_NAN_CODE 255
