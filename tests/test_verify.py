@@ -211,7 +211,6 @@ def scale_boundary_block(name, seed=4):
 
 @pytest.mark.parametrize("name", ["turbo2", "turbo4"])
 def test_log_scale_one_step_at_a_boundary_counted_else_fails(name):
-    fmt = formats.TURBO_FORMATS[name]
     x = scale_boundary_block(name)
     ch = quantize_check(name, x)
     ref = R.quantize_rows(x, name)
