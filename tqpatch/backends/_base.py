@@ -67,6 +67,9 @@ class EndToEnd:
                 its own argument parser), e.g. `--repack 0`
     skip_model: why the end-to-end test does not run the real-model checks
                 here (PPL against the CPU, llama-server coherence; None: it does)
+    unsupported_ok: regex of the test-backend-ops turbo cases the backend reports
+                "not supported" by design (llama.cpp runs them on the CPU); any
+                other unsupported case fails the end-to-end test
     """
     tool_args: tuple[str, ...] = ()
     bench_args: tuple[str, ...] = ()
@@ -76,6 +79,7 @@ class EndToEnd:
     runnable: Callable[[], str | None] = lambda: None  # why it cannot run here; None if it can
     verify_args: tuple[str, ...] = ()
     skip_model: Callable[[], str | None] = lambda: None  # why the real-model checks are not run here
+    unsupported_ok: str | None = None
 
 
 @dataclass(frozen=True)
