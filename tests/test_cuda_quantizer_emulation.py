@@ -50,5 +50,6 @@ def test_cuda_quantizer_bytes_under_flush_to_zero(tree, tmp_path):
                     "-o", str(exe)], check=True, capture_output=True, text=True, timeout=300)
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout + res.stderr
+    assert "log8 scale:" in res.stdout and "identical" in res.stdout
     for name in formats.TURBO_FORMATS:
         assert f"{name} from f32" in res.stdout and f"{name} from f16" in res.stdout

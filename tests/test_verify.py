@@ -509,7 +509,7 @@ def test_of_build_runs_the_backend_in_another_build(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "find_binary", lambda name, backend, build_dir=None:
                         seen.setdefault("bin", (name, backend)) and tmp_path / name)
 
-    def fake_harness(binary, device, cases):
+    def fake_harness(binary, device, cases, env=None):
         seen["device"] = device
         raise TqpatchError("stop here")
     monkeypatch.setattr(V, "run_harness", fake_harness)
@@ -596,3 +596,42 @@ def test_real_cpu_harness():
         for op in ("SET_ROWS", "GET_ROWS", "CPY", "MUL_MAT", "FLASH_ATTN_EXT"):
             assert (op, t) in seen, (op, t)
     assert all(c["result"] == "PASS" for c in doc["cases"])
+
+
+def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, monkeypatch):
+    """CUDA declares a second decode layout: verify runs the decode FA checks again with its
+    env, reports them apart, and a wrong answer in that layout alone fails the run."""
+    from tqpatch import build as build_mod
+    from tqpatch.backends import cuda
+
+    checks = V.make_checks(seed=0, quick=True, types=("turbo3",))
+    monkeypatch.setattr(V, "make_checks", lambda *a, **k: checks)
+    monkeypatch.setattr(build_mod, "load_record", lambda backend, build_dir=None: {"backend": backend})
+    monkeypatch.setattr(build_mod, "check_fresh", lambda record: None)
+    monkeypatch.setattr(build_mod, "find_binary", lambda name, backend, build_dir=None: tmp_path / name)
+    calls = []
+
+    def fake_harness(binary, device, cases, env=None, break_variant=False):
+        calls.append((env, [c.op for c in cases]))
+        by_case = {id(ch.case): ch for ch in checks}
+        results = []
+        for i, c in enumerate(cases):
+            data = V.expected_output(by_case[id(c)])
+            if env and break_variant and i == 0:
+                data = (np.frombuffer(data, "<f4") + 1).astype("<f4").tobytes()
+            results.append(io.Result(i, 0, "", data))
+        return V.HarnessRun("CUDA0", "CUDA0", "Fake GPU", results, [])
+
+    monkeypatch.setattr(V, "run_harness", fake_harness)
+    rep = V.verify("cuda", quick=True, types=("turbo3",))
+    decode = [ch for ch in checks if ch.kind == "attention" and ch.label == "decode"]
+    assert decode and len(calls) == 1 + len(cuda.verify_variants)
+    assert calls[0][0] is None and calls[1][0] == {"GGML_CUDA_TURBO_FA_GQA": "1"}
+    assert calls[1][1] == ["FLASH_ATTN_EXT"] * len(decode)
+    tagged = [c for c in rep.cases if c.shape.endswith("[GQA kernel]")]
+    assert len(tagged) == len(decode) and len(rep.cases) == len(checks) + len(decode)
+    assert rep.passed
+    monkeypatch.setattr(V, "run_harness", lambda *a, **k: fake_harness(*a, **k, break_variant=True))
+    rep = V.verify("cuda", quick=True, types=("turbo3",))
+    failed = [c for c in rep.cases if c.result == "FAIL"]
+    assert not rep.passed and len(failed) == 1 and failed[0].shape.endswith("[GQA kernel]")

@@ -164,6 +164,7 @@ def render_all(templates_root: Path | None = None) -> RenderResult:
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["f32"] = float32_literal  # also as a filter: `values | map("f32")`
     result = RenderResult()
     known = None
     for rel in sources:

@@ -122,8 +122,39 @@ static int check(const char * name, int qk, int lanes, void (*quant_f32)(const f
     return bad;
 }
 
-int main() {
+// The log8 scale without tables (turbo_log8_value / _inv / _code) against the tables and a
+// count of the boundaries: every code, every boundary and its float neighbours, and a sweep.
+static int check_log8() {
     int bad = 0;
+    const int nb = (int) (sizeof(ggml_turbo_log8_bounds) / sizeof(float));
+    auto want_code = [&](double s) {
+        if (!(s > 0.0)) return 0;
+        int n = 0;
+        while (n < nb && (double) ggml_turbo_log8_bounds[n] < s) ++n;
+        return 1 + n;
+    };
+    for (int c = 1; c < GGML_TURBO_LOG8_NAN_CODE; ++c) {
+        bad += turbo_log8_value(c) != ggml_turbo_log8_scale[c] || turbo_log8_inv(c) != ggml_turbo_log8_inv[c];
+    }
+    std::vector<float> pts = {0.0f, 1e-30f, 1e-7f, 1e-6f, 1e6f, 3e38f};
+    for (int i = 0; i < nb; ++i) {
+        const float b = ggml_turbo_log8_bounds[i];
+        pts.insert(pts.end(), {b, std::nextafter(b, 0.0f), std::nextafter(b, INFINITY)});
+    }
+    for (float e = -40.0f; e <= 40.0f; e += 0.001f) {
+        pts.push_back(exp2f(e));
+    }
+    for (float s : pts) {
+        if (turbo_log8_code((double) s) != want_code((double) s)) {
+            if (bad++ < 5) printf("log8 code of %a: %d, want %d\n", s, turbo_log8_code((double) s), want_code((double) s));
+        }
+    }
+    printf("log8 scale: %zu values, %d codes: %s\n", pts.size(), GGML_TURBO_LOG8_NAN_CODE - 1, bad ? "FAIL" : "identical");
+    return bad;
+}
+
+int main() {
+    int bad = check_log8();
 #define X(n, N) bad += check<block_##n>(#n, QK_##N, N##_QUANT_LANES, quantize_##n##_block_lanes<float>, \
                                        quantize_##n##_block_lanes<half>, quantize_row_##n##_ref);
     TURBO_EMU_TYPES

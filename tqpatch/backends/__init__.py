@@ -24,6 +24,7 @@ class Backend(Protocol):
     ggml_backend_name: str   # the first device's ggml name, as the verify harness sees it
     build_options: tuple[BuildOption, ...]   # extra `tqpatch build` options this backend takes
     verify_label: str        # carried by every verify report ("" or e.g. "host-emulated, ...")
+    verify_variants: Mapping[str, Mapping[str, str]]  # layouts verify also forces: name -> env
     compile_check: CompileCheck | None       # the CI compile check, if the backend has one
     e2e: EndToEnd            # how the end-to-end tests run its binaries
 

@@ -18,7 +18,7 @@ from ..toolchain import Requirement
 __all__ = [
     "BuildOption", "BuildEnvironment", "EndToEnd", "CompileCheck", "Requirement",
     "build_options", "build_environment", "default_arch", "render_context", "render_expansions", "precision",
-    "verify_label", "verify_runner", "compile_check", "e2e", "detect", "requirements", "notes",
+    "verify_label", "verify_variants", "verify_runner", "compile_check", "e2e", "detect", "requirements", "notes",
     "unsupported_reason", "hardware",
 ]
 
@@ -140,6 +140,11 @@ def precision() -> _precision.Precision:
 
 
 verify_label = ""  # a label every verify report of this backend carries ("host-emulated, ...")
+
+# Kernel layouts a backend picks at run time by size, each forced by an environment
+# variable: verify runs its decode attention checks once more per entry (name -> env),
+# so every layout is checked whatever the checks' sizes make the automatic choice.
+verify_variants: dict[str, dict[str, str]] = {}
 
 
 def verify_runner(record: dict | None) -> Callable | None:

@@ -185,7 +185,8 @@ def render_context() -> dict:
     return {"fa_pairs": pairs,
             # (pair, head size) of every compiled vector-kernel instance, for the dispatch macros
             "fa_vec_cases": [(p, d) for p in pairs for d in p["head_sizes"]],
-            "quant_lanes": {n: quant_lanes(f) for n, f in formats.TURBO_FORMATS.items()}}
+            "quant_lanes": {n: quant_lanes(f) for n, f in formats.TURBO_FORMATS.items()},
+            "fa_layout_env": FA_LAYOUT_ENV}
 
 
 def render_expansions() -> dict:
@@ -381,6 +382,14 @@ FA_HEADS_ON_CPU = frozenset({32})
 
 def precision() -> _precision.Precision:
     return _precision.gpu(fa_heads_on_cpu=FA_HEADS_ON_CPU)
+
+
+# Turbo decode attention has two layouts (fattn-turbo.cuh, ggml_cuda_turbo_fa_use_gqa): one
+# block per KV head decoding for its GQA group where that grid fills the GPU (long caches),
+# else one block per query head. verify's decode checks are short, so the automatic choice
+# takes the second; this runs them once more in the first.
+FA_LAYOUT_ENV = "GGML_CUDA_TURBO_FA_GQA"  # =1 / =0 forces either layout (rendered into the kernel)
+verify_variants = {"GQA kernel": {FA_LAYOUT_ENV: "1"}}
 
 
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)

@@ -27,6 +27,7 @@ was run is verified; the report says so.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -82,20 +83,31 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
         runner = be.verify_runner(record)
         if runner is None and not_built is not None:
             raise not_built
+    variants = {}
     if runner is None:
         if binary is None:
             binary = build_mod.find_binary(HARNESS, built, build_dir)
         bin_path = binary
 
-        def runner(cases):
-            return run_harness(bin_path, be.ggml_backend_name, cases)
+        def runner(cases, env=None):
+            return run_harness(bin_path, be.ggml_backend_name, cases, env=env)
+        variants = be.verify_variants if built == backend else {}
     run = runner([c.case for c in checks])
     if len(run.results) != len(checks):
         raise TqpatchError(f"the harness answered {len(run.results)} of {len(checks)} cases")
     prec = be.precision()
     reports = [judge(ch, res, backend, prec) for ch, res in zip(checks, run.results)]
+    crashes = list(run.crashes)
+    for name, env in variants.items():  # the decode attention checks again, in each forced layout
+        decode = [dataclasses.replace(ch, shape=f"{ch.shape} [{name}]") for ch in checks
+                  if ch.kind == "attention" and ch.label == "decode"]
+        vrun = runner([c.case for c in decode], env)
+        if len(vrun.results) != len(decode):
+            raise TqpatchError(f"the harness ({name}) answered {len(vrun.results)} of {len(decode)} cases")
+        reports += [judge(ch, res, backend, prec) for ch, res in zip(decode, vrun.results)]
+        crashes += [f"{name}: {c}" for c in vrun.crashes]
     return Report(backend=backend, ggml_backend=run.backend_name or be.ggml_backend_name,
                   device_name=run.device_name, device_description=run.device_description,
                   binary=str(binary) if binary else "(backend runner)", seed=seed, quick=quick,
-                  types=list(types), precision=prec.name, cases=reports, crashes=run.crashes,
+                  types=list(types), precision=prec.name, cases=reports, crashes=crashes,
                   label=be.verify_label)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from ..errors import TqpatchError
 from ..verify_io import Case, Result
@@ -25,8 +27,9 @@ class HarnessRun:
 
 
 def run_harness(binary: Path, ggml_backend: str, cases: list[Case],
-                timeout: float = 1800) -> HarnessRun:
-    """Run the harness on all cases; a crash loses only the case it happened in."""
+                timeout: float = 1800, env: Mapping[str, str] | None = None) -> HarnessRun:
+    """Run the harness on all cases; a crash loses only the case it happened in.
+    env: variables added to the harness's environment (a backend's forced kernel layout)."""
     from .. import verify_io
 
     results: list[Result | None] = [None] * len(cases)
@@ -42,7 +45,8 @@ def run_harness(binary: Path, ggml_backend: str, cases: list[Case],
             cmd = [str(binary), "--backend", ggml_backend, "--in", str(cases_path),
                    "--out", str(out_path)]
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                      env={**os.environ, **env} if env else None)
             except subprocess.TimeoutExpired:
                 raise TqpatchError(f"{binary.name} did not finish within {timeout:.0f} s") from None
             except OSError as exc:

@@ -28,6 +28,8 @@ static inline half __float2half(float f) { return GGML_FP32_TO_FP16(f); }
 static inline half __ushort_as_half(unsigned short u) { return u; }
 static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float __uint_as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+#define __log2f log2f  // glibc declares a __log2f of its own
+static inline int __float2int_rn(float x) { return (int) lrintf(x); }
 
 // The lanes of one group run as cooperative user contexts (the test's
 // turbo_emu_barrier switches to the next lane; once the last lane has

@@ -1355,3 +1355,22 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE( 64, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4);
+
+// Decode with a turbo K or V: one CUDA block per KV head and KV tile decoding each K/V
+// value once for the query heads of its GQA group (gqa_cols), or upstream's layout of one
+// block per query head. The group kernel has gqa_ratio times fewer blocks, so it pays only
+// where its grid still fills the GPU; below that (short caches, Gemma's sliding-window
+// layers) a block working 4 heads alone is 2-4x slower than the 4 blocks of one head each
+// (docs/benchmarks.md, "GQA kernel or one head per block"). nbatch: KV rows per tile.
+// GGML_CUDA_TURBO_FA_GQA=1 / =0 forces either layout (benchmarks; verify checks both).
+static bool ggml_cuda_turbo_fa_use_gqa(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch) {
+    static const int force = [] {
+        const char * e = getenv("GGML_CUDA_TURBO_FA_GQA");
+        return e && (e[0] == '0' || e[0] == '1') ? e[0] - '0' : -1;
+    }();
+    if (force >= 0) {
+        return force == 1;
+    }
+    const int64_t blocks = K->ne[2] * Q->ne[3] * ((K->ne[1] + nbatch - 1) / nbatch);
+    return blocks >= ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+}

@@ -44,8 +44,13 @@
 //   * the float quotient is rounded by hand (turbo_round_f32), so a float-subnormal
 //     quotient keeps its value: a log scale codes it 1 as the reference does;
 //   * log scale: the code counts the scale table's boundaries below the quotient
-//     (a binary search, compared in double: exact for float values), and the
-//     second pass u = fl32(x * inv[code]) takes the same path as the first.
+//     (an estimate from log2, then the boundaries on either side, computed and
+//     compared in double: exact for float values), and the second pass
+//     u = fl32(x * inv[code]) takes the same path as the first;
+//   * no table in memory: the codebook's boundaries and centroids are immediates
+//     and the log scale's values are computed, so the chain from the loads of x
+//     to the store holds no dependent memory access (a launch for one token is
+//     latency-bound: each dependent load is an L2 round trip).
 
 // x as a double, exactly, subnormal x included
 static __device__ __forceinline__ double turbo_f64(const float x) {
@@ -111,27 +116,18 @@ static __device__ __forceinline__ uint32_t turbo_group_or(uint32_t v, const int 
     return v;
 }
 
-// Index of one value: the number of boundaries b with b < fl32(x*inv)
-template <int nbounds>
-static __device__ __forceinline__ int turbo_quantize_index(const float x, const float inv, const float * bounds) {
+// Index of one value: the number of boundaries b with b < fl32(x*inv). cb: the type's
+// codebook as immediates (<type>_cb below): no memory load on the quantizer's chain.
+template <typename cb>
+static __device__ __forceinline__ int turbo_quantize_index(const float x, const float inv) {
     const float u = x * inv;
     const uint32_t ub = __float_as_uint(u) & 0x7FFFFFFFu;
-    int q = 0;
     if (ub != 0 && ub <= 0x7F800000u) { // neither zero nor NaN: the reference's product
-#pragma unroll
-        for (int k = 0; k < nbounds; ++k) {
-            q += u > bounds[k];
-        }
-    } else {
-        // zero, or NaN (0 * inf): x, inv or the product may have been flushed;
-        // the reference's u, exactly, in double (also 0 * inf = NaN: index 0)
-        const double ud = turbo_round_f32(turbo_f64(x) * turbo_f64(inv));
-#pragma unroll
-        for (int k = 0; k < nbounds; ++k) {
-            q += ud > (double) bounds[k];
-        }
+        return cb::below(u);
     }
-    return q;
+    // zero, or NaN (0 * inf): x, inv or the product may have been flushed;
+    // the reference's u, exactly, in double (also 0 * inf = NaN: index 0)
+    return cb::below(turbo_round_f32(turbo_f64(x) * turbo_f64(inv)));
 }
 
 // The group's shared block constant: 1/max|x| as the reference computes it
@@ -171,24 +167,71 @@ static __device__ __forceinline__ uint32_t turbo_load_bits(const uint8_t * p, co
     }
 }
 
-// The log8 code of a scale s >= 0 that is exactly a float (passed as a double):
-// 0 for s == 0, else 1 + the number of ggml_turbo_log8_bounds below s (sorted:
-// a binary search; double compares of float values are exact)
+// The log8 scale without its tables (their values, computed: the quantizer's chain
+// loads no memory). Code c in 1..254 is 2^((c - 128)/8) = P[r] * 2^k with c - 128 = 8k + r;
+// float32 P[r] and its inverse are the tables' entries 128..135, and times a power of two
+// they are exactly every other entry (tests/test_cuda_quantizer_emulation.py checks each code).
+static __device__ __forceinline__ float turbo_log8_pow2(const int k) { // 2^k, |k| < 127
+    return __uint_as_float((uint32_t) (127 + k) << 23);
+}
+
+static __device__ __forceinline__ float turbo_log8_value(const int c) { // ggml_turbo_log8_scale[c], 1 <= c < 255
+    const int r = (c - 128) & 7;
+    const float p = ((r) & 4 ? ((r) & 2 ? ((r) & 1 ? 1.8340081f : 1.6817929f) : ((r) & 1 ? 1.5422108f : 1.4142135f)) : ((r) & 2 ? ((r) & 1 ? 1.2968396f : 1.1892071f) : ((r) & 1 ? 1.0905077f : 1.0f)));
+    return p * turbo_log8_pow2((c - 128) >> 3);
+}
+
+static __device__ __forceinline__ float turbo_log8_inv(const int c) { // ggml_turbo_log8_inv[c], 1 <= c < 255
+    const int r = (c - 128) & 7;
+    const float p = ((r) & 4 ? ((r) & 2 ? ((r) & 1 ? 0.5452539f : 0.59460354f) : ((r) & 1 ? 0.6484198f : 0.70710677f)) : ((r) & 2 ? ((r) & 1 ? 0.7711054f : 0.8408964f) : ((r) & 1 ? 0.91700405f : 1.0f)));
+    return p * turbo_log8_pow2(-((c - 128) >> 3));
+}
+
+// ggml_turbo_log8_bounds[c - 1]: the boundary between codes c and c + 1 (the float of
+// their values' mean; the double sum of two floats this close is exact)
+static __device__ __forceinline__ double turbo_log8_bound(const int c) {
+    return turbo_round_f32(((double) turbo_log8_value(c) + (double) turbo_log8_value(c + 1)) * 0.5);
+}
+
+// The log8 code of a scale s >= 0 that is exactly a float (passed as a double): 0 for
+// s == 0, else 1 + the number of boundaries below s. An estimate from log2, then exact
+// compares with the boundaries on either side (the estimate is off by at most one code:
+// a boundary, the mean of two values, sits about 0.01 code above their log midpoint).
 static __device__ __forceinline__ int turbo_log8_code(const double s) {
     if (!(s > 0.0)) {
         return 0;
     }
-    int n = 0; // bounds below s
+    if (s < 0x1p-17) { // below the first boundary
+        return 1;
+    }
+    if (s > 0x1p16) { // above the last
+        return 254;
+    }
+    int c = 128 + __float2int_rn(8.0f * __log2f((float) s));
 #pragma unroll
-    for (int step = 128; step > 0; step >>= 1) {
-        if (n + step <= GGML_TURBO_LOG8_BOUNDS && (double) ggml_turbo_log8_bounds[n + step - 1] < s) {
-            n += step;
+    for (int i = 0; i < 2; ++i) {
+        c = c < 1 ? 1 : c > 254 ? 254 : c;
+        if (c < 254 && s > turbo_log8_bound(c)) {
+            ++c;
+        } else if (c > 1 && s <= turbo_log8_bound(c - 1)) {
+            --c;
         }
     }
-    return 1 + n;
+    return c;
 }
 
 // ---- turbo2: 2-bit indices, 64 values per block ----
+
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo2_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.3903839f) + (u > (T) 0.0f) + (u > (T) 0.3903839f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 2 ? ((q) & 1 ? 0.6024478f : 0.17831996f) : ((q) & 1 ? -0.17831996f : -0.6024478f));
+    }
+};
 
 static __device__ __forceinline__ int turbo2_index_cuda(const block_turbo2 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)));
@@ -225,8 +268,8 @@ static __device__ void quantize_turbo2_block_lanes(const src_t * __restrict__ xb
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO2_LEVELS - 1>(x[l], inv, turbo2_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo2_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo2_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -235,10 +278,10 @@ static __device__ void quantize_turbo2_block_lanes(const src_t * __restrict__ xb
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO2_LEVELS - 1>(x[l], inv_e, turbo2_boundaries);
+            q[l] = turbo_quantize_index<turbo2_cb>(x[l], inv_e);
         }
     }
     {
@@ -279,6 +322,17 @@ static __device__ void cpy_blck_turbo2_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo3: 3-bit indices, 64 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo3_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.67653555f) + (u > (T) -0.40612423f) + (u > (T) -0.19310893f) + (u > (T) 0.0f) + (u > (T) 0.19310893f) + (u > (T) 0.40612423f) + (u > (T) 0.67653555f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 4 ? ((q) & 2 ? ((q) & 1 ? 0.8326296f : 0.5204415f) : ((q) & 1 ? 0.29180703f : 0.09441083f)) : ((q) & 2 ? ((q) & 1 ? -0.09441083f : -0.29180703f) : ((q) & 1 ? -0.5204415f : -0.8326296f)));
+    }
+};
+
 static __device__ __forceinline__ int turbo3_index_cuda(const block_turbo3 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)) | (((x->qh[(j)/8] >> (1*((j)%8))) & 1) << 2));
 }
@@ -314,8 +368,8 @@ static __device__ void quantize_turbo3_block_lanes(const src_t * __restrict__ xb
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO3_LEVELS - 1>(x[l], inv, turbo3_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo3_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo3_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -324,10 +378,10 @@ static __device__ void quantize_turbo3_block_lanes(const src_t * __restrict__ xb
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO3_LEVELS - 1>(x[l], inv_e, turbo3_boundaries);
+            q[l] = turbo_quantize_index<turbo3_cb>(x[l], inv_e);
         }
     }
     {
@@ -384,6 +438,17 @@ static __device__ void cpy_blck_turbo3_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo4: 4-bit indices, 32 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo4_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.87165636f) + (u > (T) -0.6964671f) + (u > (T) -0.55169475f) + (u > (T) -0.42527223f) + (u > (T) -0.3105549f) + (u > (T) -0.20333187f) + (u > (T) -0.100607045f) + (u > (T) 0.0f) + (u > (T) 0.100607045f) + (u > (T) 0.20333187f) + (u > (T) 0.3105549f) + (u > (T) 0.42527223f) + (u > (T) 0.55169475f) + (u > (T) 0.6964671f) + (u > (T) 0.87165636f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 8 ? ((q) & 4 ? ((q) & 2 ? ((q) & 1 ? 0.9688372f : 0.7744755f) : ((q) & 1 ? 0.6184587f : 0.48493075f)) : ((q) & 2 ? ((q) & 1 ? 0.36561373f : 0.25549605f) : ((q) & 1 ? 0.15116769f : 0.050046403f))) : ((q) & 4 ? ((q) & 2 ? ((q) & 1 ? -0.050046403f : -0.15116769f) : ((q) & 1 ? -0.25549605f : -0.36561373f)) : ((q) & 2 ? ((q) & 1 ? -0.48493075f : -0.6184587f) : ((q) & 1 ? -0.7744755f : -0.9688372f))));
+    }
+};
+
 static __device__ __forceinline__ int turbo4_index_cuda(const block_turbo4 * x, const int j) {
     return ((((x->qs[(j)/2] >> (4*((j)%2))) & 15)));
 }
@@ -419,8 +484,8 @@ static __device__ void quantize_turbo4_block_lanes(const src_t * __restrict__ xb
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO4_LEVELS - 1>(x[l], inv, turbo4_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo4_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo4_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo4_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -429,10 +494,10 @@ static __device__ void quantize_turbo4_block_lanes(const src_t * __restrict__ xb
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO4_LEVELS - 1>(x[l], inv_e, turbo4_boundaries);
+            q[l] = turbo_quantize_index<turbo4_cb>(x[l], inv_e);
         }
     }
     {
@@ -473,6 +538,17 @@ static __device__ void cpy_blck_turbo4_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo2_b96: 2-bit indices, 96 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo2_b96_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.3704041f) + (u > (T) 0.0f) + (u > (T) 0.3704041f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 2 ? ((q) & 1 ? 0.5714754f : 0.1693328f) : ((q) & 1 ? -0.1693328f : -0.5714754f));
+    }
+};
+
 static __device__ __forceinline__ int turbo2_b96_index_cuda(const block_turbo2_b96 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)));
 }
@@ -508,8 +584,8 @@ static __device__ void quantize_turbo2_b96_block_lanes(const src_t * __restrict_
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO2_B96_LEVELS - 1>(x[l], inv, turbo2_b96_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo2_b96_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo2_b96_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_b96_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -518,10 +594,10 @@ static __device__ void quantize_turbo2_b96_block_lanes(const src_t * __restrict_
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO2_B96_LEVELS - 1>(x[l], inv_e, turbo2_b96_boundaries);
+            q[l] = turbo_quantize_index<turbo2_b96_cb>(x[l], inv_e);
         }
     }
     {
@@ -562,6 +638,17 @@ static __device__ void cpy_blck_turbo2_b96_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo2_b32: 2-bit indices, 32 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo2_b32_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.43039256f) + (u > (T) 0.0f) + (u > (T) 0.43039256f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 2 ? ((q) & 1 ? 0.6643663f : 0.19641884f) : ((q) & 1 ? -0.19641884f : -0.6643663f));
+    }
+};
+
 static __device__ __forceinline__ int turbo2_b32_index_cuda(const block_turbo2_b32 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)));
 }
@@ -597,8 +684,8 @@ static __device__ void quantize_turbo2_b32_block_lanes(const src_t * __restrict_
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO2_B32_LEVELS - 1>(x[l], inv, turbo2_b32_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo2_b32_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo2_b32_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo2_b32_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -607,10 +694,10 @@ static __device__ void quantize_turbo2_b32_block_lanes(const src_t * __restrict_
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO2_B32_LEVELS - 1>(x[l], inv_e, turbo2_b32_boundaries);
+            q[l] = turbo_quantize_index<turbo2_b32_cb>(x[l], inv_e);
         }
     }
     {
@@ -651,6 +738,17 @@ static __device__ void cpy_blck_turbo2_b32_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo3_b96: 3-bit indices, 96 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo3_b96_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.65050966f) + (u > (T) -0.38937572f) + (u > (T) -0.18502423f) + (u > (T) 0.0f) + (u > (T) 0.18502423f) + (u > (T) 0.38937572f) + (u > (T) 0.65050966f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 4 ? ((q) & 2 ? ((q) & 1 ? 0.8018733f : 0.49914595f) : ((q) & 1 ? 0.27960548f : 0.09044299f)) : ((q) & 2 ? ((q) & 1 ? -0.09044299f : -0.27960548f) : ((q) & 1 ? -0.49914595f : -0.8018733f)));
+    }
+};
+
 static __device__ __forceinline__ int turbo3_b96_index_cuda(const block_turbo3_b96 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)) | (((x->qh[(j)/8] >> (1*((j)%8))) & 1) << 2));
 }
@@ -686,8 +784,8 @@ static __device__ void quantize_turbo3_b96_block_lanes(const src_t * __restrict_
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO3_B96_LEVELS - 1>(x[l], inv, turbo3_b96_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo3_b96_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo3_b96_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_b96_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -696,10 +794,10 @@ static __device__ void quantize_turbo3_b96_block_lanes(const src_t * __restrict_
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO3_B96_LEVELS - 1>(x[l], inv_e, turbo3_b96_boundaries);
+            q[l] = turbo_quantize_index<turbo3_b96_cb>(x[l], inv_e);
         }
     }
     {
@@ -756,6 +854,17 @@ static __device__ void cpy_blck_turbo3_b96_f32(const char * cxi, char * cdsti) {
 
 // ---- turbo3_b32: 3-bit indices, 32 values per block ----
 
+// the codebook as immediates: boundaries below u (float or double u: the compares are exact), centroid q
+struct turbo3_b32_cb {
+    template <typename T>
+    static __device__ __forceinline__ int below(const T u) {
+        return (u > (T) -0.7200073f) + (u > (T) -0.43581432f) + (u > (T) -0.20770192f) + (u > (T) 0.0f) + (u > (T) 0.20770192f) + (u > (T) 0.43581432f) + (u > (T) 0.7200073f);
+    }
+    static __device__ __forceinline__ float centroid(const int q) {
+        return ((q) & 4 ? ((q) & 2 ? ((q) & 1 ? 0.8821718f : 0.55784285f) : ((q) & 1 ? 0.31378582f : 0.101618014f)) : ((q) & 2 ? ((q) & 1 ? -0.101618014f : -0.31378582f) : ((q) & 1 ? -0.55784285f : -0.8821718f)));
+    }
+};
+
 static __device__ __forceinline__ int turbo3_b32_index_cuda(const block_turbo3_b32 * x, const int j) {
     return ((((x->qs[(j)/4] >> (2*((j)%4))) & 3)) | (((x->qh[(j)/8] >> (1*((j)%8))) & 1) << 2));
 }
@@ -791,8 +900,8 @@ static __device__ void quantize_turbo3_b32_block_lanes(const src_t * __restrict_
     int q[vpl];
 #pragma unroll
     for (int l = 0; l < vpl; ++l) {
-        q[l] = finite ? turbo_quantize_index<TURBO3_B32_LEVELS - 1>(x[l], inv, turbo3_b32_boundaries) : 0; // NaN/inf block: indices 0
-        const double c = (double) turbo3_b32_centroids[q[l]];
+        q[l] = finite ? turbo_quantize_index<turbo3_b32_cb>(x[l], inv) : 0; // NaN/inf block: indices 0
+        const double c = (double) turbo3_b32_cb::centroid(q[l]);
         num += turbo_f64(x[l]) * c; // exact products
         den += c * c;
     }
@@ -801,10 +910,10 @@ static __device__ void quantize_turbo3_b32_block_lanes(const src_t * __restrict_
     // the scale's code, then the indices again for the stored scale
     const int e = finite ? turbo_log8_code(turbo_round_f32(num / den)) : GGML_TURBO_LOG8_NAN_CODE;
     if (finite) {
-        const float inv_e = ggml_turbo_log8_inv[e];
+        const float inv_e = turbo_log8_inv(e);
 #pragma unroll
         for (int l = 0; l < vpl; ++l) {
-            q[l] = turbo_quantize_index<TURBO3_B32_LEVELS - 1>(x[l], inv_e, turbo3_b32_boundaries);
+            q[l] = turbo_quantize_index<turbo3_b32_cb>(x[l], inv_e);
         }
     }
     {
