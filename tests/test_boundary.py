@@ -196,6 +196,7 @@ FAKE = """#!/bin/sh
 # result. BOUNDARY_LINE=0 plays a build without patch 0010.
 echo "$*" >> "{calls}"
 echo "env K=${{LLAMA_TURBO_BOUNDARY_K-unset}} V=${{LLAMA_TURBO_BOUNDARY_V-unset}}" >> "{calls}"
+echo "calib=${{LLAMA_TURBO_CALIB-unset}}" >> "{calls}"
 prev=
 for a in "$@"; do
   case "$prev" in -ctk) k=$a ;; -ctv) v=$a ;; esac
@@ -245,6 +246,35 @@ def test_evaluate_sets_switches_and_reports_variant(tmp_path, gemma3, monkeypatc
     assert "turbo2:bv2" in table and "3.542" in table
     md = ev.render_markdown(rs, {})
     assert "turbo2:bv2" in md and "LLAMA_TURBO_BOUNDARY_V=2" in md
+
+
+def test_calibration_per_configuration(tmp_path, gemma3, monkeypatch):
+    """:cal=FILE runs that configuration with LLAMA_TURBO_CALIB=FILE; the others keep the
+    caller's environment (unset here); the path keeps its case, the label names the file."""
+    monkeypatch.delenv("LLAMA_TURBO_CALIB", raising=False)
+    binary, text, calls = _fake(tmp_path)
+    cal = tmp_path / "Gemma.Calib.gguf"
+    cal.write_bytes(b"x")
+    rs = ev.evaluate(f"turbo3/turbo3,turbo3/turbo3:bv2:cal={cal}", model=gemma3, text=text,
+                     binary=binary, kld=False, chunks=1, ctx=512, threads=1)
+    assert [r.ok for r in rs] == [True, True], [r.error for r in rs]
+    log = calls.read_text().splitlines()
+    assert [ln for ln in log if ln.startswith("calib=")] == ["calib=unset", f"calib={cal}"]
+    assert rs[1].label == "turbo3/turbo3:bv2:cal=Gemma.Calib.gguf"
+    assert f"LLAMA_TURBO_CALIB={cal}" in ev.command_lines(rs)[1]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("q8_0/q8_0:cal={f}", "turbo caches only"),
+    ("turbo3/turbo3:cal={f}:cal={f}", "cal= given twice"),
+    ("turbo3/turbo3:cal={f}.missing", "no calibration file"),
+    ("turbo3/turbo3:cal=", "no calibration file"),
+])
+def test_calibration_errors(tmp_path, spec, message):
+    f = tmp_path / "c.gguf"
+    f.write_bytes(b"x")
+    with pytest.raises(TqpatchError, match=re.escape(message)):
+        ev.Config.parse(spec.format(f=f))
 
 
 def test_evaluate_build_without_patch_fails_the_variant(tmp_path, gemma3):

@@ -104,6 +104,9 @@ configurations {', '.join(ev.DEFAULT_CONFIGS[:5])},
 Boundary layers: `q8_0/turbo2:bv2` keeps the first and last 2 layers' V
 cache at q8_0 (LLAMA_TURBO_BOUNDARY_V=2), `turbo3/turbo3:bk2:bv2` K and V;
 their bits per value are the average over the model's layers.
+A calibration per configuration: `turbo3/turbo3:cal=M.calib.gguf` (a file from
+`tqpatch calibrate`; LLAMA_TURBO_CALIB for that run only), so one run can
+compare a configuration with and without it.
 \b
 The base logits are large (about 512 KB per scored token with Gemma's 262k
 vocabulary, ~2.7 GB for 20 x 512); they go to a temporary folder in the
@@ -115,6 +118,7 @@ Examples:
   tqpatch eval
   tqpatch eval --configs f16/f16,q8_0/turbo3 --chunks 5 --markdown eval.md
   tqpatch eval --configs q8_0/turbo2,q8_0/turbo2:bv2,turbo3/turbo3:bk2:bv2
+  tqpatch eval --configs turbo3/turbo3,turbo3/turbo3:cal=gemma.calib.gguf
   tqpatch eval --backend cuda --extra-arg=-ngl --extra-arg=99 --plot eval.png
 """
 
@@ -124,9 +128,10 @@ Examples:
               help="GGUF model (default: the Gemma 3 270M test model, fetched if needed).")
 @click.option("--text", "-f", "text", type=click.Path(path_type=Path), default=None,
               help=f"Text to score (default: {ev.DEFAULT_TEXT_REL} of the pinned llama.cpp tree).")
-@click.option("--configs", "configs", callback=_configs, default=None, metavar="K/V[:bkN][:bvN],...",
+@click.option("--configs", "configs", callback=_configs, default=None, metavar="K/V[:bkN][:bvN][:cal=FILE],...",
               help="Comma-separated K/V cache type pairs, optionally with boundary layers "
-                   "(:bkN / :bvN: the first and last N layers' K / V at q8_0) (default: "
+                   "(:bkN / :bvN: the first and last N layers' K / V at q8_0; :cal=FILE: a calibration "
+                   "from `tqpatch calibrate`) (default: "
                    + ",".join(ev.DEFAULT_CONFIGS) + ").")
 @click.option("--backend", "-b", type=click.Choice(list(BACKENDS)), default="cpu",
               show_default=True, help="Which build's llama-perplexity to run.")

@@ -1,10 +1,12 @@
 """K/V configurations as eval takes them: `q8_0/turbo3`, with optional boundary
-layers (`q8_0/turbo2:bv2`, `turbo3/turbo3:bk2:bv2`)."""
+layers (`q8_0/turbo2:bv2`, `turbo3/turbo3:bk2:bv2`) and a calibration file
+(`turbo3/turbo3:cal=gemma.calib.gguf`, from `tqpatch calibrate`)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from .. import formats
@@ -24,7 +26,9 @@ def known_types() -> tuple[str, ...]:
 
 _RE_VARIANT = re.compile(r"(bk|bv)(\d+)")
 VARIANT_HINT = ("write :bkN / :bvN after the pair to keep the first and last N layers' "
-                "K / V cache at q8_0, e.g. q8_0/turbo2:bv2 or turbo3/turbo3:bk2:bv2")
+                "K / V cache at q8_0, e.g. q8_0/turbo2:bv2 or turbo3/turbo3:bk2:bv2, "
+                "and :cal=FILE to run it with a calibration from `tqpatch calibrate`")
+ENV_CALIB = "LLAMA_TURBO_CALIB"  # patch 0021: the calibration file llama.cpp loads
 
 
 @dataclass(frozen=True)
@@ -36,12 +40,13 @@ class Config:
     v: str
     bk: int = 0
     bv: int = 0
+    calib: str = ""  # absolute path of a calibration file ("": the environment's, if any)
 
     @classmethod
     def parse(cls, text: str) -> "Config":
         raw = text
-        text = text.strip().lower()
-        text, *variants = text.split(":")
+        text, *variants = text.strip().split(":")
+        text = text.lower()
         parts = text.split("/")
         if len(parts) != 2 or not all(p.strip() for p in parts):
             raise TqpatchError(
@@ -57,7 +62,12 @@ class Config:
                     + ", ".join(known)
                 )
         bound = {}
+        calib = ""
         for var in (x.strip() for x in variants):
+            if var.lower().startswith("cal="):
+                calib = cls._calib_path(var[4:], raw, k, v, calib)
+                continue
+            var = var.lower()
             m = _RE_VARIANT.fullmatch(var)
             if not m:
                 raise TqpatchError(f"unknown variant {var!r} in {raw!r}: {VARIANT_HINT}")
@@ -72,11 +82,25 @@ class Config:
                     f"{var} in {raw!r}: boundary layers apply to turbo2/turbo3/turbo4 caches "
                     f"only, and {'K' if side == 'bk' else 'V'} is {typ}")
             bound[side] = n
-        return cls(k, v, bound.get("bk", 0), bound.get("bv", 0))
+        return cls(k, v, bound.get("bk", 0), bound.get("bv", 0), calib)
+
+    @staticmethod
+    def _calib_path(path: str, raw: str, k: str, v: str, seen: str) -> str:
+        if seen:
+            raise TqpatchError(f"cal= given twice in {raw!r}: {VARIANT_HINT}")
+        if not (is_turbo(k) or is_turbo(v)):
+            raise TqpatchError(f"cal= in {raw!r}: a calibration applies to turbo caches only, "
+                               f"and K/V is {k}/{v}")
+        f = Path(path.strip()).expanduser()
+        if not path.strip() or not f.is_file():
+            raise TqpatchError(f"cal= in {raw!r}: no calibration file {path.strip()!r} "
+                               "(make one with `tqpatch calibrate MODEL`)")
+        return str(f.resolve())
 
     @property
     def label(self) -> str:
-        return f"{self.k}/{self.v}" + boundary_suffix(self.k, self.v, self.bk, self.bv)
+        cal = f":cal={Path(self.calib).name}" if self.calib else ""
+        return f"{self.k}/{self.v}" + boundary_suffix(self.k, self.v, self.bk, self.bv) + cal
 
     @property
     def pair(self) -> str:
@@ -88,10 +112,14 @@ class Config:
 
     def env(self) -> dict[str, str]:
         """Environment of this configuration's run: both boundary switches, explicit,
-        for any configuration with a turbo type (none otherwise)."""
+        for any configuration with a turbo type (none otherwise), and its calibration
+        file if it names one (else the environment's LLAMA_TURBO_CALIB, if set, applies)."""
         if not self.has_turbo:
             return {}
-        return {ENV_BOUNDARY_K: str(self.bk), ENV_BOUNDARY_V: str(self.bv)}
+        env = {ENV_BOUNDARY_K: str(self.bk), ENV_BOUNDARY_V: str(self.bv)}
+        if self.calib:
+            env[ENV_CALIB] = self.calib
+        return env
 
     def layer_bpv(self, info, ctx: int, parallel: int = 1, **kw) -> tuple[float, float]:
         """(bpv K, bpv V) over all layers of a tqpatch.plan ModelInfo at this context."""
