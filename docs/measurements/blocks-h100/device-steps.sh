@@ -12,10 +12,7 @@ set -u
 NAME=blocks
 source "$(dirname "$0")/steps-lib.sh"
 exec > >(tee -a "$L/steps.log") 2>&1
-TQ="python3 -m tqpatch.cli"
-mkdir -p /tmp/pylib
-for w in "$R"/.carry/wheels/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/pylib; done
-say "device: $(nvidia-smi -L 2>&1 | head -1)"
+device_setup
 
 step fetch 120 $TQ fetch --from "$R/.carry/pristine.tgz"
 step build 450 $TQ build --backend cuda --arch 90 -j "$(nproc)" \
@@ -34,12 +31,7 @@ for op in SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
 done
 step verify 200 $TQ verify --backend cuda
 grep -E "passed|PASS|FAIL" "$L/verify.log" | head -8 | cut -c1-200 | tee -a "$S"
-LIBS=$(awk '/^build bin\/test-backend-ops:/{f=1} f&&/LINK_LIBRARIES/{sub(/.*LINK_LIBRARIES = /,""); print; exit}' "$B/build.ninja")
-TREE=$TQPATCH_CACHE/work/llama.cpp-0c1e57098
-( cd "$B" && step bytes_build 120 g++ -O2 -std=c++17 -I "$TREE/ggml/include" -I "$R/tests/data" \
-    "$R/docs/measurements/cuda-speed/turbo-cuda-bytes.cpp" -o bin/turbo-cuda-bytes $LIBS -fopenmp )
-step bytes 60 "$BIN/turbo-cuda-bytes"
-grep -E "blocks|values|OK|FAIL" "$L/bytes.log" | head -20 | sed 's/^/    /' | tee -a "$S"
+byte_check
 step heads 300 python3 -m pytest -q -m gpu tests/test_head_sizes.py -p no:cacheprovider
 tail -5 "$L/heads.log" | tee -a "$S"
 say "total $(( $(date +%s) - T0 )) s"

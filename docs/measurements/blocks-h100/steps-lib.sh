@@ -22,3 +22,21 @@ step() {
     say "[$name] rc=$rc $(( $(date +%s) - t )) s (t=$(( $(date +%s) - T0 )) s)"
     return $rc
 }
+# device_setup: the wheels of .carry/wheels on PYTHONPATH (/tmp/pylib), $TQ, and the GPU's
+# name in the summary (call after `exec > >(tee ...)`, so the lines reach the log)
+TQ="python3 -m tqpatch.cli"
+device_setup() {
+    mkdir -p /tmp/pylib
+    for w in "$R"/.carry/wheels/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/pylib; done
+    say "device: $(nvidia-smi -L 2>&1 | head -1)"
+}
+# byte_check: build docs/measurements/cuda-speed/turbo-cuda-bytes.cpp against the CUDA
+# build's libraries and run it (the quantizer's bytes against the C reference)
+byte_check() {
+    local B=$TQPATCH_CACHE/build/cuda TREE=$TQPATCH_CACHE/work/llama.cpp-0c1e57098 LIBS
+    LIBS=$(awk '/^build bin\/test-backend-ops:/{f=1} f&&/LINK_LIBRARIES/{sub(/.*LINK_LIBRARIES = /,""); print; exit}' "$B/build.ninja")
+    ( cd "$B" && step bytes_build 120 g++ -O2 -std=c++17 -I "$TREE/ggml/include" -I "$R/tests/data" \
+        "$R/docs/measurements/cuda-speed/turbo-cuda-bytes.cpp" -o bin/turbo-cuda-bytes $LIBS -fopenmp )
+    step bytes 60 "$B/bin/turbo-cuda-bytes"
+    grep -E "blocks|values|OK|FAIL" "$L/bytes.log" | head -20 | sed 's/^/    /' | tee -a "$S"
+}

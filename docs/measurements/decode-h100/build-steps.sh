@@ -9,10 +9,8 @@ set -u
 NAME=build
 source "$(dirname "$0")/../blocks-h100/steps-lib.sh"
 exec > >(tee -a "$L/steps.log") 2>&1
-TQ="python3 -m tqpatch.cli"
-mkdir -p /tmp/pylib "$TQPATCH_CACHE/models"
-for w in "$R"/.carry/wheels/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/pylib; done
-say "device: $(nvidia-smi -L 2>&1 | head -1)"
+device_setup
+mkdir -p "$TQPATCH_CACHE/models"
 G=$TQPATCH_CACHE/models/gemma-3-270m-Q4_K_M.gguf
 [ -f "$G" ] || cat /tmp/mp/m.0* > "$G"
 say "gemma: $(sha256sum "$G" | cut -c1-16)"
@@ -28,13 +26,7 @@ for op in SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT; do
     step "tbo_$op" 200 "$BIN/test-backend-ops" test -b CUDA0 -o $op -p turbo
     say "    $op: $(grep -E 'tests passed' "$L/tbo_$op.log" | head -1), FAIL $(grep -c "$op.*FAIL" "$L/tbo_$op.log"), not supported $(grep -c 'not supported' "$L/tbo_$op.log")"
 done
-B=$TQPATCH_CACHE/build/cuda
-LIBS=$(awk '/^build bin\/test-backend-ops:/{f=1} f&&/LINK_LIBRARIES/{sub(/.*LINK_LIBRARIES = /,""); print; exit}' "$B/build.ninja")
-TREE=$TQPATCH_CACHE/work/llama.cpp-0c1e57098
-( cd "$B" && step bytes_build 120 g++ -O2 -std=c++17 -I "$TREE/ggml/include" -I "$R/tests/data" \
-    "$R/docs/measurements/cuda-speed/turbo-cuda-bytes.cpp" -o bin/turbo-cuda-bytes $LIBS -fopenmp )
-step bytes 60 "$BIN/turbo-cuda-bytes"
-grep -E "blocks|values|OK|FAIL" "$L/bytes.log" | head -20 | sed 's/^/    /' | tee -a "$S"
+byte_check
 step perf_set_rows 60 "$BIN/test-backend-ops" perf -b CUDA0 -o SET_ROWS -p 'ne=\[1024,4096,1,1\]'
 grep -E "SET_ROWS" "$L/perf_set_rows.log" | sed -E 's/ +/ /g; s/^/    /' | cut -c1-160 | tee -a "$S"
 say "total $(( $(date +%s) - T0 )) s"

@@ -10,10 +10,7 @@ set -u
 NAME=diag
 source "$(dirname "$0")/../blocks-h100/steps-lib.sh"
 exec > >(tee -a "$L/steps.log") 2>&1
-TQ="python3 -m tqpatch.cli"
-mkdir -p /tmp/pylib
-for w in "$R"/.carry/wheels/*.whl; do [ -f "$w" ] && python3 -m zipfile -e "$w" /tmp/pylib; done
-say "device: $(nvidia-smi -L 2>&1 | head -1)"
+device_setup
 export LLAMA_TURBO_BOUNDARY_K=0 LLAMA_TURBO_BOUNDARY_V=0
 step fetch 120 $TQ fetch --from "$R/.carry/pristine.tgz"
 step build 450 $TQ build --backend cuda --arch 90 -j "$(nproc)" --targets llama-bench,test-backend-ops
