@@ -20,7 +20,10 @@ device), and compares every output with `tqpatch.reference`:
                           the dequantized K and V; see attention_tolerance().
 
 MUL_MAT and FLASH_ATTN_EXT are fed the reference's quantized bytes, so they
-are tested independently of the backend's quantizer. Only the backend that
+are tested independently of the backend's quantizer. A backend that picks a
+kernel layout by size (CUDA's decode attention) names each other layout in
+`verify_variants`: the decode attention checks run once more per layout, with
+its environment, and are reported with the layout's name. Only the backend that
 was run is verified; the report says so.
 """
 
