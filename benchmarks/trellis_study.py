@@ -14,7 +14,7 @@ one 8-bit scale per 64 values (turbo2's 2.125 bits), for
     Decoding a value needs only its own L bits, so a kernel decodes in parallel;
     encoding is a Viterbi search over 2^L states per value (fixed start state 0).
 
-  python benchmarks/trellis_study.py fit.bin eval.bin [--states 3,6,8] [--blocks 20000]
+  python benchmarks/trellis_study.py fit.bin eval.bin [--states 4,6,8,10] [--blocks 3000]
 
 Prints one table row per coder: V relative MSE on the evaluation rows and its
 ratio to turbo2's. docs/block-design.md turns it into a PPL estimate.
@@ -133,8 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fit")
     ap.add_argument("eval")
-    ap.add_argument("--states", default="3,6,8", help="trellis memory L (2^L states), comma-separated")
-    ap.add_argument("--blocks", type=int, default=20000, help="V blocks of each text used")
+    ap.add_argument("--states", default="4,6,8,10", help="trellis memory L (2^L states), comma-separated")
+    ap.add_argument("--blocks", type=int, default=3000, help="V blocks of each text used")
     ap.add_argument("--iters", type=int, default=8, help="Lloyd iterations of each trellis codebook")
     a = ap.parse_args()
     fit = v_blocks(capture.read(a.fit), a.blocks, 0)
