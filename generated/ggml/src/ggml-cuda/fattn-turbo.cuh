@@ -1360,7 +1360,7 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
 // value once for the query heads of its GQA group (gqa_cols), or upstream's layout of one
 // block per query head. The group kernel has gqa_ratio times fewer blocks, so it pays only
 // where its grid still fills the GPU; below that (short caches, Gemma's sliding-window
-// layers) it was 1.3-1.6x slower than the 4 blocks of one head each on an H100
+// layers) it was 1.2-1.6x slower than the 4 blocks of one head each on an H100
 // (docs/benchmarks.md, "Decode layout and a table-free quantizer"). nbatch: KV rows per tile.
 // GGML_CUDA_TURBO_FA_GQA=1 / =0 forces either layout (benchmarks; verify checks both).
 static bool ggml_cuda_turbo_fa_use_gqa(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch) {
