@@ -197,6 +197,9 @@ FAKE = """#!/bin/sh
 echo "$*" >> "{calls}"
 echo "env K=${{LLAMA_TURBO_BOUNDARY_K-unset}} V=${{LLAMA_TURBO_BOUNDARY_V-unset}}" >> "{calls}"
 echo "calib=${{LLAMA_TURBO_CALIB-unset}}" >> "{calls}"
+if [ -n "${{LLAMA_TURBO_CALIB-}}" ] && [ "{calib_line}" = 1 ]; then
+  echo "0.00.100.000 I llama_kv_cache: turbo K calibration from $LLAMA_TURBO_CALIB"
+fi
 prev=
 for a in "$@"; do
   case "$prev" in -ctk) k=$a ;; -ctv) v=$a ;; esac
@@ -212,10 +215,10 @@ echo "Final estimate: PPL = $ppl +/- 0.1"
 """
 
 
-def _fake(tmp_path, boundary_line=True):
+def _fake(tmp_path, boundary_line=True, calib_line=True):
     calls = tmp_path / "calls.log"
     binary = tmp_path / "llama-perplexity"
-    binary.write_text(FAKE.format(calls=calls, boundary_line=int(boundary_line)))
+    binary.write_text(FAKE.format(calls=calls, boundary_line=int(boundary_line), calib_line=int(calib_line)))
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
     text = tmp_path / "t.txt"
     text.write_text("hello\n")
@@ -255,17 +258,25 @@ def test_calibration_per_configuration(tmp_path, gemma3, monkeypatch):
     binary, text, calls = _fake(tmp_path)
     cal = tmp_path / "Gemma.Calib.gguf"
     cal.write_bytes(b"x")
-    rs = ev.evaluate(f"turbo3/turbo3,turbo3/turbo3:bv2:cal={cal}", model=gemma3, text=text,
-                     binary=binary, kld=False, chunks=1, ctx=512, threads=1)
-    assert [r.ok for r in rs] == [True, True], [r.error for r in rs]
+    rs = ev.evaluate(f"turbo3/turbo3,turbo3/turbo3:cal={cal},turbo3/turbo3:bv2:cal={cal}", model=gemma3,
+                     text=text, binary=binary, kld=False, chunks=1, ctx=512, threads=1)
+    assert [r.ok for r in rs] == [True, True, True], [r.error for r in rs]
     log = calls.read_text().splitlines()
-    assert [ln for ln in log if ln.startswith("calib=")] == ["calib=unset", f"calib={cal}"]
-    assert rs[1].label == "turbo3/turbo3:bv2:cal=Gemma.Calib.gguf"
+    assert [ln for ln in log if ln.startswith("calib=")] == ["calib=unset", f"calib={cal}", f"calib={cal}"]
+    assert rs[1].label == "turbo3/turbo3:cal=Gemma.Calib.gguf"
+    assert rs[2].label == "turbo3/turbo3:bv2:cal=Gemma.Calib.gguf"
+    assert rs[1].eff_bpv_k == 3.125  # no boundary layers: the type's bits
     assert f"LLAMA_TURBO_CALIB={cal}" in ev.command_lines(rs)[1]
+    # a build without patch 0021 says nothing of the file: the run fails and says why
+    binary, text, _ = _fake(tmp_path, calib_line=False)
+    rs = ev.evaluate(f"turbo3/turbo3:cal={cal}", model=gemma3, text=text, binary=binary, kld=False,
+                     chunks=1, ctx=512, threads=1)
+    assert not rs[0].ok and "patch 0021" in rs[0].error
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("q8_0/q8_0:cal={f}", "turbo caches only"),
+    ("q8_0/q8_0:cal={f}", "turbo K cache only"),
+    ("q8_0/turbo3:cal={f}", "K is q8_0"),
     ("turbo3/turbo3:cal={f}:cal={f}", "cal= given twice"),
     ("turbo3/turbo3:cal={f}.missing", "no calibration file"),
     ("turbo3/turbo3:cal=", "no calibration file"),

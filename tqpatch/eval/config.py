@@ -88,9 +88,9 @@ class Config:
     def _calib_path(path: str, raw: str, k: str, v: str, seen: str) -> str:
         if seen:
             raise TqpatchError(f"cal= given twice in {raw!r}: {VARIANT_HINT}")
-        if not (is_turbo(k) or is_turbo(v)):
-            raise TqpatchError(f"cal= in {raw!r}: a calibration applies to turbo caches only, "
-                               f"and K/V is {k}/{v}")
+        if not is_turbo(k):
+            raise TqpatchError(f"cal= in {raw!r}: a calibration applies to a turbo K cache only "
+                               f"(llama.cpp ignores it otherwise), and K is {k}")
         f = Path(path.strip()).expanduser()
         if not path.strip() or not f.is_file():
             raise TqpatchError(f"cal= in {raw!r}: no calibration file {path.strip()!r} "
@@ -101,6 +101,10 @@ class Config:
     def label(self) -> str:
         cal = f":cal={Path(self.calib).name}" if self.calib else ""
         return f"{self.k}/{self.v}" + boundary_suffix(self.k, self.v, self.bk, self.bv) + cal
+
+    @property
+    def has_boundary(self) -> bool:
+        return bool(self.bk or self.bv)
 
     @property
     def pair(self) -> str:

@@ -33,6 +33,8 @@ _RE_P99_KLD = re.compile(r"99\.0%\s+KLD:\s*" + _NUM, re.I)
 _RE_TOP1 = re.compile(r"Same top p:\s*" + _NUM + _PM + _NUM + r"\s*%", re.I)
 # patch 0010: "llama_kv_cache: turbo boundary layers: K 0, V 2 -> q8_0 layers K none, V 0,1,16"
 _RE_BOUNDARY = re.compile(r"turbo boundary layers: K (\d+), V (\d+) -> q8_0 layers K (\S+), V (\S+)")
+# patch 0021: "llama_kv_cache: turbo K calibration from /path/m.calib.gguf"
+_RE_CALIB = re.compile(r"turbo K calibration from (\S+)")
 # Log lines at error level ("0.01.234.567 E msg"), llama.cpp's "error: ..." and
 # argument errors ("Error while handling argument ...: Unsupported cache type").
 _RE_ERROR = re.compile(
@@ -124,10 +126,13 @@ def judge(result: Result, rc: int, text: str) -> Result:
             result.config.k, result.config.v):
         problem = (f"llama.cpp allocated a K ({parsed['k_type']}) / V ({parsed['v_type']}) "
                    f"cache, not the {result.config.label} that was asked for")
-    elif result.label != result.config.pair and _RE_BOUNDARY.search(text) is None:
+    elif result.config.has_boundary and _RE_BOUNDARY.search(text) is None:
         problem = ("llama.cpp did not report boundary layers (no 'turbo boundary layers' "
                    f"line) for {result.label}: this build lacks patch 0010; rebuild with "
                    "`tqpatch build`")
+    elif result.config.calib and _RE_CALIB.search(text) is None:
+        problem = ("llama.cpp did not report the calibration (no 'turbo K calibration' line) "
+                   f"for {result.label}: this build lacks patch 0021; rebuild with `tqpatch build`")
     if problem:
         if parsed["errors"] and rc != 0:
             problem += f": {parsed['errors'][0]}"

@@ -39,7 +39,7 @@ HEADERS = ("K", "V", "bpv K", "bpv V", "PPL", "ΔPPL %", "mean KLD", "KLD p99",
 
 
 def _variant(cfg: Config) -> str:
-    """The boundary part of a label (':bk2:bv2'), shown after V in tables."""
+    """The variant part of a label (':bk2:bv2', ':cal=m.calib.gguf'), shown after V in tables."""
     return cfg.label[len(cfg.pair):]
 
 

@@ -227,7 +227,7 @@ def perplexity_layout(ctx: int, n_batch: int = 2048) -> tuple[int, int]:
 def layer_bpvs(configs: Sequence[Config], model: Path, ctx: int) -> dict:
     """Config -> (bpv K, bpv V) over the model's layers, for the configurations with
     boundary layers; {} where the model cannot be read (then the types' bpv stand)."""
-    todo = [c for c in configs if c.label != c.pair]
+    todo = [c for c in configs if c.has_boundary]
     if not todo:
         return {}
     from .. import plan
