@@ -599,8 +599,8 @@ def test_real_cpu_harness():
 
 
 def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, monkeypatch):
-    """CUDA declares a second decode layout: verify runs the decode FA checks again with its
-    env, reports them apart, and a wrong answer in that layout alone fails the run."""
+    """CUDA declares two more decode kernels: verify runs the decode FA checks again with each
+    one's env, reports them apart, and a wrong answer in one of them alone fails the run."""
     from tqpatch import build as build_mod
     from tqpatch.backends import cuda
 
@@ -626,12 +626,14 @@ def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, mon
     rep = V.verify("cuda", quick=True, types=("turbo3",))
     decode = [ch for ch in checks if ch.kind == "attention" and ch.label == "decode"]
     assert decode and len(calls) == 1 + len(cuda.verify_variants)
-    assert calls[0][0] is None and calls[1][0] == {"GGML_CUDA_TURBO_FA_GQA": "1"}
-    assert calls[1][1] == ["FLASH_ATTN_EXT"] * len(decode)
-    tagged = [c for c in rep.cases if c.shape.endswith("[GQA kernel]")]
-    assert len(tagged) == len(decode) and len(rep.cases) == len(checks) + len(decode)
+    assert calls[0][0] is None
+    assert [c[0] for c in calls[1:]] == [{"GGML_CUDA_TURBO_FA_KERNEL": "gqa"}, {"GGML_CUDA_TURBO_FA_KERNEL": "mma"}]
+    assert all(c[1] == ["FLASH_ATTN_EXT"] * len(decode) for c in calls[1:])
+    for name in ("GQA kernel", "tensor-core kernel"):
+        assert len([c for c in rep.cases if c.shape.endswith(f"[{name}]")]) == len(decode)
+    assert len(rep.cases) == len(checks) + 2 * len(decode)
     assert rep.passed
     monkeypatch.setattr(V, "run_harness", lambda *a, **k: fake_harness(*a, **k, break_variant=True))
     rep = V.verify("cuda", quick=True, types=("turbo3",))
-    failed = [c for c in rep.cases if c.result == "FAIL"]
-    assert not rep.passed and len(failed) == 1 and failed[0].shape.endswith("[GQA kernel]")
+    failed = sorted(c.shape.rsplit("[", 1)[1] for c in rep.cases if c.result == "FAIL")
+    assert not rep.passed and failed == ["GQA kernel]", "tensor-core kernel]"]

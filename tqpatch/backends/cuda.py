@@ -384,12 +384,14 @@ def precision() -> _precision.Precision:
     return _precision.gpu(fa_heads_on_cpu=FA_HEADS_ON_CPU)
 
 
-# Turbo decode attention has two layouts (fattn-turbo.cuh, ggml_cuda_turbo_fa_use_gqa): one
-# block per KV head decoding for its GQA group where that grid fills the GPU (long caches),
-# else one block per query head. verify's decode checks are short, so the automatic choice
-# takes the second; this runs them once more in the first.
-FA_LAYOUT_ENV = "GGML_CUDA_TURBO_FA_GQA"  # =1 / =0 forces either layout (rendered into the kernel)
-verify_variants = {"GQA kernel": {FA_LAYOUT_ENV: "1"}}
+# Turbo decode attention has three kernels (fattn-turbo.cuh, ggml_cuda_turbo_fa_kernel): one
+# block per query head; one per KV head decoding for its GQA group, in the vector kernel or on
+# tensor cores (Turing and newer), where that grid fills the GPU (long caches). verify's decode
+# checks are short, so the automatic choice takes the first; these run them once more in each
+# of the others.
+FA_LAYOUT_ENV = "GGML_CUDA_TURBO_FA_KERNEL"  # =head|gqa|mma forces a decode kernel (rendered into the kernel)
+GQA_VARIANT = {"GQA kernel": {FA_LAYOUT_ENV: "gqa"}}
+verify_variants = {**GQA_VARIANT, "tensor-core kernel": {FA_LAYOUT_ENV: "mma"}}
 
 
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)

@@ -128,7 +128,7 @@ def build_environment(options) -> BuildEnvironment | None:
 # The same FlashAttention instance files and selection as CUDA (HIP compiles its sources).
 build_options = (*cuda.build_options, TOOLCHAIN)
 precision = cuda.precision  # the same kernels: the same flash-attention head sizes
-verify_variants = cuda.verify_variants  # and the same two decode layouts
+verify_variants = cuda.GQA_VARIANT  # the vector GQA kernel (the tensor-core one is NVIDIA's)
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)
 e2e = EndToEnd(tool_args=("-ngl", "99", *cpu.AMX_WORKAROUND), bench_args=cpu.AMX_BENCH_WORKAROUND)
 

@@ -216,8 +216,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo2_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2 * x = (const block_turbo2 *) vx + i0/QK_TURBO2;
     const uint32_t codes = turbo2_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -225,19 +226,24 @@ static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_fattn_lut(lut, codes, l + 0),
+                                              d * turbo2_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo2_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo2_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo2(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo2_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo3 ----
@@ -340,8 +346,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo3_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3 * x = (const block_turbo3 *) vx + i0/QK_TURBO3;
     const uint32_t codes = turbo3_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -349,19 +356,24 @@ static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_fattn_lut(lut, codes, l + 0),
+                                              d * turbo3_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo3_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo3_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo3(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo3_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo4 ----
@@ -462,8 +474,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo4_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo4 * x = (const block_turbo4 *) vx + i0/QK_TURBO4;
     const uint32_t codes = turbo4_fattn_codes<ne>(x, (int) (i0 % QK_TURBO4));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -471,19 +484,24 @@ static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restri
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo4_fattn_lut(lut, codes, l + 0),
+                                              d * turbo4_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo4_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo4_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo4(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo4_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo2_b96 ----
@@ -584,8 +602,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b96_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo2_b96_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2_b96 * x = (const block_turbo2_b96 *) vx + i0/QK_TURBO2_B96;
     const uint32_t codes = turbo2_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B96));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -593,19 +612,24 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b96_fattn_lut(lut, codes, l + 0),
+                                              d * turbo2_b96_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo2_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo2_b96_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo2_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo2_b96_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo2_b32 ----
@@ -706,8 +730,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b32_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo2_b32_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo2_b32 * x = (const block_turbo2_b32 *) vx + i0/QK_TURBO2_B32;
     const uint32_t codes = turbo2_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B32));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -715,19 +740,24 @@ static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo2_b32_fattn_lut(lut, codes, l + 0),
+                                              d * turbo2_b32_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo2_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo2_b32_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo2_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo2_b32_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo3_b96 ----
@@ -830,8 +860,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b96_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo3_b96_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3_b96 * x = (const block_turbo3_b96 *) vx + i0/QK_TURBO3_B96;
     const uint32_t codes = turbo3_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B96));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -839,19 +870,24 @@ static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b96_fattn_lut(lut, codes, l + 0),
+                                              d * turbo3_b96_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo3_b96_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo3_b96_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo3_b96(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo3_b96_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // ---- turbo3_b32 ----
@@ -954,8 +990,9 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b32_cols(
     }
 }
 
+// ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
-static __device__ __forceinline__ void dequantize_V_turbo3_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+static __device__ __forceinline__ void turbo3_b32_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
     const block_turbo3_b32 * x = (const block_turbo3_b32 *) vx + i0/QK_TURBO3_B32;
     const uint32_t codes = turbo3_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B32));
     const float d = ggml_turbo_log8_scale[x->e];
@@ -963,19 +1000,24 @@ static __device__ __forceinline__ void dequantize_V_turbo3_b32(const void * __re
     if constexpr (std::is_same_v<T, half>) {
 #pragma unroll
         for (int l = 0; l < ne; l += 2) {
-            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 0),
-                                              d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l + 1));
+            ((half2 *) dst)[l/2] = make_half2(d * turbo3_b32_fattn_lut(lut, codes, l + 0),
+                                              d * turbo3_b32_fattn_lut(lut, codes, l + 1));
         }
     } else
 #endif // FP16_AVAILABLE
     if constexpr (std::is_same_v<T, float>) {
 #pragma unroll
         for (int l = 0; l < ne; ++l) {
-            ((float *) dst)[l] = d * turbo3_b32_fattn_lut(ggml_cuda_turbo_lut_V, codes, l);
+            ((float *) dst)[l] = d * turbo3_b32_fattn_lut(lut, codes, l);
         }
     } else {
         static_assert(std::is_same_v<T, void>, "unsupported type");
     }
+}
+
+template <typename T, int ne>
+static __device__ __forceinline__ void dequantize_V_turbo3_b32(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    turbo3_b32_fattn_dequantize<T, ne>(ggml_cuda_turbo_lut_V, vx, dst, i0);
 }
 
 // get_vec_dot_KQ / get_dequantize_V branches
@@ -1019,6 +1061,29 @@ static __device__ __forceinline__ void ggml_cuda_turbo_vec_dot_KQ_cols(const cha
         vec_dot_fattn_vec_KQ_turbo3_b32_cols<D, nthreads, ncols>(K, Q, sum);
     } else {
         static_assert(type_K == GGML_TYPE_COUNT, "not a turbo type");
+    }
+}
+
+// ne values i0.. of a K (is_K) or V row of a turbo type, as T (the tensor-core decode kernel)
+template <ggml_type type, bool is_K, typename T, int ne>
+static __device__ __forceinline__ void ggml_cuda_turbo_dequantize(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
+    const float * lut = is_K ? ggml_cuda_turbo_lut_K : ggml_cuda_turbo_lut_V;
+    if constexpr (type == GGML_TYPE_TURBO2) {
+        turbo2_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO3) {
+        turbo3_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO4) {
+        turbo4_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
+        turbo2_b96_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
+        turbo2_b32_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
+        turbo3_b96_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
+        turbo3_b32_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+    } else {
+        static_assert(type == GGML_TYPE_COUNT, "not a turbo type");
     }
 }
 
@@ -1356,21 +1421,32 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
     extern DECL_FATTN_VEC_CASE(128, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4); \
     extern DECL_FATTN_VEC_CASE(256, GGML_TYPE_TURBO4, GGML_TYPE_TURBO4);
 
-// Decode with a turbo K or V: one CUDA block per KV head and KV tile decoding each K/V
-// value once for the query heads of its GQA group (gqa_cols), or upstream's layout of one
-// block per query head. The group kernel has gqa_ratio times fewer blocks, so it pays only
-// where its grid still fills the GPU; below that (short caches, Gemma's sliding-window
-// layers) it was 1.2-1.6x slower than the 4 blocks of one head each on an H100
-// (docs/benchmarks.md, "Decode layout and a table-free quantizer"). nbatch: KV rows per tile.
-// GGML_CUDA_TURBO_FA_GQA=1 / =0 forces either layout (benchmarks; verify checks both).
-static bool ggml_cuda_turbo_fa_use_gqa(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch) {
+// Decode with a turbo K or V, three kernels (one token, GQA groups of 4 heads, no ALiBi):
+// - head: upstream's layout, one CUDA block per query head and KV tile;
+// - gqa:  one block per KV head and KV tile, decoding each K/V value once for the 4 query
+//         heads of its group (fattn-vec.cuh gqa_cols);
+// - mma:  the gqa layout on tensor cores (fattn-turbo-mma.cuh): K/V decoded straight into
+//         mma fragments, NVIDIA Turing and newer, K and V each turbo or q8_0 (mma_ok).
+// The group kernels have 4 times fewer blocks, so they pay only where their grid still fills
+// the GPU; below that (short caches, Gemma's sliding-window layers) gqa was 1.2-1.6x slower
+// than head on an H100 (docs/benchmarks.md, "Decode layout and a table-free quantizer").
+// nbatch: KV rows per tile. GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma forces one (benchmarks;
+// verify checks each; mma falls back to gqa where it does not apply).
+enum ggml_cuda_turbo_fa_kernel_t { GGML_CUDA_TURBO_FA_HEAD, GGML_CUDA_TURBO_FA_GQA, GGML_CUDA_TURBO_FA_MMA };
+
+static ggml_cuda_turbo_fa_kernel_t ggml_cuda_turbo_fa_kernel(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch, const bool mma_ok) {
     static const int force = [] {
-        const char * e = getenv("GGML_CUDA_TURBO_FA_GQA");
-        return e && (e[0] == '0' || e[0] == '1') ? e[0] - '0' : -1;
+        const char * e = getenv("GGML_CUDA_TURBO_FA_KERNEL");
+        if (!e) {
+            return -1;
+        }
+        return !strcmp(e, "head") ? GGML_CUDA_TURBO_FA_HEAD : !strcmp(e, "gqa") ? GGML_CUDA_TURBO_FA_GQA :
+               !strcmp(e, "mma") ? GGML_CUDA_TURBO_FA_MMA : -1;
     }();
+    const ggml_cuda_turbo_fa_kernel_t group = mma_ok ? GGML_CUDA_TURBO_FA_MMA : GGML_CUDA_TURBO_FA_GQA;
     if (force >= 0) {
-        return force == 1;
+        return force == GGML_CUDA_TURBO_FA_MMA ? group : (ggml_cuda_turbo_fa_kernel_t) force;
     }
     const int64_t blocks = K->ne[2] * Q->ne[3] * ((K->ne[1] + nbatch - 1) / nbatch);
-    return blocks >= ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+    return blocks >= ggml_cuda_info().devices[ggml_cuda_get_device()].nsm ? group : GGML_CUDA_TURBO_FA_HEAD;
 }

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Issue 13, the tensor-core turbo decode kernel (fattn-turbo-mma.cuh) on one H100.
+#   OUT=/path bash docs/measurements/mma-h100/mma-steps.sh PART...
+# build: the CUDA tree of this checkout (test-backend-ops, tqpatch-verify, llama-bench;
+#        FAQ=pairs limits the FA instances, e.g. for a first try)
+# check: test-backend-ops FLASH_ATTN_EXT's turbo cases with each decode kernel forced
+#        (GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma) and chosen, `tqpatch verify --backend cuda`
+# perf:  FA decode at kv 16384 (bench_kv.py) and the short-cache cases, per kernel
+set -u
+NAME=mma
+source "$(dirname "$0")/../blocks-h100/steps-lib.sh"
+exec > >(tee -a "$L/steps.log") 2>&1
+BIN=$TQPATCH_CACHE/build/cuda/bin
+export LLAMA_TURBO_BOUNDARY_K=0 LLAMA_TURBO_BOUNDARY_V=0
+kernel() { if [ "$1" = auto ]; then unset GGML_CUDA_TURBO_FA_KERNEL; else export GGML_CUDA_TURBO_FA_KERNEL=$1; fi; }
+for part in "$@"; do case $part in
+build)
+    device_setup
+    step fetch 120 $TQ fetch --from "$R/.carry/pristine.tgz"
+    step build 500 $TQ build --backend cuda --arch 90 -j "$(nproc)" ${FAQ:+--fa-quants $FAQ} \
+        --targets ${TARGETS:-test-backend-ops,tqpatch-verify,llama-bench}
+    [ -x "$BIN/test-backend-ops" ] || { grep -E "error|Error" "$L/build.log" | head -30 | tee -a "$S"; }
+    ;;
+check)
+    for k in mma gqa head auto; do
+        kernel $k
+        step "fa_$k" 150 "$BIN/test-backend-ops" test -b CUDA0 -o FLASH_ATTN_EXT -p turbo
+        say "    $k: $(grep -E 'tests passed' "$L/fa_$k.log" | head -1), FAIL $(grep -c 'FAIL' "$L/fa_$k.log"), not supported $(grep -c 'not supported' "$L/fa_$k.log")"
+        grep -E "FAIL" "$L/fa_$k.log" | head -4 | cut -c1-260 | tee -a "$S"
+    done
+    kernel auto
+    step verify 200 $TQ verify --backend cuda
+    grep -E "passed|FAIL" "$L/verify.log" | tail -4 | cut -c1-200 | tee -a "$S"
+    for v in "GQA kernel" "tensor-core kernel"; do
+        say "    decode checks, $v: $(grep -c "$v.*PASS" "$L/verify.log") PASS, $(grep -c "$v.*FAIL" "$L/verify.log") FAIL"
+    done
+    ;;
+perf)
+    for k in ${KERNELS:-mma gqa}; do
+        kernel $k
+        step "fa16k_$k" 200 python3 benchmarks/bench_kv.py --backend cuda --parts fa --fa-types ${FATYPES:-f16,q8_0,turbo3,turbo4} \
+            --json "$L/fa-$k.json" --markdown "$OUT/fa-$k.md"
+        grep -E "^targets" "$OUT/fa-$k.md" | tee -a "$S"
+    done
+    for k in ${SHORT_KERNELS:-}; do
+        kernel $k
+        step "short_$k" 150 "$BIN/test-backend-ops" perf -b CUDA0 -o FLASH_ATTN_EXT -p 'nr23=\[4,1\],kv=(256|1024|4096|32768),nb=1,'
+        grep -E "us/run" "$L/short_$k.log" > "$OUT/short-$k.txt"
+    done
+    kernel auto
+    ;;
+esac; done
+say "total $(( $(date +%s) - T0 )) s"
