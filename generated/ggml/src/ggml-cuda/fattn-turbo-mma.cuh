@@ -6,7 +6,12 @@
 // The vector kernel spends its instructions on the 4 heads' multiply-adds per decoded value;
 // here the m16n8k16 mma does those, and the lanes only decode K/V straight from the cache
 // blocks into the mma operand registers (no shared-memory tiles: each lane decodes exactly
-// the values its fragments hold). Per warp and step of 32 KV rows:
+// the values its fragments hold; 2- and 3-bit types a value pair per shared-memory lookup,
+// fattn-turbo.cuh's pair tables). On an H100 this took FA decode at kv 16384 (8 KV heads x 4,
+// head 128) from 29.5 us (vector GQA kernel) to 22.0 and, with the pair tables, 18.1 for
+// turbo3/turbo3 (docs/benchmarks.md, "Tensor-core decode"); fewer registers per thread (more
+// warps per SM) and a computed scale instead of its table were measured slower.
+// Per warp and step of 32 KV rows:
 //   S^T (heads x rows) = Q (A: 16 rows, heads g < ncols, the rest zero) x K^T (B: 8 rows per tile)
 //   O^T (dims x heads) += V^T (A: 16 dims x 16 rows) x P^T (B: 16 rows x 8 heads)
 // P^T's B fragment is S^T's C fragment of the same lane, so softmax needs no data exchange
@@ -36,7 +41,7 @@ static __device__ __forceinline__ void ggml_cuda_turbo_mma_load8(const char * __
     if constexpr (type == GGML_TYPE_Q8_0) {
         dequantize_V_q8_0<half, 8>(row, v, i0);
     } else {
-        ggml_cuda_turbo_dequantize<type, is_K, half, 8>(row, v, i0);
+        ggml_cuda_turbo_dequantize_h2<type, is_K, 8>(row, v, i0);
     }
 }
 
@@ -107,6 +112,7 @@ static __global__ void flash_attn_ext_turbo_mma(
 
     ggml_cuda_pdl_sync();
     ggml_cuda_turbo_fattn_init<type_K, type_V>(tid);
+    ggml_cuda_turbo_fattn_init_lut2<type_K, type_V>(tid, nwarps*WARP_SIZE);
 
     // Q as A fragments, pre-scaled: step s = 2p + h takes dims 32p + 8t + 4h + {0,1} (a0) and
     // + {2,3} (a2) of head g; rows g + 8 (a1, a3) are zero.

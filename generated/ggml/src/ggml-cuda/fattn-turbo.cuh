@@ -22,6 +22,14 @@
 static __shared__ float ggml_cuda_turbo_lut_K[16];
 static __shared__ float ggml_cuda_turbo_lut_V[16];
 
+// pair tables of the K and V cache types of the running kernel (the tensor-core decode, types
+// of at most 3 bits: ggml_cuda_turbo_has_lut2): entry P holds the codebook entries of two
+// neighbouring values as half2, P their index bits plane by plane (each plane's two fields side
+// by side), so one lookup decodes a value pair. 4-bit types keep the 16-entry tables: their
+// 256 pairs would spread over every bank and the lanes' lookups collide (measured no faster).
+static __shared__ half2 ggml_cuda_turbo_lut2_K[64];
+static __shared__ half2 ggml_cuda_turbo_lut2_V[64];
+
 // bits [pos, pos + popcount(mask)) of w as bits shift + 2 up: a plane's field of an index,
 // already times 4 (pos, mask and shift are compile-time constants once loops unroll)
 static __device__ __forceinline__ uint32_t turbo_field_x4(const uint32_t w, const int pos, const uint32_t mask, const int shift) {
@@ -216,6 +224,35 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_cols(
     }
 }
 
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo2_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo2_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo2_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo2 * x = (const block_turbo2 *) vx + i0/QK_TURBO2;
+    const uint32_t codes = turbo2_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo2_fattn_lut2(lut2, codes, l);
+    }
+}
+
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
 static __device__ __forceinline__ void turbo2_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
@@ -343,6 +380,38 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_cols(
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
         }
+    }
+}
+
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo3_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        | turbo_field_x4(codes, 16 + 2*l, 3, 4)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo3_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    i0 |= ((P >> 4) & 1) << 2;
+    i1 |= ((P >> 5) & 1) << 2;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo3_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo3 * x = (const block_turbo3 *) vx + i0/QK_TURBO3;
+    const uint32_t codes = turbo3_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo3_fattn_lut2(lut2, codes, l);
     }
 }
 
@@ -474,6 +543,35 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo4_cols(
     }
 }
 
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo4_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 8*l, 255, 0)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo4_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 15) << 0;
+    i1 |= ((P >> 4) & 15) << 0;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo4_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo4 * x = (const block_turbo4 *) vx + i0/QK_TURBO4;
+    const uint32_t codes = turbo4_fattn_codes<ne>(x, (int) (i0 % QK_TURBO4));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo4_fattn_lut2(lut2, codes, l);
+    }
+}
+
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
 static __device__ __forceinline__ void turbo4_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
@@ -602,6 +700,35 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b96_cols(
     }
 }
 
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo2_b96_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo2_b96_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo2_b96_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo2_b96 * x = (const block_turbo2_b96 *) vx + i0/QK_TURBO2_B96;
+    const uint32_t codes = turbo2_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B96));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo2_b96_fattn_lut2(lut2, codes, l);
+    }
+}
+
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
 static __device__ __forceinline__ void turbo2_b96_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
@@ -727,6 +854,35 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo2_b32_cols(
         for (int j = 0; j < ncols; ++j) {
             sum[j] += d*part[j];
         }
+    }
+}
+
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo2_b32_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo2_b32_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo2_b32_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo2_b32 * x = (const block_turbo2_b32 *) vx + i0/QK_TURBO2_B32;
+    const uint32_t codes = turbo2_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO2_B32));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo2_b32_fattn_lut2(lut2, codes, l);
     }
 }
 
@@ -860,6 +1016,38 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b96_cols(
     }
 }
 
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo3_b96_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        | turbo_field_x4(codes, 16 + 2*l, 3, 4)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo3_b96_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    i0 |= ((P >> 4) & 1) << 2;
+    i1 |= ((P >> 5) & 1) << 2;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo3_b96_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo3_b96 * x = (const block_turbo3_b96 *) vx + i0/QK_TURBO3_B96;
+    const uint32_t codes = turbo3_b96_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B96));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo3_b96_fattn_lut2(lut2, codes, l);
+    }
+}
+
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
 static __device__ __forceinline__ void turbo3_b96_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
@@ -990,6 +1178,38 @@ static __device__ __forceinline__ void vec_dot_fattn_vec_KQ_turbo3_b32_cols(
     }
 }
 
+// value pair (2l, 2l + 1)'s pair-table entry: the byte offset 4*P from the bit fields
+static __device__ __forceinline__ half2 turbo3_b32_fattn_lut2(const half2 * lut2, const uint32_t codes, const int l) {
+    const uint32_t offset = 0
+        | turbo_field_x4(codes, 0 + 4*l, 15, 0)
+        | turbo_field_x4(codes, 16 + 2*l, 3, 4)
+        ;
+    return *(const half2 *) ((const char *) lut2 + offset);
+}
+
+// entry P of the pair table: P split into the two values' indices, plane by plane
+static __device__ __forceinline__ half2 turbo3_b32_fattn_lut2_entry(const float * c, const int P) {
+    int i0 = 0;
+    int i1 = 0;
+    i0 |= ((P >> 0) & 3) << 0;
+    i1 |= ((P >> 2) & 3) << 0;
+    i0 |= ((P >> 4) & 1) << 2;
+    i1 |= ((P >> 5) & 1) << 2;
+    return make_half2(c[i0], c[i1]);
+}
+
+// ne values i0.. of a row (i0 % ne == 0) as ne/2 half2, d * pair-table entry
+template <int ne>
+static __device__ __forceinline__ void turbo3_b32_fattn_dequantize_pairs(const half2 * lut2, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo3_b32 * x = (const block_turbo3_b32 *) vx + i0/QK_TURBO3_B32;
+    const uint32_t codes = turbo3_b32_fattn_codes<ne>(x, (int) (i0 % QK_TURBO3_B32));
+    const half2 d = __float2half2_rn(ggml_turbo_log8_scale[x->e]);
+#pragma unroll
+    for (int l = 0; l < ne/2; ++l) {
+        dst[l] = d * turbo3_b32_fattn_lut2(lut2, codes, l);
+    }
+}
+
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
 template <typename T, int ne>
 static __device__ __forceinline__ void turbo3_b32_fattn_dequantize(const float * lut, const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
@@ -1064,26 +1284,79 @@ static __device__ __forceinline__ void ggml_cuda_turbo_vec_dot_KQ_cols(const cha
     }
 }
 
-// ne values i0.. of a K (is_K) or V row of a turbo type, as T (the tensor-core decode kernel)
-template <ggml_type type, bool is_K, typename T, int ne>
-static __device__ __forceinline__ void ggml_cuda_turbo_dequantize(const void * __restrict__ vx, void * __restrict__ dst, const int64_t i0) {
-    const float * lut = is_K ? ggml_cuda_turbo_lut_K : ggml_cuda_turbo_lut_V;
+template <ggml_type type>
+static constexpr __host__ __device__ bool ggml_cuda_turbo_has_lut2() {
+    return false || type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2_B96 || type == GGML_TYPE_TURBO2_B32 || type == GGML_TYPE_TURBO3_B96 || type == GGML_TYPE_TURBO3_B32;
+}
+
+// ne values i0.. of a K (is_K) or V row of a turbo type as ne/2 half2 (the tensor-core decode):
+// through the pair tables where the type has them, else the codebook
+template <ggml_type type, bool is_K, int ne>
+static __device__ __forceinline__ void ggml_cuda_turbo_dequantize_h2(const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const half2 * lut2 = is_K ? ggml_cuda_turbo_lut2_K : ggml_cuda_turbo_lut2_V;
+    const float * lut  = is_K ? ggml_cuda_turbo_lut_K  : ggml_cuda_turbo_lut_V;
     if constexpr (type == GGML_TYPE_TURBO2) {
-        turbo2_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo2_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else if constexpr (type == GGML_TYPE_TURBO3) {
-        turbo3_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo3_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else if constexpr (type == GGML_TYPE_TURBO4) {
-        turbo4_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo4_fattn_dequantize<half, ne>(lut, vx, dst, i0);
+        GGML_UNUSED(lut2);
     } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
-        turbo2_b96_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo2_b96_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
-        turbo2_b32_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo2_b32_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
-        turbo3_b96_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo3_b96_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
-        turbo3_b32_fattn_dequantize<T, ne>(lut, vx, dst, i0);
+        turbo3_b32_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
+        GGML_UNUSED(lut);
     } else {
         static_assert(type == GGML_TYPE_COUNT, "not a turbo type");
+    }
+}
+
+template <ggml_type type>
+static __device__ __forceinline__ void ggml_cuda_turbo_fill_lut2(half2 * lut2, const int tid, const int nthreads) {
+    if constexpr (type == GGML_TYPE_TURBO2) {
+        for (int P = tid; P < 16; P += nthreads) {
+            lut2[P] = turbo2_fattn_lut2_entry(turbo2_centroids, P);
+        }
+    } else if constexpr (type == GGML_TYPE_TURBO3) {
+        for (int P = tid; P < 64; P += nthreads) {
+            lut2[P] = turbo3_fattn_lut2_entry(turbo3_centroids, P);
+        }
+    } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
+        for (int P = tid; P < 16; P += nthreads) {
+            lut2[P] = turbo2_b96_fattn_lut2_entry(turbo2_b96_centroids, P);
+        }
+    } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
+        for (int P = tid; P < 16; P += nthreads) {
+            lut2[P] = turbo2_b32_fattn_lut2_entry(turbo2_b32_centroids, P);
+        }
+    } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
+        for (int P = tid; P < 64; P += nthreads) {
+            lut2[P] = turbo3_b96_fattn_lut2_entry(turbo3_b96_centroids, P);
+        }
+    } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
+        for (int P = tid; P < 64; P += nthreads) {
+            lut2[P] = turbo3_b32_fattn_lut2_entry(turbo3_b32_centroids, P);
+        }
+    }
+}
+
+// Called by every thread of the CUDA block before the first pair-table access.
+template <ggml_type type_K, ggml_type type_V>
+static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init_lut2(const int tid, const int nthreads) {
+    if constexpr (ggml_cuda_turbo_has_lut2<type_K>() || ggml_cuda_turbo_has_lut2<type_V>()) {
+        ggml_cuda_turbo_fill_lut2<type_K>(ggml_cuda_turbo_lut2_K, tid, nthreads);
+        ggml_cuda_turbo_fill_lut2<type_V>(ggml_cuda_turbo_lut2_V, tid, nthreads);
+        __syncthreads();
     }
 }
 
