@@ -6,6 +6,7 @@
 # check: test-backend-ops FLASH_ATTN_EXT's turbo cases with each decode kernel forced
 #        (GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma) and chosen, `tqpatch verify --backend cuda`
 # perf:  FA decode at kv 16384 (bench_kv.py) and the short-cache cases, per kernel
+# synth: llama-bench tg128 at depth 32768 on the synthetic 8B-attention model (docs/benchmarks.md)
 set -u
 NAME=mma
 source "$(dirname "$0")/../blocks-h100/steps-lib.sh"
@@ -48,6 +49,15 @@ perf)
         grep -E "us/run" "$L/short_$k.log" > "$OUT/short-$k.txt"
     done
     kernel auto
+    ;;
+synth)
+    M=/tmp/synth-8b.gguf
+    [ -f $M ] || step synth_model 120 $TQ synth-model $M --layers 8 --ff 1024 --vocab 512 --ctx-train 65536 --type q8_0 --seed 0
+    for p in ${PAIRS:-f16/f16 q8_0/q8_0 turbo3/turbo3 q8_0/turbo4 q8_0/turbo3 turbo4/turbo4}; do
+        k=${p%/*}; v=${p#*/}
+        step "synth-$k-$v" 120 "$BIN/llama-bench" -m $M -fa 1 -ngl 99 -p 0 -n 128 -d 32768 -r ${REPS:-3} -ctk $k -ctv $v -o md
+        grep -E "tg128" "$L/synth-$k-$v.log" | sed "s|^|$p |" | tee -a "$S" "$OUT/synth.md"
+    done
     ;;
 esac; done
 say "total $(( $(date +%s) - T0 )) s"
