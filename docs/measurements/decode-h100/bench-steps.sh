@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Run at commits 40c32aa / 36ed0e3, whose kernels read GGML_CUDA_TURBO_FA_GQA=0/1; the variable is
+# GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma since the tensor-core decode kernel.)
 # Issue 13, the decode-layout choice on one H100, call 2 of 3 (after build-steps.sh on the same
 # warm machine): FA decode at short caches (Gemma's shape: 4 query heads on one KV head of 256;
 # an 8B model's: 8 KV heads x 4 of 128; kv 256..32768) with the layout chosen automatically and

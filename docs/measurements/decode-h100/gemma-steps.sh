@@ -1,4 +1,6 @@
 #!/bin/bash
+# (Run at commits 40c32aa / 36ed0e3, whose kernels read GGML_CUDA_TURBO_FA_GQA=0/1; the variable is
+# GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma since the tensor-core decode kernel.)
 # Issue 13, the decode-layout choice on one H100, call 3 of 3: llama-bench on Gemma 3 270M
 # (bench_kv.py --parts bench: pp512 and tg128 at depths 0, 8192, 32768, 3 repetitions), then
 # tg128 at 0 and 32768 with the GQA layout forced everywhere (the layout before this change).
