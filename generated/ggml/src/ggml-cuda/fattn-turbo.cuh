@@ -15,6 +15,9 @@
 // (vec_dot_fattn_vec_KQ_*_cols) and the heads' partial sums are reduced
 // together (ggml_cuda_turbo_reduce_cols). Lane indices come from the caller's
 // nthreads; the one shuffle helper works within the kernel's lane groups.
+// The tensor-core decode (fattn-turbo-mma.cuh) takes its per-type decode from here too
+// (ggml_cuda_turbo_dequantize_h2, the value-pair tables), and the choice among the decode
+// kernels is ggml_cuda_turbo_fa_kernel at the end.
 
 #include "turbo.cuh"
 
