@@ -7,6 +7,9 @@
 #        (GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma) and chosen, `tqpatch verify --backend cuda`
 # perf:  FA decode at kv 16384 (bench_kv.py) and the short-cache cases, per kernel
 # synth: llama-bench tg128 at depth 32768 on the synthetic 8B-attention model (docs/benchmarks.md)
+# gemma: bench_kv.py's llama-bench part on Gemma 3 270M (its parts joined from /tmp/mp/m.*, left
+#        there by earlier calls on the same warm machine: .carry/mp30 holds 30 MiB parts, one per
+#        call beside the tree), then `pytest -m gpu tests/test_integration_gpu.py`
 set -u
 NAME=mma
 source "$(dirname "$0")/../blocks-h100/steps-lib.sh"
@@ -58,6 +61,17 @@ synth)
         step "synth-$k-$v" 120 "$BIN/llama-bench" -m $M -fa 1 -ngl 99 -p 0 -n 128 -d 32768 -r ${REPS:-3} -ctk $k -ctv $v -o md
         grep -E "tg128" "$L/synth-$k-$v.log" | sed "s|^|$p |" | tee -a "$S" "$OUT/synth.md"
     done
+    ;;
+gemma)
+    G=$TQPATCH_CACHE/models/gemma-3-270m-Q4_K_M.gguf
+    mkdir -p "$TQPATCH_CACHE/models"
+    [ -f "$G" ] || cat /tmp/mp/m.* > "$G"
+    say "gemma: $(sha256sum "$G" | cut -c1-16) (a5fd3b62230aa5ec expected)"
+    step bench_gemma 400 python3 benchmarks/bench_kv.py --backend cuda --parts bench \
+        --model "$G" --reps ${REPS:-3} --out "$L/gemma" --json "$OUT/bench-gemma.json" --markdown "$OUT/bench-gemma.md"
+    grep -E "PASS|MISS|n/a" "$OUT/bench-gemma.md" | grep -v "^| K/V" | tee -a "$S"
+    step pytest_gpu 400 python3 -m pytest -q -m gpu tests/test_integration_gpu.py
+    tail -3 "$L/pytest_gpu.log" | tee -a "$S"
     ;;
 esac; done
 say "total $(( $(date +%s) - T0 )) s"
