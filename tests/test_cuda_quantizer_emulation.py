@@ -14,40 +14,18 @@ device steps (docs/measurements/cuda-speed) run the same data on CUDA.
 from __future__ import annotations
 
 import platform
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
+import cuda_emulation as emu
 from tqpatch import formats
-
-DATA = Path(__file__).parent / "data"
-GENERATED = Path(__file__).resolve().parent.parent / "generated" / "ggml" / "src"
-TYPES = "".join(f"X({n},{n.upper()})" for n in formats.TURBO_FORMATS)
-
-
-@pytest.fixture(scope="module")
-def tree() -> Path:
-    from tqpatch import apply
-
-    return Path(apply.ensure_applied(None))
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="MXCSR flush-to-zero emulation is x86-64")
-def test_cuda_quantizer_bytes_under_flush_to_zero(tree, tmp_path):
-    if shutil.which("gcc") is None or shutil.which("g++") is None:
-        pytest.skip("no gcc/g++")
-    g = tree / "ggml"
-    inc = [f"-I{GENERATED}", f"-I{g / 'include'}", f"-I{g / 'src'}"]
-    ref = tmp_path / "turbo_ref.o"
-    subprocess.run(["gcc", "-O2", "-c", *inc, str(GENERATED / "ggml-turbo.c"), "-o", str(ref)],
-                   check=True, capture_output=True, text=True, timeout=300)
-    exe = tmp_path / "emu"
-    subprocess.run(["g++", "-std=c++17", "-O2", f"-I{DATA / 'cuda_shim'}", f"-I{DATA}", f"-I{GENERATED / 'ggml-cuda'}",
-                    *inc, f"-DTURBO_EMU_TYPES={TYPES}", str(DATA / "turbo_cuda_quantizer_emulation.cpp"), str(ref),
-                    "-o", str(exe)], check=True, capture_output=True, text=True, timeout=300)
+def test_cuda_quantizer_bytes_under_flush_to_zero(tmp_path):
+    exe = emu.build("turbo_cuda_quantizer_emulation.cpp", ["cuda_shim"], tmp_path)
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout + res.stderr
     assert "log8 scale:" in res.stdout and "identical" in res.stdout
