@@ -20,18 +20,23 @@ size_t ggml_row_size(enum ggml_type type, int64_t ne) {
     return (size_t) ne;
 }
 
-// what each block of the kernel does once: every codebook and pair table filled
-template <ggml_type type>
+// what each block of the kernel does once, for a kernel whose K (V) cache is of type_K
+// (type_V); every table is cleared first, so a decode that reads the other cache's
+// table (K for V, V for K) sees zeros
+template <ggml_type type_K, ggml_type type_V>
 static void fill_tables() {
+    memset(ggml_cuda_turbo_lut_K, 0, sizeof(ggml_cuda_turbo_lut_K));
+    memset(ggml_cuda_turbo_lut_V, 0, sizeof(ggml_cuda_turbo_lut_V));
+    memset(ggml_cuda_turbo_lut2_K, 0, sizeof(ggml_cuda_turbo_lut2_K));
+    memset(ggml_cuda_turbo_lut2_V, 0, sizeof(ggml_cuda_turbo_lut2_V));
     for (int tid = 0; tid < 16; ++tid) {
-        ggml_cuda_turbo_fattn_init<type, type>(tid);
+        ggml_cuda_turbo_fattn_init<type_K, type_V>(tid);
     }
-    ggml_cuda_turbo_fattn_init_lut2<type, type>(0, 1);
+    ggml_cuda_turbo_fattn_init_lut2<type_K, type_V>(0, 1);
 }
 
 template <ggml_type type, typename block_t>
 static int check(const char * name, void (*dequantize_ref)(const block_t *, float *, int64_t), int qk) {
-    fill_tables<type>();
     std::mt19937 rng(1234);
     const int nblocks = 512;
     std::vector<block_t> blocks(nblocks);
@@ -40,7 +45,7 @@ static int check(const char * name, void (*dequantize_ref)(const block_t *, floa
         bytes[i] = (uint8_t) rng();
     }
     for (auto & b : blocks) {
-        b.e = (uint8_t) (16 + rng() % 224); // finite, non-zero scales whose products stay normal halves
+        b.e = (uint8_t) (16 + rng() % 224); // finite, non-zero scales that are normal halves
     }
     const int64_t n = (int64_t) nblocks * qk;
     std::vector<float> ref(n);
@@ -51,7 +56,9 @@ static int check(const char * name, void (*dequantize_ref)(const block_t *, floa
         half2 hk[4];
         half2 hv[4];
         float f[8];
+        fill_tables<type, GGML_TYPE_F16>(); // a turbo K cache
         ggml_cuda_turbo_dequantize_h2<type, true,  8>(row, hk, i0);
+        fill_tables<GGML_TYPE_F16, type>(); // a turbo V cache
         ggml_cuda_turbo_dequantize_h2<type, false, 8>(row, hv, i0);
         ggml_cuda_turbo_dequantize_V<type, float, 8>()(row, f, i0);
         for (int l = 0; l < 8; ++l) {
