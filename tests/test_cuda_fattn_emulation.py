@@ -3,7 +3,7 @@
 The rendered ggml-cuda/fattn-turbo.cuh is compiled as C++ under two small shims
 (tests/data/cuda_shim, tests/data/cuda_fattn_shim) and its per-type decode runs on random
 blocks of every turbo type: the tensor-core kernel's half2 path (value-pair tables for 2-
-and 3-bit types) and the vector kernel's float path must give ggml-turbo.c's values, the
+and 3-bit types, byte tables for 4-bit ones) and the vector kernel's float path must give ggml-turbo.c's values, the
 half path within its rounding. This checks the rendered index arithmetic in CI, which has
 no NVIDIA GPU; the kernels themselves run on the device (`tqpatch verify --backend cuda`,
 test-backend-ops; docs/benchmarks.md).
@@ -25,5 +25,5 @@ def test_cuda_fattn_decode_matches_the_reference(tmp_path):
     res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stdout + res.stderr
     for name, fmt in formats.TURBO_FORMATS.items():
-        path = "pair tables" if fmt.bits <= 3 else "codebook"
+        path = "pair tables" if fmt.bits <= 3 else "byte tables" if fmt.bits == 4 else "codebook"
         assert f"{name}: " in res.stdout and f"0 mismatches ({path})" in res.stdout.split(f"{name}: ", 1)[1].splitlines()[0]

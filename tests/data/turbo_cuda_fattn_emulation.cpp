@@ -2,7 +2,7 @@
 // ggml-cuda/fattn-turbo.cuh (compiled as C++ under tests/data/cuda_shim and
 // tests/data/cuda_fattn_shim): for every turbo type, 8 values at a time across random
 // blocks, the tensor-core decode's half2 path (ggml_cuda_turbo_dequantize_h2: the value-pair
-// tables of 2- and 3-bit types, the codebook of the others) and the vector kernel's float
+// tables of 2- and 3-bit types, the byte tables of turbo4, the codebook of any other) and the vector kernel's float
 // path (dequantize_V) must give the C reference's values (ggml-turbo.c), the half path
 // within its rounding. Driven by tests/test_cuda_fattn_emulation.py, which passes the type
 // list as TURBO_EMU_TYPES (X(name, NAME) per turbo type). Prints "OK" or the mismatches.
@@ -29,10 +29,12 @@ static void fill_tables() {
     memset(ggml_cuda_turbo_lut_V, 0, sizeof(ggml_cuda_turbo_lut_V));
     memset(ggml_cuda_turbo_lut2_K, 0, sizeof(ggml_cuda_turbo_lut2_K));
     memset(ggml_cuda_turbo_lut2_V, 0, sizeof(ggml_cuda_turbo_lut2_V));
+    memset(ggml_cuda_turbo_perm_K, 0, sizeof(ggml_cuda_turbo_perm_K));
+    memset(ggml_cuda_turbo_perm_V, 0, sizeof(ggml_cuda_turbo_perm_V));
     for (int tid = 0; tid < 16; ++tid) {
         ggml_cuda_turbo_fattn_init<type_K, type_V>(tid);
     }
-    ggml_cuda_turbo_fattn_init_lut2<type_K, type_V>(0, 1);
+    ggml_cuda_turbo_fattn_init_h2<type_K, type_V>(0, 1);
 }
 
 template <ggml_type type, typename block_t>
@@ -77,7 +79,7 @@ static int check(const char * name, void (*dequantize_ref)(const block_t *, floa
         }
     }
     printf("%s: %lld values, %d mismatches (%s)\n", name, (long long) n, bad,
-           ggml_cuda_turbo_has_lut2<type>() ? "pair tables" : "codebook");
+           ggml_cuda_turbo_h2_path<type>());
     return bad;
 }
 

@@ -257,9 +257,10 @@ def make_checks(types=TURBO_TYPES, seed: int = 0, quick: bool = False) -> list[C
             checks.append(_mul_mat_check(rng, name, _row_len(name, 128), 24, 8))
 
     for d in fa_heads(quick):
-        for tk, tv in fa_pairs_at(d, types):
-            # decode: one query, GQA 4:1; prefill-ish: 8..32 queries, GQA 2:1
-            checks.append(_fa_check(rng, tk, tv, d, 1, 4, 128 if quick else 256, 1))
+        for i, (tk, tv) in enumerate(fa_pairs_at(d, types)):
+            # decode: one query, GQA 4:1 or 8:1 (pair by pair: a GPU's group kernels take 4 or 8
+            # heads per block); prefill-ish: 8..32 queries, GQA 2:1
+            checks.append(_fa_check(rng, tk, tv, d, 1, 8 if i % 2 else 4, 128 if quick else 256, 1))
             nq = int(rng.integers(8, 33))
             checks.append(_fa_check(rng, tk, tv, d, nq, 4, 64 if quick else 96, 2))
     return checks

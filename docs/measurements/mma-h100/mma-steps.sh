@@ -6,6 +6,8 @@
 # check: test-backend-ops FLASH_ATTN_EXT's turbo cases with each decode kernel forced
 #        (GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma) and chosen, `tqpatch verify --backend cuda`
 # perf:  FA decode at kv 16384 (bench_kv.py) and the short-cache cases, per kernel
+# gqa8:  the 70B-shape decode cases (GQA 8), tensor-core kernel (groups of 8) and vector GQA kernel
+# profile: ncu of one tensor-core decode launch (turbo3, turbo4; heads 128, 256)
 # synth: llama-bench tg128 at depth 32768 on the synthetic 8B-attention model (docs/benchmarks.md)
 # gemma: bench_kv.py's llama-bench part on Gemma 3 270M (its parts joined from /tmp/mp/m.*, left
 #        there by earlier calls on the same warm machine: .carry/mp30 holds 30 MiB parts, one per
@@ -52,6 +54,29 @@ perf)
         grep -E "us/run" "$L/short_$k.log" > "$OUT/short-$k.txt"
     done
     kernel auto
+    ;;
+gqa8)
+    # the 70B shape (8 KV heads x 8 of 128, kv 16384): groups of 8 (mma) against the vector GQA kernel
+    for k in mma gqa; do
+        kernel $k
+        step "gqa8_$k" 150 "$BIN/test-backend-ops" perf -b CUDA0 -o FLASH_ATTN_EXT -p 'nr23=\[8,1\],kv=16384,nb=1,'
+        grep -E "us/run" "$L/gqa8_$k.log" > "$OUT/gqa8-$k.txt"
+    done
+    kernel auto
+    ;;
+profile)
+    # ncu of one tensor-core decode launch per pair and head size (kv 16384, 8 KV heads x 4)
+    for hs in 128 256; do for p in ${PROFILE_PAIRS:-turbo3/turbo3 turbo4/turbo4}; do
+        k=${p%/*}; v=${p#*/}
+        step "ncu-$hs-$k-$v" 200 ncu --kernel-name regex:flash_attn_ext_turbo_mma --launch-count 1 \
+            --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            --section WarpStateStats --section Occupancy --section LaunchStats --section InstructionStats \
+            "$BIN/test-backend-ops" perf -b CUDA0 -o FLASH_ATTN_EXT \
+            -p "^hsk=$hs,hsv=$hs,nh=8,nr23=\[4,1\],kv=16384,nb=1,mask=1,sinks=0,.*,type_K=$k,type_V=$v,"
+        cp "$L/ncu-$hs-$k-$v.log" "$OUT/ncu-$hs-$k-$v.txt"
+        grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|Issue Slots Busy|Executed Ipc A" \
+            "$L/ncu-$hs-$k-$v.log" | head -12 | sed 's/^/    /' | tee -a "$S"
+    done; done
     ;;
 synth)
     M=/tmp/synth-8b.gguf

@@ -19,6 +19,21 @@ static inline half2 operator*(half2 a, half2 b) {
     return make_half2(__half2float(a.x) * __half2float(b.x), __half2float(a.y) * __half2float(b.y));
 }
 
+static inline unsigned short __half_as_ushort(half h) { return h; }
+struct uint4 { uint32_t x, y, z, w; };
+// PTX prmt's default mode: result byte n is byte (s >> 4n) & 7 of y:x (bit 3 would replicate a
+// sign; the kernels keep it clear)
+static inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+    const uint64_t xy = ((uint64_t) y << 32) | x;
+    uint32_t r = 0;
+    for (int n = 0; n < 4; ++n) {
+        r |= (uint32_t) ((xy >> (8 * ((s >> 4 * n) & 7))) & 0xFF) << 8 * n;
+    }
+    return r;
+}
+#define __align__(n) __attribute__((aligned(n)))
+
+
 static inline void __syncthreads() {}
 struct turbo_emu_dim3 { unsigned x, y, z; };
 static const turbo_emu_dim3 threadIdx = {0, 0, 0};

@@ -16,7 +16,7 @@
 // together (ggml_cuda_turbo_reduce_cols). Lane indices come from the caller's
 // nthreads; the one shuffle helper works within the kernel's lane groups.
 // The tensor-core decode (fattn-turbo-mma.cuh) takes its per-type decode from here too
-// (ggml_cuda_turbo_dequantize_h2, the value-pair tables), and the choice among the decode
+// (ggml_cuda_turbo_dequantize_h2: value-pair and byte tables), and the choice among the decode
 // kernels is ggml_cuda_turbo_fa_kernel at the end.
 
 #include "turbo.cuh"
@@ -26,12 +26,42 @@ static __shared__ float ggml_cuda_turbo_lut_K[16];
 static __shared__ float ggml_cuda_turbo_lut_V[16];
 
 // pair tables of the K and V cache types of the running kernel (the tensor-core decode, types
-// of at most 3 bits: ggml_cuda_turbo_has_lut2): entry P holds the codebook entries of two
-// neighbouring values as half2, P their index bits plane by plane (each plane's two fields side
-// by side), so one lookup decodes a value pair. 4-bit types keep the 16-entry tables: their
-// 256 pairs would spread over every bank and the lanes' lookups collide (measured no faster).
+// of at most 3 bits): entry P holds the codebook entries of two neighbouring values as
+// half2, P their index bits plane by plane (each plane's two fields side by side), so one lookup
+// decodes a value pair. Not for 4-bit types: their 256 pairs spread over every bank and the
+// lanes' lookups collide (measured no faster than the codebook); they take byte tables below.
 static __shared__ half2 ggml_cuda_turbo_lut2_K[64];
 static __shared__ half2 ggml_cuda_turbo_lut2_V[64];
+
+// byte tables of the K and V cache types of the running kernel (the tensor-core decode, 4-bit
+// types of one index plane): the 16 codebook entries as half, their low bytes in words 0-3 and
+// their high bytes in words 4-7, so that byte permutes pick 4 entries from registers in one
+// go (ggml_cuda_turbo_perm16) where the codebook path needs a shared-memory lookup per value.
+static __shared__ __align__(16) uint32_t ggml_cuda_turbo_perm_K[8];
+static __shared__ __align__(16) uint32_t ggml_cuda_turbo_perm_V[8];
+
+// how the tensor-core decode of a turbo type reads its codebook (ggml_cuda_turbo_dequantize_h2)
+
+// 8 values of nibble-packed indices (value l in bits 4l..4l+3) as 4 half2, d * entry: __byte_perm
+// picks bytes out of 8 by 3-bit selectors, so the low and the high 8 entries are picked
+// separately and each index's top bit chooses between them (a third permute).
+static __device__ __forceinline__ void ggml_cuda_turbo_perm16(const uint32_t * tab, const uint32_t codes, const half2 d, half2 * dst) {
+    const uint4 lo = *(const uint4 *) tab;
+    const uint4 hi = *(const uint4 *) (tab + 4);
+    const uint32_t sel = codes & 0x77777777u;        // entry within its half of the table
+    const uint32_t top = (codes >> 1) & 0x44444444u; // the half: byte k of the second permute, or k + 4
+#pragma unroll
+    for (int h = 0; h < 2; ++h) { // values 4h..4h + 3 (a selector takes the low 16 bits)
+        const uint32_t s  = sel >> 16*h;
+        const uint32_t s2 = (top >> 16*h) | 0x3210u;
+        const uint32_t l  = __byte_perm(__byte_perm(lo.x, lo.y, s), __byte_perm(lo.z, lo.w, s), s2);
+        const uint32_t u  = __byte_perm(__byte_perm(hi.x, hi.y, s), __byte_perm(hi.z, hi.w, s), s2);
+        const uint32_t v01 = __byte_perm(l, u, 0x5140u); // low, high byte of value 4h, then 4h + 1
+        const uint32_t v23 = __byte_perm(l, u, 0x7362u);
+        dst[2*h + 0] = d * *(const half2 *) &v01;
+        dst[2*h + 1] = d * *(const half2 *) &v23;
+    }
+}
 
 // bits [pos, pos + popcount(mask)) of w as bits shift + 2 up: a plane's field of an index,
 // already times 4 (pos, mask and shift are compile-time constants once loops unroll)
@@ -573,6 +603,13 @@ static __device__ __forceinline__ void turbo4_fattn_dequantize_pairs(const half2
     for (int l = 0; l < ne/2; ++l) {
         dst[l] = d * turbo4_fattn_lut2(lut2, codes, l);
     }
+}
+
+// 8 values i0.. of a row (i0 % 8 == 0) as 4 half2 through the byte tables
+static __device__ __forceinline__ void turbo4_fattn_dequantize_perm(const uint32_t * tab, const void * __restrict__ vx, half2 * dst, const int64_t i0) {
+    const block_turbo4 * x = (const block_turbo4 *) vx + i0/QK_TURBO4;
+    const uint32_t codes = turbo4_fattn_codes<8>(x, (int) (i0 % QK_TURBO4));
+    ggml_cuda_turbo_perm16(tab, codes, __float2half2_rn(ggml_turbo_log8_scale[x->e]), dst);
 }
 
 // ne values i0.. of a row (i0 % ne == 0) as T, d * lut[index]: lut is the K or V codebook
@@ -1287,78 +1324,123 @@ static __device__ __forceinline__ void ggml_cuda_turbo_vec_dot_KQ_cols(const cha
     }
 }
 
+// the tensor-core decode's path of a turbo type: "pair tables", "byte tables" or "codebook"
 template <ggml_type type>
-static constexpr __host__ __device__ bool ggml_cuda_turbo_has_lut2() {
-    return false || type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO2_B96 || type == GGML_TYPE_TURBO2_B32 || type == GGML_TYPE_TURBO3_B96 || type == GGML_TYPE_TURBO3_B32;
+static constexpr __host__ __device__ const char * ggml_cuda_turbo_h2_path() {
+    if constexpr (type == GGML_TYPE_TURBO2) {
+        return "pair tables";
+    } else if constexpr (type == GGML_TYPE_TURBO3) {
+        return "pair tables";
+    } else if constexpr (type == GGML_TYPE_TURBO4) {
+        return "byte tables";
+    } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
+        return "pair tables";
+    } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
+        return "pair tables";
+    } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
+        return "pair tables";
+    } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
+        return "pair tables";
+    } else {
+        return "codebook";
+    }
+}
+
+template <ggml_type type>
+static constexpr __host__ __device__ bool ggml_cuda_turbo_has_h2_tables() {
+    return false || type == GGML_TYPE_TURBO2 || type == GGML_TYPE_TURBO3 || type == GGML_TYPE_TURBO4 || type == GGML_TYPE_TURBO2_B96 || type == GGML_TYPE_TURBO2_B32 || type == GGML_TYPE_TURBO3_B96 || type == GGML_TYPE_TURBO3_B32;
 }
 
 // ne values i0.. of a K (is_K) or V row of a turbo type as ne/2 half2 (the tensor-core decode):
-// through the pair tables where the type has them, else the codebook
+// through the pair or byte tables where the type has them, else the codebook
 template <ggml_type type, bool is_K, int ne>
 static __device__ __forceinline__ void ggml_cuda_turbo_dequantize_h2(const void * __restrict__ vx, half2 * dst, const int64_t i0) {
-    const half2 * lut2 = is_K ? ggml_cuda_turbo_lut2_K : ggml_cuda_turbo_lut2_V;
-    const float * lut  = is_K ? ggml_cuda_turbo_lut_K  : ggml_cuda_turbo_lut_V;
+    const half2    * lut2 = is_K ? ggml_cuda_turbo_lut2_K : ggml_cuda_turbo_lut2_V;
+    const uint32_t * perm = is_K ? ggml_cuda_turbo_perm_K : ggml_cuda_turbo_perm_V;
+    const float    * lut  = is_K ? ggml_cuda_turbo_lut_K  : ggml_cuda_turbo_lut_V;
     if constexpr (type == GGML_TYPE_TURBO2) {
         turbo2_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else if constexpr (type == GGML_TYPE_TURBO3) {
         turbo3_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else if constexpr (type == GGML_TYPE_TURBO4) {
-        turbo4_fattn_dequantize<half, ne>(lut, vx, dst, i0);
-        GGML_UNUSED(lut2);
+        static_assert(ne == 8, "byte tables decode 8 values");
+        turbo4_fattn_dequantize_perm(perm, vx, dst, i0);
+        GGML_UNUSED_VARS(lut2, lut);
     } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
         turbo2_b96_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
         turbo2_b32_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
         turbo3_b96_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
         turbo3_b32_fattn_dequantize_pairs<ne>(lut2, vx, dst, i0);
-        GGML_UNUSED(lut);
+        GGML_UNUSED_VARS(perm, lut);
     } else {
         static_assert(type == GGML_TYPE_COUNT, "not a turbo type");
     }
 }
 
+// the tensor-core decode's tables of one cache type (pair or byte tables; none for the others)
 template <ggml_type type>
-static __device__ __forceinline__ void ggml_cuda_turbo_fill_lut2(half2 * lut2, const int tid, const int nthreads) {
+static __device__ __forceinline__ void ggml_cuda_turbo_fill_h2_tables(half2 * lut2, uint32_t * perm, const int tid, const int nthreads) {
     if constexpr (type == GGML_TYPE_TURBO2) {
         for (int P = tid; P < 16; P += nthreads) {
             lut2[P] = turbo2_fattn_lut2_entry(turbo2_centroids, P);
         }
+        GGML_UNUSED(perm);
     } else if constexpr (type == GGML_TYPE_TURBO3) {
         for (int P = tid; P < 64; P += nthreads) {
             lut2[P] = turbo3_fattn_lut2_entry(turbo3_centroids, P);
         }
+        GGML_UNUSED(perm);
+    } else if constexpr (type == GGML_TYPE_TURBO4) {
+        // a word per thread: byte stores of the table lost their low bytes on an H100 (CUDA 13)
+        for (int w = tid; w < 8; w += nthreads) {
+            uint32_t word = 0;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const uint32_t b = __half_as_ushort(__float2half(turbo4_centroids[4*(w % 4) + k]));
+                word |= (w < 4 ? b & 0xFF : b >> 8) << 8*k;
+            }
+            perm[w] = word;
+        }
+        GGML_UNUSED(lut2);
     } else if constexpr (type == GGML_TYPE_TURBO2_B96) {
         for (int P = tid; P < 16; P += nthreads) {
             lut2[P] = turbo2_b96_fattn_lut2_entry(turbo2_b96_centroids, P);
         }
+        GGML_UNUSED(perm);
     } else if constexpr (type == GGML_TYPE_TURBO2_B32) {
         for (int P = tid; P < 16; P += nthreads) {
             lut2[P] = turbo2_b32_fattn_lut2_entry(turbo2_b32_centroids, P);
         }
+        GGML_UNUSED(perm);
     } else if constexpr (type == GGML_TYPE_TURBO3_B96) {
         for (int P = tid; P < 64; P += nthreads) {
             lut2[P] = turbo3_b96_fattn_lut2_entry(turbo3_b96_centroids, P);
         }
+        GGML_UNUSED(perm);
     } else if constexpr (type == GGML_TYPE_TURBO3_B32) {
         for (int P = tid; P < 64; P += nthreads) {
             lut2[P] = turbo3_b32_fattn_lut2_entry(turbo3_b32_centroids, P);
         }
+        GGML_UNUSED(perm);
+    } else {
+        GGML_UNUSED_VARS(lut2, perm, tid, nthreads);
     }
 }
 
-// Called by every thread of the CUDA block before the first pair-table access.
+// Called by every thread of the CUDA block before the first access to the tensor-core decode's tables.
 template <ggml_type type_K, ggml_type type_V>
-static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init_lut2(const int tid, const int nthreads) {
-    if constexpr (ggml_cuda_turbo_has_lut2<type_K>() || ggml_cuda_turbo_has_lut2<type_V>()) {
-        ggml_cuda_turbo_fill_lut2<type_K>(ggml_cuda_turbo_lut2_K, tid, nthreads);
-        ggml_cuda_turbo_fill_lut2<type_V>(ggml_cuda_turbo_lut2_V, tid, nthreads);
+static __device__ __forceinline__ void ggml_cuda_turbo_fattn_init_h2(const int tid, const int nthreads) {
+    if constexpr (ggml_cuda_turbo_has_h2_tables<type_K>() || ggml_cuda_turbo_has_h2_tables<type_V>()) {
+        ggml_cuda_turbo_fill_h2_tables<type_K>(ggml_cuda_turbo_lut2_K, ggml_cuda_turbo_perm_K, tid, nthreads);
+        ggml_cuda_turbo_fill_h2_tables<type_V>(ggml_cuda_turbo_lut2_V, ggml_cuda_turbo_perm_V, tid, nthreads);
         __syncthreads();
     }
 }
