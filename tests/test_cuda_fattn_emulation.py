@@ -3,8 +3,8 @@
 The rendered ggml-cuda/fattn-turbo.cuh is compiled as C++ under two small shims
 (tests/data/cuda_shim, tests/data/cuda_fattn_shim) and its per-type decode runs on random
 blocks of every turbo type: the tensor-core kernel's half2 path (value-pair tables for 2-
-and 3-bit types, byte tables for 4-bit ones) and the vector kernel's float path must give ggml-turbo.c's values, the
-half path within its rounding. This checks the rendered index arithmetic in CI, which has
+and 3-bit types, byte tables for 4-bit ones) and the vector kernel's float path must give
+ggml-turbo.c's values, the half path within its rounding. This checks the rendered index arithmetic in CI, which has
 no NVIDIA GPU; the kernels themselves run on the device (`tqpatch verify --backend cuda`,
 test-backend-ops; docs/benchmarks.md).
 """

@@ -2,9 +2,9 @@
 // ggml-cuda/fattn-turbo.cuh (compiled as C++ under tests/data/cuda_shim and
 // tests/data/cuda_fattn_shim): for every turbo type, 8 values at a time across random
 // blocks, the tensor-core decode's half2 path (ggml_cuda_turbo_dequantize_h2: the value-pair
-// tables of 2- and 3-bit types, the byte tables of turbo4, the codebook of any other) and the vector kernel's float
-// path (dequantize_V) must give the C reference's values (ggml-turbo.c), the half path
-// within its rounding. Driven by tests/test_cuda_fattn_emulation.py, which passes the type
+// tables of 2- and 3-bit types, the byte tables of turbo4, the codebook of any other) and the
+// vector kernel's float path (dequantize_V) must give the C reference's values
+// (ggml-turbo.c), the half path within its rounding. Driven by tests/test_cuda_fattn_emulation.py, which passes the type
 // list as TURBO_EMU_TYPES (X(name, NAME) per turbo type). Prints "OK" or the mismatches.
 #include "common.cuh"      // the quantizer shim
 #include "fattn-shim.h"

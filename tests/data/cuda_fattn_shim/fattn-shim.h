@@ -33,7 +33,6 @@ static inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
 }
 #define __align__(n) __attribute__((aligned(n)))
 
-
 static inline void __syncthreads() {}
 struct turbo_emu_dim3 { unsigned x, y, z; };
 static const turbo_emu_dim3 threadIdx = {0, 0, 0};

@@ -7,8 +7,8 @@
 // here the m16n8k16 mma does those, and the lanes only decode K/V straight from the cache
 // blocks into the mma operand registers (no shared-memory tiles: each lane decodes exactly
 // the values its fragments hold; 2- and 3-bit types a value pair per shared-memory lookup,
-// 4-bit types 4 values per few byte permutes: fattn-turbo.cuh's pair and byte tables). On an H100 this took FA decode at kv 16384 (8 KV heads x 4,
-// head 128) from 29.5 us (vector GQA kernel) to 22.0 and, with the pair tables, 18.1 for
+// 4-bit types 4 values per few byte permutes: fattn-turbo.cuh's pair and byte tables). On an
+// H100 this took FA decode at kv 16384 (8 KV heads x 4, head 128) from 29.5 us (vector GQA kernel) to 22.0 and, with the pair tables, 18.1 for
 // turbo3/turbo3 (docs/benchmarks.md, "Tensor-core decode"); fewer registers per thread (more
 // warps per SM) and a computed scale instead of its table were measured slower.
 // Per warp and step of 32 KV rows:

@@ -1399,7 +1399,8 @@ static __device__ __forceinline__ void ggml_cuda_turbo_fill_h2_tables(half2 * lu
         }
         GGML_UNUSED(perm);
     } else if constexpr (type == GGML_TYPE_TURBO4) {
-        // a word per thread: byte stores of the table lost their low bytes on an H100 (CUDA 13)
+        // a word per thread: filled with byte stores, the low-byte words read back as zero on an
+        // H100 (nvcc 13; seen with a probe kernel, cause not found); word stores are plain
         for (int w = tid; w < 8; w += nthreads) {
             uint32_t word = 0;
 #pragma unroll
