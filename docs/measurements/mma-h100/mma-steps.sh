@@ -10,7 +10,7 @@
 # profile: ncu of one tensor-core decode launch (turbo3, turbo4; heads 128, 256)
 # synth: llama-bench tg128 at depth 32768 on the synthetic 8B-attention model (docs/benchmarks.md)
 # gemma: bench_kv.py's llama-bench part on Gemma 3 270M (its parts joined from /tmp/mp/m.*, left
-#        there by earlier calls on the same warm machine: .carry/mp30 holds 30 MiB parts, one per
+#        there by earlier calls on the same warm machine: .carry/mp50 holds 5 parts of 48 MiB, one per
 #        call beside the tree), then `pytest -m gpu tests/test_integration_gpu.py`
 set -u
 NAME=mma
