@@ -389,7 +389,7 @@ def precision() -> _precision.Precision:
 # tensor cores (Turing and newer), where that grid fills the GPU (long caches). verify's decode
 # checks are short, so the automatic choice takes the first; these run them once more in each
 # of the others.
-FA_LAYOUT_ENV = "GGML_CUDA_TURBO_FA_KERNEL"  # =head|gqa|mma forces a decode kernel (rendered into the kernel)
+FA_LAYOUT_ENV = "GGML_CUDA_TURBO_FA_KERNEL"  # =head|gqa|mma|mma4 forces a decode kernel (rendered into the kernel)
 GQA_VARIANT = {"GQA kernel": {FA_LAYOUT_ENV: "gqa"}}
 verify_variants = {**GQA_VARIANT, "tensor-core kernel": {FA_LAYOUT_ENV: "mma"}}
 

@@ -6,7 +6,8 @@
 # check: test-backend-ops FLASH_ATTN_EXT's turbo cases with each decode kernel forced
 #        (GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma) and chosen, `tqpatch verify --backend cuda`
 # perf:  FA decode at kv 16384 (bench_kv.py) and the short-cache cases, per kernel
-# gqa8:  the 70B-shape decode cases (GQA 8), tensor-core kernel (groups of 8) and vector GQA kernel
+# gqa8:  the 70B-shape decode cases (GQA 8), tensor-core kernel (groups of 8, and of 4: mma4)
+#        and vector GQA kernel
 # profile: ncu of one tensor-core decode launch (turbo3, turbo4; heads 128, 256)
 # synth: llama-bench tg128 at depth 32768 on the synthetic 8B-attention model (docs/benchmarks.md)
 # gemma: bench_kv.py's llama-bench part on Gemma 3 270M (its parts joined from /tmp/mp/m.*, left
@@ -28,7 +29,7 @@ build)
     [ -x "$BIN/test-backend-ops" ] || { grep -E "error|Error" "$L/build.log" | head -30 | tee -a "$S"; }
     ;;
 check)
-    for k in mma gqa head auto; do
+    for k in ${CHECK_KERNELS:-mma gqa head auto}; do
         kernel $k
         step "fa_$k" 150 "$BIN/test-backend-ops" test -b CUDA0 -o FLASH_ATTN_EXT -p turbo
         say "    $k: $(grep -E 'tests passed' "$L/fa_$k.log" | head -1), FAIL $(grep -c 'FAIL' "$L/fa_$k.log"), not supported $(grep -c 'not supported' "$L/fa_$k.log")"
@@ -56,8 +57,9 @@ perf)
     kernel auto
     ;;
 gqa8)
-    # the 70B shape (8 KV heads x 8 of 128, kv 16384): groups of 8 (mma) against the vector GQA kernel
-    for k in mma gqa; do
+    # the 70B shape (8 KV heads x 8 of 128, kv 16384): groups of 8 (mma) against groups of 4
+    # (mma4) and the vector GQA kernel
+    for k in mma mma4 gqa; do
         kernel $k
         step "gqa8_$k" 150 "$BIN/test-backend-ops" perf -b CUDA0 -o FLASH_ATTN_EXT -p 'nr23=\[8,1\],kv=16384,nb=1,'
         grep -E "us/run" "$L/gqa8_$k.log" > "$OUT/gqa8-$k.txt"

@@ -307,10 +307,11 @@ static void ggml_cuda_flash_attn_ext_turbo_mma_case(ggml_backend_cuda_context & 
 
 // one block per 8 query heads where the GQA ratio allows it (the A operand has 8 head rows:
 // each K/V value is decoded once for all 8, half the decode per head of groups of 4), else 4
+// (and always 4 when forced with mma4, fattn-turbo.cuh)
 template <int D, ggml_type type_K, ggml_type type_V>
 static void ggml_cuda_flash_attn_ext_turbo_mma(ggml_backend_cuda_context & ctx, ggml_tensor * dst, const int64_t gqa_ratio, const bool softcap) {
     GGML_ASSERT(gqa_ratio % 4 == 0);
-    if (gqa_ratio % 8 == 0) {
+    if (gqa_ratio % 8 == 0 && ggml_cuda_turbo_fa_forced() != GGML_CUDA_TURBO_FA_MMA4) {
         softcap ? ggml_cuda_flash_attn_ext_turbo_mma_case<D, 8, type_K, type_V, true>(ctx, dst)
                 : ggml_cuda_flash_attn_ext_turbo_mma_case<D, 8, type_K, type_V, false>(ctx, dst);
     } else {

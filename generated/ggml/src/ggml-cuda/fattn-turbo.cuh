@@ -1790,21 +1790,30 @@ constexpr __device__ dequantize_V_t ggml_cuda_turbo_dequantize_V() {
 // the GPU; below that (short caches, Gemma's sliding-window layers) gqa was 1.2-1.6x slower
 // than head on an H100 (docs/benchmarks.md, "Decode layout and a table-free quantizer").
 // nbatch: KV rows per tile. GGML_CUDA_TURBO_FA_KERNEL=head|gqa|mma forces one (benchmarks;
-// verify checks each; mma falls back to gqa where it does not apply).
+// verify checks each; mma falls back to gqa where it does not apply), mma4 the tensor-core
+// kernel with groups of 4 heads even where the GQA ratio allows 8 (to measure the groups of 8).
 enum ggml_cuda_turbo_fa_kernel_t { GGML_CUDA_TURBO_FA_HEAD, GGML_CUDA_TURBO_FA_GQA, GGML_CUDA_TURBO_FA_MMA };
 
-static ggml_cuda_turbo_fa_kernel_t ggml_cuda_turbo_fa_kernel(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch, const bool mma_ok) {
+// GGML_CUDA_TURBO_FA_KERNEL, read once: -1 (unset: the automatic choice), a kernel, or
+// GGML_CUDA_TURBO_FA_MMA4 (mma4)
+#define GGML_CUDA_TURBO_FA_MMA4 (GGML_CUDA_TURBO_FA_MMA + 1)
+static int ggml_cuda_turbo_fa_forced() {
     static const int force = [] {
         const char * e = getenv("GGML_CUDA_TURBO_FA_KERNEL");
         if (!e) {
             return -1;
         }
         return !strcmp(e, "head") ? GGML_CUDA_TURBO_FA_HEAD : !strcmp(e, "gqa") ? GGML_CUDA_TURBO_FA_GQA :
-               !strcmp(e, "mma") ? GGML_CUDA_TURBO_FA_MMA : -1;
+               !strcmp(e, "mma") ? GGML_CUDA_TURBO_FA_MMA : !strcmp(e, "mma4") ? GGML_CUDA_TURBO_FA_MMA4 : -1;
     }();
+    return force;
+}
+
+static ggml_cuda_turbo_fa_kernel_t ggml_cuda_turbo_fa_kernel(const ggml_tensor * Q, const ggml_tensor * K, const int nbatch, const bool mma_ok) {
+    const int force = ggml_cuda_turbo_fa_forced();
     const ggml_cuda_turbo_fa_kernel_t group = mma_ok ? GGML_CUDA_TURBO_FA_MMA : GGML_CUDA_TURBO_FA_GQA;
     if (force >= 0) {
-        return force == GGML_CUDA_TURBO_FA_MMA ? group : (ggml_cuda_turbo_fa_kernel_t) force;
+        return force >= GGML_CUDA_TURBO_FA_MMA ? group : (ggml_cuda_turbo_fa_kernel_t) force;
     }
     const int64_t blocks = K->ne[2] * Q->ne[3] * ((K->ne[1] + nbatch - 1) / nbatch);
     return blocks >= ggml_cuda_info().devices[ggml_cuda_get_device()].nsm ? group : GGML_CUDA_TURBO_FA_HEAD;
