@@ -275,8 +275,8 @@ def test_calibration_per_configuration(tmp_path, gemma3, monkeypatch):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("q8_0/q8_0:cal={f}", "turbo K cache only"),
-    ("q8_0/turbo3:cal={f}", "K is q8_0"),
+    ("q8_0/q8_0:cal={f}", "turbo K or V cache only"),
+    ("f16/q8_0:cal={f}", "these are f16/q8_0"),
     ("turbo3/turbo3:cal={f}:cal={f}", "cal= given twice"),
     ("turbo3/turbo3:cal={f}.missing", "no calibration file"),
     ("turbo3/turbo3:cal=", "no calibration file"),
@@ -451,3 +451,11 @@ def test_boundary_v_helps_q8_0_turbo2(built):
     assert bv2["ppl"] < plain["ppl"], (plain["ppl"], bv2["ppl"])
     assert bv2["bpv_v"] == pytest.approx((4 * 8.5 + 14 * 2.125) / 18)
     assert bv2["v_mib"] > plain["v_mib"]
+
+
+def test_calibration_of_a_turbo_v_cache_alone(tmp_path):
+    # the file's V scales apply to a turbo V cache under any K type (patch 0021)
+    f = tmp_path / "c.gguf"
+    f.write_bytes(b"x")
+    cfg = ev.Config.parse(f"q8_0/turbo2:cal={f}")
+    assert cfg.calib == str(f.resolve()) and cfg.label == "q8_0/turbo2:cal=c.gguf"

@@ -28,12 +28,13 @@ def write_capture(path, records, ropes=(), rotations=()):
 
 
 def synthetic_layer(rng, t=256, d=64, hk=1, h=2, mean=3.0, rot=64):
-    """K with a large mean and channels of very different size, Q using other channels."""
+    """K with a large mean and channels of very different size, Q using other channels,
+    V with channels of very different size."""
     chan = np.exp(rng.uniform(-1.5, 1.5, d))
     mu = mean * rng.standard_normal(d)
     k = (rng.standard_normal((t, hk, d)) * chan + mu).reshape(t, -1)
     q = (rng.standard_normal((t, h, d)) / chan).reshape(t, -1)
-    v = (rng.standard_normal((t, hk, d)) + 2.0).reshape(t, -1)
+    v = (rng.standard_normal((t, hk, d)) * np.exp(rng.uniform(-1.5, 1.5, d)) + 0.3 * rng.standard_normal(d)).reshape(t, -1)
     r = lambda x: calibrate.rotate(x, rot)  # noqa: E731 - the capture holds rotated rows
     return r(k), r(v), r(q)
 
@@ -95,6 +96,19 @@ def test_the_transform_leaves_attention_unchanged(rows):
     assert c.proxy_kl[c.gamma] <= c.proxy_kl[0.0]
 
 
+def test_v_scales_are_exact_and_lower_v_error(rows):
+    c = calibrate.fit(rows).layers[0]
+    assert c.v_scale.shape == (1, 64) and c.o_scale.shape == (2, 64)
+    # o_scale is 1/v_scale for each query head of the KV head: the output of
+    # attention over v_scale*v, times o_scale, is the output over v
+    np.testing.assert_allclose(c.o_scale * c.v_scale[[0, 0]], 1.0, rtol=1e-12)
+    v = calibrate.rotate(rows[("v", 0)].data.astype(np.float64), 64)
+    p = np.random.default_rng(1).dirichlet(np.ones(len(v)), size=8)
+    np.testing.assert_allclose((p @ (v * c.v_scale[0])) * c.o_scale[1], p @ v, rtol=1e-10)
+    # channels of very different size: scaling them lowers V's error through the type
+    assert c.v_gamma > 0 and c.v_error[c.v_gamma] < 0.9 * c.v_error[0.0], c.v_error
+
+
 def test_the_mean_is_kept_only_where_rope_turns_slowly(rows):
     rope = rows["rope"][0]
     ctx = 50
@@ -117,6 +131,7 @@ def test_calibration_file_round_trip(rows, tmp_path):
     assert set(t) == {f"blk.{i}.{n}" for i in (0, 1) for n in calibrate.TENSORS}
     np.testing.assert_array_equal(t["blk.1.q_scale"], cal.layers[1].q_scale.astype(np.float32))
     assert t["blk.0.k_scale"].shape == (1, 64) and t["blk.0.q_scale"].shape == (2, 64)
+    assert t["blk.0.v_scale"].shape == (1, 64) and t["blk.0.o_scale"].shape == (2, 64)
     with pytest.raises(TqpatchError, match="not a tqpatch calibration file"):
         import gguf
 

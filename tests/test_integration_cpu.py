@@ -178,3 +178,125 @@ def cpu_coherence(cpu_build, gemma):
 
 def test_server_coherence_on_cpu(cpu_coherence, gemma):
     check_coherence_claims(cpu_coherence, gemma)
+
+
+# ------------------------------------------------------------------ calibration (patch 0021)
+
+# LLAMA_TURBO_CALIB is exact for attention: K stored as k_scale*k + k_shift with
+# q_scale = 1/k_scale on the queries, V stored as v_scale*v with o_scale = 1/v_scale on
+# the output. With a power of two per layer, the rotation, the turbo block (its log
+# scale steps 2^(1/8)) and the products scale exactly, so PPL must not move; scales
+# that differ per channel change only V's rounding. A file whose inverse does not
+# match (q_scale or o_scale left at 1) must move PPL far away: the check can fail.
+
+
+def make_calibration(model, rng, *, k_pow2=True, v_chan=False, break_k=False, break_v=False):
+    """A calibration of the model's shapes: K scales 2^a per layer (a in -2..2, not 0; or
+    1), no K shift; V scales 2^b per layer, or per channel in [1/4, 4] with v_chan."""
+    import numpy as np
+
+    from tqpatch import calibrate, plan
+
+    info = plan.read_model(model)
+    layers = []
+    for il in range(info.n_layer):
+        dk, dv = info.layer_head_k(il), info.layer_head_v(il)
+        h, hk = info.n_head[il], info.n_head_kv[il]
+        a = np.full((hk, dk), 2.0 ** rng.choice([-2, -1, 1, 2]) if k_pow2 else 1.0)
+        c = (np.exp(rng.uniform(-np.log(4), np.log(4), (hk, dv))) if v_chan
+             else np.full((hk, dv), 2.0 ** rng.choice([-2, -1, 1, 2])))
+        layers.append(calibrate.LayerCalib(
+            layer=il, n_embd_head_k=dk, n_head_kv=hk, n_head=h,
+            k_scale=a, k_shift=np.zeros((hk, dk)),
+            q_scale=np.ones((h, dk)) if break_k else np.repeat(1 / a, h // hk, axis=0),
+            gamma=1.0, mean_energy=0.0,
+            v_scale=c, o_scale=np.ones((h, dv)) if break_v else np.repeat(1 / c, h // hk, axis=0),
+            v_gamma=1.0, v_error={}))
+    return calibrate.Calibration(layers, info.ctx_train, "test")
+
+
+@pytest.fixture(scope="session")
+def calib_ppl(cpu_build, gemma, tmp_path_factory):
+    """PPL by name: 'turbo4/turbo4', 'turbo4/turbo4 pow2', 'q8_0/turbo4 chan_no_o', ..."""
+    import numpy as np
+
+    from tqpatch import calibrate
+
+    out = tmp_path_factory.mktemp("calib")
+    rng = np.random.default_rng(7)
+    kinds = {"pow2": {}, "pow2_no_q": {"break_k": True},
+             "chan": {"k_pow2": False, "v_chan": True},
+             "chan_no_o": {"k_pow2": False, "v_chan": True, "break_v": True}}
+    for name, kw in kinds.items():
+        calibrate.write(make_calibration(gemma, rng, **kw), out / f"{name}.gguf", gemma.name)
+    runs = ["q8_0/turbo4", "turbo4/turbo4", "turbo4/turbo4 pow2", "q8_0/turbo4 pow2",
+            "turbo4/turbo4 pow2_no_q", "q8_0/turbo4 chan", "q8_0/turbo4 chan_no_o"]
+    configs = [r.replace(" ", f":cal={out}/") + (".gguf" if " " in r else "") for r in runs]
+    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
+                "--no-coherence", "--chunks", "3", "--configs", ",".join(configs), "--json",
+                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000)
+    rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
+    by_label = {r["config"]: r["ppl"] for r in rows}
+    ppl = {r: by_label[r.replace(" ", ":cal=") + (".gguf" if " " in r else "")] for r in runs}
+    print(ppl)
+    return ppl
+
+
+def test_calibration_is_exact_for_attention(calib_ppl):
+    for kv in ("q8_0/turbo4", "turbo4/turbo4"):
+        assert abs(calib_ppl[f"{kv} pow2"] / calib_ppl[kv] - 1) < 0.002, calib_ppl
+    # V scales per channel change V's rounding only
+    assert calib_ppl["q8_0/turbo4 chan"] < 1.15 * calib_ppl["q8_0/turbo4"], calib_ppl
+
+
+def test_a_calibration_without_its_inverse_is_caught(calib_ppl):
+    assert calib_ppl["turbo4/turbo4 pow2_no_q"] > 1.3 * calib_ppl["turbo4/turbo4"], calib_ppl
+    assert calib_ppl["q8_0/turbo4 chan_no_o"] > 1.3 * calib_ppl["q8_0/turbo4"], calib_ppl
+
+
+def test_calibrate_end_to_end_lowers_symmetric_turbo3_ppl(cpu_build, gemma, tmp_path):
+    """tqpatch-capture on the model, the fit, the file, and llama.cpp applying it: on Gemma 3
+    the calibration takes turbo3/turbo3 from about +90% PPL to about +10% (docs/quality.md)."""
+    from tqpatch import calibrate, capture
+
+    run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", cpu.BUILD, "--targets", "tqpatch-capture"],
+        timeout=3000)
+    rows = capture.run(gemma, tmp_path / "rows.bin", chunks=2, backend=cpu.BUILD, threads=int(THREADS))
+    cal = calibrate.fit(capture.read(rows))
+    assert all(c.v_scale.shape == (c.n_head_kv, c.v_scale.shape[1]) for c in cal.layers)
+    path = tmp_path / "gemma.calib.gguf"
+    calibrate.write(cal, path, gemma.name)
+    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
+                "--no-coherence", "--chunks", "3", "--configs",
+                f"turbo3/turbo3,turbo3/turbo3:cal={path},q8_0/turbo2,q8_0/turbo2:cal={path}", "--json",
+                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000)
+    rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
+    ppl = {r["config"]: r["ppl"] for r in rows}
+    print(ppl)
+    assert ppl["turbo3/turbo3:cal=gemma.calib.gguf"] < 0.8 * ppl["turbo3/turbo3"], ppl
+    # the V part reaches a turbo V cache under a q8_0 K (not a regression bar: a sanity bound)
+    assert ppl["q8_0/turbo2:cal=gemma.calib.gguf"] < 1.03 * ppl["q8_0/turbo2"], ppl
+
+
+def test_a_file_without_v_scales(cpu_build, gemma, tmp_path, monkeypatch):
+    """A file written before V scales: its K part still serves a turbo K cache (V stored as
+    it is, with a warning), and under a q8_0 K nothing of it applies, which llama.cpp refuses."""
+    import numpy as np
+
+    from tqpatch import calibrate
+
+    path = tmp_path / "k-only.calib.gguf"
+    with monkeypatch.context() as m:
+        m.setattr(calibrate, "TENSORS", ("k_scale", "k_shift", "q_scale"))
+        calibrate.write(make_calibration(gemma, np.random.default_rng(3)), path, gemma.name)
+    assert not any(name.endswith("v_scale") for name in calibrate.read(path))
+    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
+                "--no-coherence", "--chunks", "1", "--configs",
+                f"turbo4/turbo4:cal={path},q8_0/turbo4:cal={path}", "--json",
+                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000, check=False)
+    rows = {r["config"]: r for r in json.loads(proc.stdout[proc.stdout.index("{"):])["results"]}
+    assert rows["turbo4/turbo4:cal=k-only.calib.gguf"]["ok"], rows
+    bad = rows["q8_0/turbo4:cal=k-only.calib.gguf"]
+    assert not bad["ok"] and "nothing in it applies" in (bad["error"] or "") + (bad["log_tail"] or ""), bad

@@ -16,7 +16,7 @@ iteration on the real encoder and the real rows:
 
 Rows come from a tqpatch-capture file (K and V of every layer whose head size
 uses the type), optionally through a calibration (tqpatch.calibrate) so that
-K is fitted as a calibrated cache stores it. The result is a `fitted` codebook
+K and V are fitted as a calibrated cache stores them. The result is a `fitted` codebook
 per type, written to a folder that $TQPATCH_CODEBOOKS names for render,
 apply, build and verify.
 """
@@ -71,10 +71,12 @@ def _calibrated(rows: dict, rec: capture.Rows, data: np.ndarray, calib: dict) ->
     transform, the rotation again (the capture holds them rotated, untransformed)."""
     rot = rows["rotation"].get((rec.kind, rec.layer))
     t = data.shape[0]
-    if rec.kind != "k":
-        return data                       # the calibration leaves V as it is
-    plain = calibrate.rotate(data, rot).reshape(t, rec.n_head, rec.n_embd_head)
-    plain = plain * calib[f"blk.{rec.layer}.k_scale"] + calib[f"blk.{rec.layer}.k_shift"]
+    scale = calib.get(f"blk.{rec.layer}.{rec.kind}_scale")
+    if scale is None:
+        return data                       # V, from a file written before V scales
+    plain = calibrate.rotate(data, rot).reshape(t, rec.n_head, rec.n_embd_head) * scale
+    if rec.kind == "k":
+        plain = plain + calib[f"blk.{rec.layer}.k_shift"]
     return calibrate.rotate(plain.reshape(t, -1), rot)
 
 

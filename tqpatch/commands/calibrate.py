@@ -33,10 +33,12 @@ def command(model, out, rows, text, chunks, serve_ctx, threads):
     Runs MODEL on a text with the tqpatch-capture tool (built with `tqpatch
     build --targets tqpatch-capture`), records every layer's K, V and Q as the
     cache sees them, and fits per layer a change of basis for K (a mean and
-    per-channel scales, with 1/scale on Q) and a mean for V. Attention is
-    unchanged by it in exact arithmetic; a turbo cache stores K and V where
-    its blocks lose least (docs/block-design.md). Use the file with
-    LLAMA_TURBO_CALIB=FILE when running llama.cpp with a turbo -ctk/-ctv.
+    per-channel scales, with 1/scale on Q) and per-channel scales for V
+    (with 1/scale on the attention output). Attention is unchanged by it in
+    exact arithmetic; a turbo cache stores K and V where its blocks lose
+    least (docs/block-design.md). Use the file with LLAMA_TURBO_CALIB=FILE
+    when running llama.cpp with a turbo -ctk and/or -ctv: the K part applies
+    to a turbo K cache, the V part to a turbo V cache (q8_0/turbo2 too).
     """
     from .. import calibrate, capture
 

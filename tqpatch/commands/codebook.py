@@ -183,7 +183,7 @@ def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
               help="Fit codebooks to a model's K/V rows (a GGUF model is run with tqpatch-capture; "
                    "a .bin is a tqpatch-capture file); needs --out FOLDER.")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="With --fit: a calibration file (tqpatch calibrate): fit K as a calibrated cache stores it.")
+              help="With --fit: a calibration file (tqpatch calibrate): fit K and V as a calibrated cache stores them.")
 def command(bits, dim, dist, out, all_, check, fit_src, calib):
     if fit_src is not None:
         given = [name for name, v in (("--bits", bits), ("--dim", dim), ("--dist", dist)) if v is not None]

@@ -88,9 +88,9 @@ class Config:
     def _calib_path(path: str, raw: str, k: str, v: str, seen: str) -> str:
         if seen:
             raise TqpatchError(f"cal= given twice in {raw!r}: {VARIANT_HINT}")
-        if not is_turbo(k):
-            raise TqpatchError(f"cal= in {raw!r}: a calibration applies to a turbo K cache only "
-                               f"(llama.cpp ignores it otherwise), and K is {k}")
+        if not (is_turbo(k) or is_turbo(v)):
+            raise TqpatchError(f"cal= in {raw!r}: a calibration applies to a turbo K or V cache only "
+                               f"(llama.cpp ignores it otherwise), and these are {k}/{v}")
         f = Path(path.strip()).expanduser()
         if not path.strip() or not f.is_file():
             raise TqpatchError(f"cal= in {raw!r}: no calibration file {path.strip()!r} "

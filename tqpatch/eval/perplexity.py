@@ -33,8 +33,8 @@ _RE_P99_KLD = re.compile(r"99\.0%\s+KLD:\s*" + _NUM, re.I)
 _RE_TOP1 = re.compile(r"Same top p:\s*" + _NUM + _PM + _NUM + r"\s*%", re.I)
 # patch 0010: "llama_kv_cache: turbo boundary layers: K 0, V 2 -> q8_0 layers K none, V 0,1,16"
 _RE_BOUNDARY = re.compile(r"turbo boundary layers: K (\d+), V (\d+) -> q8_0 layers K (\S+), V (\S+)")
-# patch 0021: "llama_kv_cache: turbo K calibration from /path/m.calib.gguf"
-_RE_CALIB = re.compile(r"turbo K calibration from (\S+)")
+# patch 0021: "llama_kv_cache: turbo K calibration from /path/m.calib.gguf" (and "turbo V ...")
+_RE_CALIB = re.compile(r"turbo [KV] calibration from (\S+)")
 # Log lines at error level ("0.01.234.567 E msg"), llama.cpp's "error: ..." and
 # argument errors ("Error while handling argument ...: Unsupported cache type").
 _RE_ERROR = re.compile(
@@ -131,7 +131,7 @@ def judge(result: Result, rc: int, text: str) -> Result:
                    f"line) for {result.label}: this build lacks patch 0010; rebuild with "
                    "`tqpatch build`")
     elif result.config.calib and _RE_CALIB.search(text) is None:
-        problem = ("llama.cpp did not report the calibration (no 'turbo K calibration' line) "
+        problem = ("llama.cpp did not report the calibration (no 'turbo K/V calibration' line) "
                    f"for {result.label}: this build lacks patch 0021; rebuild with `tqpatch build`")
     if problem:
         if parsed["errors"] and rc != 0:
