@@ -15,8 +15,9 @@ quantized with the shipped turbo block algorithm) it prints:
   * V's relative error and the output error with V channel scales c = rms(v)^(-1/2)
     fitted on the other text (what `tqpatch calibrate` writes), and with c from the
     attention-weighted rms (tokens weighted by the squared attention they receive);
-  * with --model, how far the output projection's column norms (the weight of each
-    V channel's error in what reaches the residual stream) are from uniform.
+  * with --model, V's error weighted by the output projection's squared column norms
+    (what reaches the residual stream), with the rms scales and with scales that
+    also weigh each channel by them, c = (w / rms(v)^2)^(1/4).
 """
 
 from __future__ import annotations
@@ -93,16 +94,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fit")
     ap.add_argument("eval")
-    ap.add_argument("--model", type=Path, help="GGUF: report the spread of attn_output's column norms")
+    ap.add_argument("--model", type=Path, help="GGUF: weigh V's error by attn_output's column norms")
     ap.add_argument("--bits", type=int, default=2)
     a = ap.parse_args()
     fit, ev = capture.read(a.fit), capture.read(a.eval)
     wo = column_weights(a.model) if a.model else {}
     shares = {"all": 0.0, "BOS exact": 0.0, "self exact": 0.0, f"last {RECENT} exact": 0.0}
     scales = ["none", "rms", "attention-weighted rms"]
+    weighted = ["none", "rms", "rms and W_o"]
+    w_err = dict.fromkeys(weighted, 0.0)
     v_err = dict.fromkeys(scales, 0.0)
     out_err = dict.fromkeys(scales, 0.0)
-    v_den = out_den = 0.0
+    v_den = out_den = w_den = 0.0
     for layer in capture.layers(ev, "v"):
         vrec, frec = ev[("v", layer)], fit[("v", layer)]
         d, hk = vrec.n_embd_head, vrec.n_head
@@ -116,25 +119,32 @@ def main() -> None:
             plain.append(x)
         rms2 = (np.concatenate(plain) ** 2).mean(0)
         chan = {"none": np.ones(d), "rms": rms2 ** -0.25, "attention-weighted rms": (num / wsum) ** -0.25}
+        if wo:   # per V channel of a KV head: the columns of the query heads it serves
+            wcol = wo[layer].reshape(hk, -1, d).sum(1)
+            chan["rms and W_o"] = (wcol / rms2) ** 0.25
         for c in range(2):
             x = calibrate.rotate(vrec.chunks[c].astype(np.float64), rot)
             t = x.shape[0]
             probs = attention(ev, layer, c)
             out_den += output_error(probs, x.reshape(t, hk, d), hk)
             v_den += float((x ** 2).sum())
+            errs = {}
+            for name in dict.fromkeys(scales + (weighted if wo else [])):
+                sc = np.broadcast_to(chan[name], (hk, d)).ravel()
+                y = calibrate.rotate(quant(calibrate.rotate(x * sc, rot), 64, a.bits, "log8", True), rot) / sc
+                errs[name] = (y - x).reshape(t, hk, d)
             for name in scales:
-                s = np.tile(chan[name], x.shape[1] // d)
-                y = calibrate.rotate(quant(calibrate.rotate(x * s, rot), 64, a.bits, "log8", True), rot) / s
-                e = (y - x).reshape(t, hk, d)
-                v_err[name] += float((e ** 2).sum())
-                out_err[name] += output_error(probs, e, hk)
-                if name == "none":
-                    shares["all"] += output_error(probs, e, hk)
-                    shares["BOS exact"] += output_error(without(probs, lambda n: (slice(None), 0)), e, hk)
-                    shares["self exact"] += output_error(
-                        without(probs, lambda n: (np.arange(n), np.arange(n))), e, hk)
-                    shares[f"last {RECENT} exact"] += output_error(
-                        without(probs, lambda n: diagonals(n, RECENT)), e, hk)
+                v_err[name] += float((errs[name] ** 2).sum())
+                out_err[name] += output_error(probs, errs[name], hk)
+            for name in (weighted if wo else []):
+                w_err[name] += float((errs[name] ** 2 * wcol[None]).sum())
+            if wo:
+                w_den += float((x.reshape(t, hk, d) ** 2 * wcol[None]).sum())
+            e = errs["none"]
+            shares["all"] += output_error(probs, e, hk)
+            shares["BOS exact"] += output_error(without(probs, lambda n: (slice(None), 0)), e, hk)
+            shares["self exact"] += output_error(without(probs, lambda n: (np.arange(n), np.arange(n))), e, hk)
+            shares[f"last {RECENT} exact"] += output_error(without(probs, lambda n: diagonals(n, RECENT)), e, hk)
         print(f"layer {layer:2d} done", file=sys.stderr, flush=True)
     print(f"V at {a.bits} bits, {len(capture.layers(ev, 'v'))} layers\n")
     print("| V stored | attention output rel. error | share of all |")
@@ -147,9 +157,10 @@ def main() -> None:
         print(f"| {name} | {v_err[name] / v_den:.4f} | {v_err[name] / v_err['none']:.3f} | "
               f"{out_err[name] / out_den:.4f} | {out_err[name] / out_err['none']:.3f} |")
     if wo:
-        spread = [float(w.max() / np.median(w)) for w in wo.values()]
-        print(f"\nattn_output squared column norms, max / median per layer: "
-              f"{min(spread):.1f} .. {max(spread):.1f} (1.0: every V channel's error weighs the same)")
+        print("\n| V channel scales | V rel. error weighted by attn_output's column norms | / none |")
+        print("|---|---:|---:|")
+        for name in weighted:
+            print(f"| {name} | {w_err[name] / w_den:.4f} | {w_err[name] / w_err['none']:.3f} |")
 
 
 if __name__ == "__main__":

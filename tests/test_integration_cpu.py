@@ -95,17 +95,23 @@ PPL_CONFIGS = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "q8_0/turbo4", "q8_0/turbo3"
                "turbo4/turbo4", "turbo3/turbo3", "turbo2/turbo2"]
 
 
+def eval_rows(configs, chunks, *extra, check=True):
+    """`tqpatch eval --json` rows of PPL-only runs (no KLD, no coherence) on the CPU build."""
+    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
+                "--no-coherence", "--chunks", str(chunks), "--configs", ",".join(map(str, configs)),
+                "--json", *extra, *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=5000, check=check)
+    rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
+    if check:
+        assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
+    return rows
+
+
 @pytest.fixture(scope="session")
 def ppl_table(cpu_build, gemma, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     # coherence is its own test below (test_server_coherence_on_cpu)
-    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
-                "--no-coherence", "--chunks", "20", "--configs", ",".join(PPL_CONFIGS), "--json",
-                "--markdown", out / "ppl.md", *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=5000)
-    report = json.loads(proc.stdout[proc.stdout.index("{"):])
-    rows = report["results"]
+    rows = eval_rows(PPL_CONFIGS, 20, "--markdown", out / "ppl.md")
     print((out / "ppl.md").read_text())
-    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
     return {f"{r['k']}/{r['v']}": r for r in rows}
 
 
@@ -232,12 +238,7 @@ def calib_ppl(cpu_build, gemma, tmp_path_factory):
     runs = ["q8_0/turbo4", "turbo4/turbo4", "turbo4/turbo4 pow2", "q8_0/turbo4 pow2",
             "turbo4/turbo4 pow2_no_q", "q8_0/turbo4 chan", "q8_0/turbo4 chan_no_o"]
     configs = [r.replace(" ", f":cal={out}/") + (".gguf" if " " in r else "") for r in runs]
-    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
-                "--no-coherence", "--chunks", "3", "--configs", ",".join(configs), "--json",
-                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000)
-    rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
-    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
-    by_label = {r["config"]: r["ppl"] for r in rows}
+    by_label = {r["config"]: r["ppl"] for r in eval_rows(configs, 3)}
     ppl = {r: by_label[r.replace(" ", ":cal=") + (".gguf" if " " in r else "")] for r in runs}
     print(ppl)
     return ppl
@@ -267,12 +268,7 @@ def test_calibrate_end_to_end_lowers_symmetric_turbo3_ppl(cpu_build, gemma, tmp_
     assert all(c.v_scale.shape == (c.n_head_kv, c.v_scale.shape[1]) for c in cal.layers)
     path = tmp_path / "gemma.calib.gguf"
     calibrate.write(cal, path, gemma.name)
-    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
-                "--no-coherence", "--chunks", "3", "--configs",
-                f"turbo3/turbo3,turbo3/turbo3:cal={path},q8_0/turbo2,q8_0/turbo2:cal={path}", "--json",
-                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000)
-    rows = json.loads(proc.stdout[proc.stdout.index("{"):])["results"]
-    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
+    rows = eval_rows(["turbo3/turbo3", f"turbo3/turbo3:cal={path}", "q8_0/turbo2", f"q8_0/turbo2:cal={path}"], 3)
     ppl = {r["config"]: r["ppl"] for r in rows}
     print(ppl)
     assert ppl["turbo3/turbo3:cal=gemma.calib.gguf"] < 0.8 * ppl["turbo3/turbo3"], ppl
@@ -292,11 +288,8 @@ def test_a_file_without_v_scales(cpu_build, gemma, tmp_path, monkeypatch):
         m.setattr(calibrate, "TENSORS", ("k_scale", "k_shift", "q_scale"))
         calibrate.write(make_calibration(gemma, np.random.default_rng(3)), path, gemma.name)
     assert not any(name.endswith("v_scale") for name in calibrate.read(path))
-    proc = run([sys.executable, "-m", "tqpatch.cli", "eval", "--backend", cpu.BUILD, "--no-kld",
-                "--no-coherence", "--chunks", "1", "--configs",
-                f"turbo4/turbo4:cal={path},q8_0/turbo4:cal={path}", "--json",
-                *(f"--extra-arg={a}" for a in cpu.TOOL_ARGS)], timeout=3000, check=False)
-    rows = {r["config"]: r for r in json.loads(proc.stdout[proc.stdout.index("{"):])["results"]}
+    rows = {r["config"]: r for r in eval_rows([f"turbo4/turbo4:cal={path}", f"q8_0/turbo4:cal={path}"], 1,
+                                              check=False)}
     assert rows["turbo4/turbo4:cal=k-only.calib.gguf"]["ok"], rows
     bad = rows["q8_0/turbo4:cal=k-only.calib.gguf"]
     assert not bad["ok"] and "nothing in it applies" in (bad["error"] or "") + (bad["log_tail"] or ""), bad

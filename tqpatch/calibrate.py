@@ -38,8 +38,9 @@ sum_j c_j^2 v_j^2 / c_i^2; c_i = rms(v_i)^(-1/2) minimises the total (the same
 Cauchy-Schwarz argument as for K, with every channel weighted alike), which
 gives small channels more of the block's precision. The exponent h of c =
 rms(v)^(-h/2) is picked per layer, among GAMMAS, by V's relative error through
-the turbo type on the calibration rows. Simulated on Gemma 3 270M's V rows:
-13% less V error at 2 bits. V's mean is not removed: storing v - m lowers V's
+the turbo type on the calibration rows. On Gemma 3 270M: 13% less V error at
+2 bits, q8_0/turbo2's mean KLD 12% lower on the H100; under a calibrated turbo K
+it does not pay (docs/quality.md). V's mean is not removed: storing v - m lowers V's
 energy but was measured to raise the error that reaches the model (q8_0/turbo2
 mean KLD 0.119 -> 0.180 on Gemma 3 270M): attention sinks put most of the
 weight on a token whose V is far from the mean, and subtracting the mean makes
@@ -153,6 +154,11 @@ def attention_kl(q: np.ndarray, k: np.ndarray, k_hat: np.ndarray, scale: float) 
     return float(kl.mean())
 
 
+def _channel_scales(gamma: float, log_target: np.ndarray) -> np.ndarray:
+    """exp(gamma * log_target), kept within [1/SCALE_LIMIT, SCALE_LIMIT]."""
+    return np.exp(np.clip(gamma * log_target, -math.log(SCALE_LIMIT), math.log(SCALE_LIMIT)))
+
+
 def _select_type(n_embd_head: int) -> str:
     """The turbo K type the exponent is chosen for (SELECT_TYPE's variant for this head)."""
     return formats.fit_type(SELECT_TYPE, n_embd_head)
@@ -199,11 +205,8 @@ def fit_layer(rows: dict, layer: int, ctx: int, *, chunks: int = PROXY_CHUNKS) -
     ktype = _select_type(d)
     scale = qrec.scale
 
-    def transform(gamma: float) -> np.ndarray:
-        return np.exp(np.clip(gamma * log_ratio, -math.log(SCALE_LIMIT), math.log(SCALE_LIMIT)))
-
     def proxy(gamma: float) -> float:
-        a = transform(gamma)
+        a = _channel_scales(gamma, log_ratio)
         kls = []
         for kc, qc in list(zip(krec.chunks, qrec.chunks))[:chunks]:
             kr = kc.astype(np.float64)
@@ -220,7 +223,7 @@ def fit_layer(rows: dict, layer: int, ctx: int, *, chunks: int = PROXY_CHUNKS) -
 
     kl = {gm: proxy(gm) for gm in GAMMAS}
     gamma = min(kl, key=lambda gm: (kl[gm], gm))
-    a = transform(gamma)
+    a = _channel_scales(gamma, log_ratio)
     c, v_gamma, v_error = fit_v_scale(rows, layer, chunks=chunks)
     return LayerCalib(
         layer=layer, n_embd_head_k=d, n_head_kv=hk, n_head=h,
@@ -245,11 +248,8 @@ def fit_v_scale(rows: dict, layer: int, *, chunks: int = PROXY_CHUNKS) -> tuple[
     log_ms -= log_ms.mean(axis=-1, keepdims=True)                                # geometric mean 1
     vtype = _select_type(d)
 
-    def transform(gamma: float) -> np.ndarray:
-        return np.exp(np.clip(gamma * log_ms, -math.log(SCALE_LIMIT), math.log(SCALE_LIMIT)))
-
     def error(gamma: float) -> float:
-        c = transform(gamma)
+        c = _channel_scales(gamma, log_ms)
         num = den = 0.0
         for vc in vrec.chunks[:chunks]:
             x = rotate(vc.astype(np.float64), rot_v).reshape(-1, hk, d)
@@ -262,7 +262,7 @@ def fit_v_scale(rows: dict, layer: int, *, chunks: int = PROXY_CHUNKS) -> tuple[
 
     err = {gm: error(gm) for gm in GAMMAS}
     v_gamma = min(err, key=lambda gm: (err[gm], gm))
-    return transform(v_gamma), v_gamma, err
+    return _channel_scales(v_gamma, log_ms), v_gamma, err
 
 
 def fit(rows: dict, ctx: int | None = None, *, source: str = "", progress=None) -> Calibration:
