@@ -259,13 +259,16 @@ def test_a_calibration_without_its_inverse_is_caught(calib_ppl):
 def test_calibrate_end_to_end_lowers_symmetric_turbo3_ppl(cpu_build, gemma, tmp_path):
     """tqpatch-capture on the model, the fit, the file, and llama.cpp applying it: on Gemma 3
     the calibration takes turbo3/turbo3 from about +90% PPL to about +10% (docs/quality.md)."""
-    from tqpatch import calibrate, capture
+    from tqpatch import calibrate, capture, plan
 
     run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", cpu.BUILD, "--targets", "tqpatch-capture"],
         timeout=3000)
     rows = capture.run(gemma, tmp_path / "rows.bin", chunks=2, backend=cpu.BUILD, threads=int(THREADS))
     cal = calibrate.fit(capture.read(rows))
-    assert all(c.v_scale.shape == (c.n_head_kv, c.v_scale.shape[1]) for c in cal.layers)
+    info = plan.read_model(gemma)
+    for c in cal.layers:   # V's scales for every layer, in the shapes llama.cpp checks
+        dv = info.layer_head_v(c.layer)
+        assert c.v_scale.shape == (info.n_head_kv[c.layer], dv) and c.o_scale.shape == (info.n_head[c.layer], dv)
     path = tmp_path / "gemma.calib.gguf"
     calibrate.write(cal, path, gemma.name)
     rows = eval_rows(["turbo3/turbo3", f"turbo3/turbo3:cal={path}", "q8_0/turbo2", f"q8_0/turbo2:cal={path}"], 3)
