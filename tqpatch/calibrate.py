@@ -159,6 +159,15 @@ def _channel_scales(gamma: float, log_target: np.ndarray) -> np.ndarray:
     return np.exp(np.clip(gamma * log_target, -math.log(SCALE_LIMIT), math.log(SCALE_LIMIT)))
 
 
+def _through_cache(x: np.ndarray, scale: np.ndarray, shift, rot: int | None, type_name: str) -> np.ndarray:
+    """x (T, heads, D) in model coordinates as a calibrated cache returns it: stored as
+    (x - shift) * scale, rotated, through the turbo type, and mapped back."""
+    t = x.shape[0]
+    stored = rotate(((x - shift) * scale).reshape(t, -1), rot)
+    deq = reference.roundtrip(stored.astype(np.float32), type_name).astype(np.float64)
+    return rotate(deq, rot).reshape(x.shape) / scale + shift
+
+
 def _select_type(n_embd_head: int) -> str:
     """The turbo K type the exponent is chosen for (SELECT_TYPE's variant for this head)."""
     return formats.fit_type(SELECT_TYPE, n_embd_head)
@@ -211,10 +220,8 @@ def fit_layer(rows: dict, layer: int, ctx: int, *, chunks: int = PROXY_CHUNKS) -
         for kc, qc in list(zip(krec.chunks, qrec.chunks))[:chunks]:
             kr = kc.astype(np.float64)
             t = kr.shape[0]
-            km = rotate(kr, rot_k).reshape(t, hk, d)
-            stored = rotate(((km - mu) * a).reshape(t, -1), rot_k)
-            deq = reference.roundtrip(stored.astype(np.float32), ktype).astype(np.float64)
-            back = rotate((rotate(deq, rot_k).reshape(t, hk, d) / a + mu).reshape(t, -1), rot_k)
+            km = _through_cache(rotate(kr, rot_k).reshape(t, hk, d), a, mu, rot_k, ktype)
+            back = rotate(km.reshape(t, -1), rot_k)           # captured (rotated) coordinates
             k3, kh3 = kr.reshape(t, hk, d), back.reshape(t, hk, d)
             q3 = qc.astype(np.float64).reshape(t, h, d)
             for j in range(hk):
@@ -253,9 +260,7 @@ def fit_v_scale(rows: dict, layer: int, *, chunks: int = PROXY_CHUNKS) -> tuple[
         num = den = 0.0
         for vc in vrec.chunks[:chunks]:
             x = rotate(vc.astype(np.float64), rot_v).reshape(-1, hk, d)
-            stored = rotate((x * c).reshape(x.shape[0], -1), rot_v)
-            deq = reference.roundtrip(stored.astype(np.float32), vtype).astype(np.float64)
-            back = rotate(deq, rot_v).reshape(x.shape) / c
+            back = _through_cache(x, c, 0.0, rot_v, vtype)
             num += float(((back - x) ** 2).sum())
             den += float((x ** 2).sum())
         return num / den if den else 0.0
