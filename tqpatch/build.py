@@ -38,10 +38,10 @@ ARGS_NAME = "tqpatch-cmake-args.json"
 
 DEFAULT_TARGETS: tuple[str, ...] = (
     "llama-server", "llama-cli", "llama-perplexity", "llama-bench",
-    "test-backend-ops", "test-quantize-fns", "tqpatch-verify",
+    "test-backend-ops", "test-quantize-fns", "tqpatch-verify", "tqpatch-capture",
 )
 # Targets a tree may lack: skipped with a note instead of failing the build.
-OPTIONAL_TARGETS = frozenset({"tqpatch-verify"})
+OPTIONAL_TARGETS = frozenset({"tqpatch-verify", "tqpatch-capture"})
 
 # Checked against the pinned tree's CMakeLists (llama.cpp 0c1e57098). LLAMA_CURL is
 # left out on purpose: at the pin it is deprecated and ignored (a configure warning).

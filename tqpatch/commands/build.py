@@ -52,7 +52,7 @@ def _with_backend_options(f):
 @click.option("--targets", callback=_split_targets, default=None,
               help="Comma-separated cmake targets (default: llama-server, llama-cli, "
                    "llama-perplexity, llama-bench, test-backend-ops, test-quantize-fns, "
-                   "tqpatch-verify).")
+                   "tqpatch-verify, tqpatch-capture).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Parallel compile jobs (default: all CPUs).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
