@@ -76,6 +76,7 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
     built = of_build or backend
     types = tuple(types)
     checks = make_checks(types, seed=seed, quick=quick)
+    record = None
     if runner is None:
         try:
             record, not_built = build_mod.load_record(built, build_dir), None
@@ -109,8 +110,13 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
             raise TqpatchError(f"the harness ({name}) answered {len(vrun.results)} of {len(decode)} cases")
         reports += [judge(ch, res, backend, prec) for ch, res in zip(decode, vrun.results)]
         crashes += [f"{name}: {c}" for c in vrun.crashes]
-    return Report(backend=backend, ggml_backend=run.backend_name or be.ggml_backend_name,
-                  device_name=run.device_name, device_description=run.device_description,
-                  binary=str(binary) if binary else "(backend runner)", seed=seed, quick=quick,
-                  types=list(types), precision=prec.name, cases=reports, crashes=crashes,
-                  label=be.verify_label)
+    report = Report(backend=backend, ggml_backend=run.backend_name or be.ggml_backend_name,
+                    device_name=run.device_name, device_description=run.device_description,
+                    binary=str(binary) if binary else "(backend runner)", seed=seed, quick=quick,
+                    types=list(types), precision=prec.name, cases=reports, crashes=crashes,
+                    label=be.verify_label)
+    if record is not None:  # a real build: `tqpatch serve` asks whether it passed
+        from . import record as verified
+
+        verified.write(report, record)
+    return report
