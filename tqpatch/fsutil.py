@@ -1,4 +1,6 @@
-"""Small file-system helpers every stage shares: atomic writes and stale temporaries.
+"""Small file-system helpers every stage shares: atomic writes, stale temporaries,
+and keeping paths read from files (manifests, journals, records, patches) inside
+the folder they belong to.
 
 Every temporary file or folder tqpatch makes carries the pid of its maker in
 its name (`.<name>.<pid>.tqpatch-tmp`, `.<name>.tmp-<pid>-XXXX`), so a later run
@@ -11,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
+from .errors import TqpatchError
 from .testhook import checkpoint
 
 TMP_SUFFIX = ".tqpatch-tmp"
@@ -59,6 +63,93 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- containment
+
+
+def check_rel(rel, what: str) -> str:
+    """`rel` if it is a plain relative posix path (no `..`, `.`, empty parts, NUL); else
+    a one-line TqpatchError naming `what` and the entry."""
+    why = None
+    if not isinstance(rel, str) or not rel:
+        why = "empty, or not a path"
+    elif rel.startswith("/"):
+        why = "an absolute path"
+    elif "\0" in rel:
+        why = "holds a NUL byte"
+    else:
+        parts = rel.split("/")
+        if ".." in parts:
+            why = "climbs out with '..'"
+        elif "." in parts or "" in parts:
+            why = "has empty or '.' parts"
+    if why is not None:
+        raise TqpatchError(f"{what} {rel!r}: {why}; refusing it")
+    return rel
+
+
+def inside(root: Path, rel, what: str) -> Path:
+    """root/rel, refused unless it stays inside root: every path tqpatch writes or
+    deletes from a manifest, journal, record or patch goes through here.
+
+    Refused (one line naming `what` and the entry): anything check_rel refuses,
+    and a path whose folders lead out of root through a symbolic link. The last
+    part itself may be a link: tqpatch replaces or removes a link, never writes
+    through it.
+    """
+    check_rel(rel, what)
+    root = Path(root)
+    path = root / rel
+    try:
+        real_root = root.resolve()
+        real_parent = path.parent.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop, an unreadable folder
+        raise TqpatchError(f"{what} {rel!r}: cannot resolve it under {root} ({e}); refusing it") from None
+    if real_parent != real_root and real_root not in real_parent.parents:
+        raise TqpatchError(f"{what} {rel!r}: leads out of {root} through a symbolic link "
+                           f"(to {real_parent}); refusing it")
+    return path
+
+
+def _kind(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file)."""
+    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def refuse_special(path: Path, advice: str = "give another path") -> None:
+    """A one-line TqpatchError unless `path` is missing or a regular file (no link
+    followed): tqpatch replaces regular files, never links, FIFOs, devices or folders."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        raise TqpatchError(f"cannot write {path}: {e.strerror or e}") from None
+    kind = _kind(mode)
+    if kind is not None:
+        raise TqpatchError(f"cannot write {path}: it is {kind}, and tqpatch writes only "
+                           f"regular files; {advice}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _open_new(tmp: Path):
+    """A fresh temporary file for writing: never a file or link that was already there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, 0o666)
+    except FileExistsError:  # left by a killed process whose pid this one reuses
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o666)
+    return os.fdopen(fd, "wb")
+
+
 def write_atomic(path: Path, data: bytes, mode: int | None = None, fsync: bool = False) -> None:
     """Replace `path` with `data` in one rename: readers see the old or the new bytes.
 
@@ -73,7 +164,7 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, fsync: bool =
         except OSError:
             mode = None
     try:
-        with open(tmp, "wb") as f:
+        with _open_new(tmp) as f:
             f.write(data)
             if fsync:
                 f.flush()
@@ -88,6 +179,63 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None, fsync: bool =
         except OSError:
             pass
         raise
+
+
+def free_space(folder: Path) -> str:
+    """The free space of the file system holding `folder` (its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        return "free space unknown"
+
+
+def write_failure(e: OSError, folder: Path) -> str:
+    """A failed write said in one line: why, the first path it failed on, the free space."""
+    import errno
+
+    name = getattr(e, "filename", None)
+    where = f" ({name})" if name else ""
+    space = f"; {free_space(folder)} in {folder}" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{e.strerror or e}{where}{space}"
+
+
+class _CopyStopped(Exception):
+    """The first failure of copy_tree, carried past shutil's list of every later one."""
+
+
+def copy_tree(src: Path, dst: Path, ignore=None) -> None:
+    """shutil.copytree (links kept, mtimes kept) that stops at the first failure.
+
+    shutil.copytree goes on after a failed file and raises one error listing
+    every file (on a full disk: all of them); this raises a one-line TqpatchError
+    naming the first, with the free space when the disk is full.
+    """
+    def copy(s, d):
+        try:
+            return shutil.copy2(s, d)
+        except OSError as e:
+            if not getattr(e, "filename", None):
+                e.filename = d
+            raise _CopyStopped(e) from None
+
+    try:
+        shutil.copytree(src, dst, symlinks=True, ignore=ignore, copy_function=copy)
+    except _CopyStopped as stop:
+        e = stop.args[0]
+    except shutil.Error as err:  # a link or folder that failed: the first one is enough
+        first = err.args[0][0] if err.args and isinstance(err.args[0], list) and err.args[0] else None
+        why = str(first[2]) if first else str(err)
+        code = re.match(r"\[Errno (\d+)\] ([^:]*)", why)
+        e = OSError(int(code.group(1)), code.group(2)) if code else OSError(why)
+        e.filename = first[1] if first else None
+    except OSError as e_:
+        e = e_
+    else:
+        return
+    raise TqpatchError(f"cannot copy {src} to {dst}: {write_failure(e, Path(dst).parent)}") from None
 
 
 def stale_tmp_file(name: str) -> bool:

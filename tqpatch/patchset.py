@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from . import fsutil
 from .errors import TqpatchError
 
 SERIES = "series"
@@ -137,9 +138,13 @@ def _safe_path(raw: bytes, strip: bool, name: str) -> str:
         raise PatchError(f"{name}: quoted path {text} is not supported; use plain ASCII file names")
     if strip:
         text = text.split("/", 1)[1] if "/" in text else text
-    parts = text.split("/")
-    if not text or text.startswith("/") or ".." in parts or "" in parts or parts[0] == ".tqpatch":
-        raise PatchError(f"{name}: refusing unsafe target path {text!r}")
+    try:
+        fsutil.check_rel(text, f"{name}: unsafe target path")  # txn.commit checks the tree's links
+    except TqpatchError as e:
+        raise PatchError(e.message) from None
+    if text.split("/")[0] == ".tqpatch":
+        raise PatchError(f"{name}: unsafe target path {text!r}: inside tqpatch's own .tqpatch/; "
+                         "refusing it")
     return text
 
 
@@ -302,8 +307,7 @@ def read_series(patches_dir: Path | None = None) -> list[str]:
         if opts and opts != ["-p1"]:
             raise TqpatchError(f"{series}, line {n}: unsupported options {' '.join(opts)} "
                                "(only -p1 patches are supported)")
-        if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
-            raise TqpatchError(f"{series}, line {n}: patch name {name!r} leaves patches/")
+        fsutil.check_rel(name.replace("\\", "/"), f"{series}, line {n}: patch name")
         if name in names:
             raise TqpatchError(f"{series}, line {n}: {name} is listed twice")
         names.append(name)

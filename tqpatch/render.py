@@ -218,6 +218,13 @@ def _written_files(out_dir: Path) -> dict:
         raise TqpatchError(f"{path} is unreadable ({e}); run `tqpatch render` to rewrite it") from None
 
 
+def _target(out_dir: Path, rel: str, what: str) -> Path:
+    """out_dir/rel for a file render writes or removes: inside out_dir, and a regular file."""
+    path = fsutil.inside(out_dir, rel, what)
+    fsutil.refuse_special(path, "move it away, then run `tqpatch render` again")
+    return path
+
+
 def write(result: RenderResult, out_dir: Path | None = None,
           echo: Callable[[str], None] | None = None) -> list[str]:
     """Write rendered files under generated/ (the committed render output).
@@ -228,6 +235,8 @@ def write(result: RenderResult, out_dir: Path | None = None,
     """
     out_dir = out_dir or paths.generated_dir()
     changed = []
+    manifest_path = out_dir / MANIFEST
+    fsutil.refuse_special(manifest_path, "move it away, then run `tqpatch render` again")
     fsutil.sweep_tmp_files(out_dir, recursive=True)
     try:
         old = _written_files(out_dir)
@@ -235,19 +244,23 @@ def write(result: RenderResult, out_dir: Path | None = None,
         old = {}
         if echo is not None:
             echo(f"note: {e.message.split('; run')[0]}; rewriting it")
-    for rel in old:
-        if rel not in result.files and (out_dir / rel).exists():
-            (out_dir / rel).unlink()
-            changed.append(rel)
+    # Every path is checked before anything is written or removed: a manifest
+    # naming a file outside out_dir is refused, not half carried out.
+    stale = [_target(out_dir, rel, f"{manifest_path} entry") for rel in old
+             if rel not in result.files]
+    targets = {rel: _target(out_dir, rel, "rendered file") for rel in result.files}
+    for path in stale:
+        if path.is_symlink() or path.exists():
+            path.unlink()
+            changed.append(path.relative_to(out_dir).as_posix())
     for rel, data in result.files.items():
-        target = out_dir / rel
+        target = targets[rel]
         if target.is_file() and target.read_bytes() == data:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(target, data)
         changed.append(rel)
     text = manifest_text(result)
-    manifest_path = out_dir / MANIFEST
     if not manifest_path.is_file() or manifest_path.read_bytes() != text.encode():
         out_dir.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(manifest_path, text.encode())

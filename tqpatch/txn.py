@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from . import fsutil
 from .testhook import checkpoint
@@ -129,15 +130,21 @@ class Journal:
 
 
 def commit(tree: Path, writes: dict[str, bytes | None], op: str, *,
-           remove_dirs: list[str] | tuple = (), command: str = "") -> None:
+           remove_dirs: list[str] | tuple = (), command: str = "",
+           on_done: Callable[[], None] | None = None) -> None:
     """Set every file in `writes` (tree-relative path -> bytes, None: remove) or none.
 
     remove_dirs: folders removed (when empty) after the writes, deepest first.
+    on_done: called the moment the transaction is complete (the journal retired),
+    so a caller stopped after it can say the work had been done.
     On any failure the tree is rolled back and the error re-raised; if even that
     fails, the journal stays for the next command and the error says so.
     """
     tree = Path(tree)
     sdir = state_dir(tree)
+    for rel in [*writes, *remove_dirs]:  # callers check too; nothing outside the tree, ever
+        fsutil.inside(tree, rel, f"{op}: the path")
+    fsutil.inside(tree, f"{STATE_DIR}/{JOURNAL}", f"{op}: the journal")
     if pending(tree):  # callers recover first; never stack two journals
         raise TqpatchError(f"{journal_dir(tree)} holds an unfinished transaction; "
                            "run `tqpatch status` to roll it back")
@@ -194,6 +201,8 @@ def commit(tree: Path, writes: dict[str, bytes | None], op: str, *,
         checkpoint()
         gone = _disarm(tree)
         done = True
+        if on_done is not None:
+            on_done()
         checkpoint()
         shutil.rmtree(gone, ignore_errors=True)
     except BaseException as e:
@@ -233,18 +242,31 @@ def _describe(e: BaseException) -> str:
 
 
 def read_journal(tree: Path) -> Journal | None:
-    jfile = journal_dir(tree) / JOURNAL_FILE
+    """The armed journal, or None; every path in it checked to stay in the tree (its saved
+    copies in the journal), else a TqpatchError naming the entry and nothing is touched."""
+    jdir = journal_dir(tree)
+    jfile = jdir / JOURNAL_FILE
     if not jfile.is_file():
         return None
     try:
         data = json.loads(jfile.read_text())
-        return Journal(op=data["op"], files=list(data["files"]),
-                       created_dirs=list(data.get("created_dirs", [])),
-                       remove_dirs=list(data.get("remove_dirs", [])), pid=int(data.get("pid", 0)),
-                       started=str(data.get("started", "?")), command=str(data.get("command", "")))
+        journal = Journal(op=data["op"], files=list(data["files"]),
+                          created_dirs=list(data.get("created_dirs", [])),
+                          remove_dirs=list(data.get("remove_dirs", [])), pid=int(data.get("pid", 0)),
+                          started=str(data.get("started", "?")), command=str(data.get("command", "")))
+        if not all(isinstance(ent, dict) for ent in journal.files):
+            raise ValueError("a file entry is not a table")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise TqpatchError(f"{jfile} is unreadable ({e}): an interrupted tqpatch left it; "
-                           f"inspect {journal_dir(tree)} or remove the tree and apply again") from None
+                           f"inspect {jdir} or remove the tree and apply again") from None
+    what = f"{jfile} lists"
+    for ent in journal.files:
+        fsutil.inside(tree, ent.get("path"), what)
+        if ent.get("old") is not None:
+            fsutil.inside(jdir, ent["old"], what + " the saved copy")
+    for rel in journal.created_dirs:
+        fsutil.inside(tree, rel, what + " the folder")
+    return journal
 
 
 def _rollback(tree: Path) -> list[str]:
@@ -257,13 +279,8 @@ def _rollback(tree: Path) -> list[str]:
         _retire(tree)
         return []
     failed = []
-    for ent in reversed(journal.files):
-        rel = str(ent.get("path", ""))
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or ".." in parts or "" in parts:
-            failed.append(f"{rel!r}: not a path inside the tree (a damaged journal?)")
-            continue
-        path = tree / rel
+    for ent in reversed(journal.files):  # read_journal checked every path
+        path = tree / ent["path"]
         for stale in path.parent.glob(f".{path.name}.*{fsutil.TMP_SUFFIX}") if path.parent.is_dir() else []:
             stale.unlink(missing_ok=True)
         try:

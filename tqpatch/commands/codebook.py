@@ -58,9 +58,11 @@ Examples:
 def _atomic_write(path: Path, text: str) -> None:
     """Write text to path through a temporary file in the same folder + rename.
 
-    The file gets the mode a plain write would (umask default, 0644-ish), not
+    Only a regular file (or nothing) may be at path: links, FIFOs, devices and
+    folders are refused, never replaced. The file gets the mode a plain write would (umask default, 0644-ish), not
     a private temp file's 0600.
     """
+    fsutil.refuse_special(path)  # a rename over /dev/full or a FIFO would replace it
     folder = path.parent
     if not folder.is_dir():
         raise TqpatchError(f"cannot write {path}: folder {folder} does not exist")
