@@ -14,10 +14,14 @@ Whatever the source, the tree is then checked against pin.TREE_FINGERPRINT
 (see pin.py for what it covers). Work happens in a temp dir beside the target
 that is renamed into place only when everything checked out; any failure,
 Ctrl-C included, removes the temp dir and any partial download. A fetch holds
-the cache's fetch lock (tqpatch.lock), so a second one waits; a kill -9 leaves
+the pristine tree's lock (tqpatch.lock), so a second one waits; a kill -9 leaves
 its temp dir behind, and the next fetch sweeps it (its maker's pid is in the
 name and no longer runs). A stamp file beside the tree caches the verification
-so a second `fetch` is instant. Archives are unpacked with tarfile's "data"
+so a second `fetch` is instant; with it goes a scan of every covered file's
+size, times and inode (tree_scan, no contents read), compared on every use: a
+file edited, deleted or added in the pristine tree since moves it, and the tree
+is hashed in full again (naming the file that differs) before anything uses it.
+A full disk is one line: the first path that failed and the free space. Archives are unpacked with tarfile's "data"
 extraction filter, which refuses absolute paths, paths and links leaving the
 tree, and device files.
 """
@@ -67,26 +71,47 @@ def _quiet(msg: str) -> None:
 # --------------------------------------------------------------------------- fingerprint
 
 
-def tree_index(root: Path) -> dict[str, str]:
-    """{tree-relative posix path: sha256 hex} of every file the fingerprint covers."""
-    root = Path(root)
-    index: dict[str, str] = {}
+def _scope_files(root: Path):
+    """(tree-relative posix path, full path as str) of every file the fingerprint covers."""
+    root_s = os.fspath(Path(root))
+    cut = len(root_s) + 1
     for top in sorted(pin.TREE_SCOPE):
-        start = root / top
-        if start.is_file():
-            index[top] = _sha256_file(start)
+        start = os.path.join(root_s, top)
+        if os.path.isfile(start):
+            yield top, start
             continue
-        if not start.is_dir():
+        if not os.path.isdir(start):
             continue
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_NAMES)
-            for name in filenames:
+            rel_dir = dirpath[cut:].replace(os.sep, "/")
+            for name in sorted(filenames):
                 if name in IGNORED_NAMES or name.endswith(".pyc"):
                     continue
-                full = Path(dirpath) / name
-                rel = full.relative_to(root).as_posix()
-                index[rel] = _sha256_file(full)
-    return dict(sorted(index.items()))
+                yield f"{rel_dir}/{name}", os.path.join(dirpath, name)
+
+
+def tree_index(root: Path) -> dict[str, str]:
+    """{tree-relative posix path: sha256 hex} of every file the fingerprint covers."""
+    return dict(sorted((rel, _sha256_file(full)) for rel, full in _scope_files(root)))
+
+
+def tree_scan(root: Path) -> str:
+    """A digest of every covered file's path, size, mtime, ctime and inode.
+
+    Reads no contents (a few ms for the pinned tree), yet changes when a file is
+    edited, deleted, added or replaced: the stamp keeps it, and a tree whose
+    scan moved is hashed in full again before it is used.
+    """
+    h = hashlib.sha256()
+    for rel, full in _scope_files(root):
+        try:
+            st = os.stat(full)
+            line = f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n"
+        except OSError:
+            line = f"{rel}\0unreadable\n"
+        h.update(line.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
 def fingerprint(index: dict[str, str]) -> str:
@@ -211,22 +236,34 @@ def _stamp_path(target: Path) -> Path:
     return target.parent / (target.name + ".verified.json")
 
 
-def _stamp_ok(target: Path) -> bool:
+def _read_stamp(target: Path) -> dict | None:
+    """The stamp of a verified pin (None: none, unreadable, or for another pin)."""
     stamp = _stamp_path(target)
     if not target.is_dir() or not stamp.is_file():
-        return False
+        return None
     try:
         data = json.loads(stamp.read_text())
     except (OSError, ValueError):
-        return False
-    return data.get("fingerprint") == pin.TREE_FINGERPRINT and data.get("commit") == pin.LLAMA_CPP_COMMIT
+        return None
+    if not isinstance(data, dict) or data.get("fingerprint") != pin.TREE_FINGERPRINT \
+            or data.get("commit") != pin.LLAMA_CPP_COMMIT:
+        return None
+    return data
 
 
-def _write_stamp(target: Path, source: str, files: int | None = None) -> None:
+def _stamp_ok(target: Path) -> bool:
+    """Verified, and no covered file changed since (size, times, inode: tree_scan)."""
+    data = _read_stamp(target)
+    return data is not None and data.get("scan") == tree_scan(target)
+
+
+def _write_stamp(target: Path, source: str, scan: str) -> None:
+    """scan: tree_scan of the tree taken before it was hashed (a file changed while
+    hashing then moves the scan, and the next use hashes it again)."""
     stamp = _stamp_path(target)
     data = {"commit": pin.LLAMA_CPP_COMMIT, "fingerprint": pin.TREE_FINGERPRINT,
             "source": source, "verified_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "tqpatch": __version__}
+            "tqpatch": __version__, "scan": scan}
     fsutil.write_atomic(stamp, (json.dumps(data, indent=2) + "\n").encode())
 
 
@@ -349,7 +386,7 @@ def _io_error(e: OSError, archive: Path, dest: Path) -> TqpatchError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) \
             or name.startswith(str(dest)):
         return TqpatchError(f"cannot write the tree from {archive} under {dest.parent}: "
-                            f"{e.strerror or e}" + (f" ({name})" if name else ""))
+                            + fsutil.write_failure(e, dest.parent))
     return TqpatchError(f"cannot read {archive}: {e}")
 
 
@@ -525,8 +562,7 @@ def _from_path(src: Path, tmp: Path, echo: Echo) -> tuple[Path, str]:
             raise TqpatchError(f"--from {src}: no llama.cpp tree found in it "
                                "(looked for CMakeLists.txt, ggml/ and include/llama.h)")
         echo(f"copying {root}")
-        shutil.copytree(root, tmp / "tree", symlinks=True,
-                        ignore=shutil.ignore_patterns(*IGNORED_NAMES, "*.pyc"))
+        fsutil.copy_tree(root, tmp / "tree", ignore=shutil.ignore_patterns(*IGNORED_NAMES, "*.pyc"))
         return tmp / "tree", f"dir:{root}"
     kind = _is_archive(src)
     if kind is None:
@@ -599,12 +635,20 @@ def _fetch_locked(target: Path, source: str, from_path, force: bool, echo: Echo)
             return target
         if not target.is_dir():
             raise TqpatchError(f"{target} exists but is not a directory; remove it")
-        echo(f"checking the existing tree at {target}")
+        old = _read_stamp(target)
+        if old is not None and old.get("scan"):
+            echo(f"files in {target} changed since it was verified; checking it again")
+        else:
+            echo(f"checking the existing tree at {target}")
+        scan = tree_scan(target)
         try:
             verify_tree(target)
         except TqpatchError as e:
-            raise TqpatchError(f"{e.message}\nrun `tqpatch fetch --force` to replace it") from None
-        _write_stamp(target, "existing")
+            raise TqpatchError(f"{e.message}; run `tqpatch fetch --force` to replace it") from None
+        try:
+            _write_stamp(target, (old or {}).get("source", "existing"), scan)
+        except OSError:
+            pass  # a read-only cache: the tree is fine, the next use checks it again
         echo(f"{target} matches llama.cpp {pin.LLAMA_CPP_COMMIT}; nothing to do")
         return target
 
@@ -623,10 +667,11 @@ def _fetch_locked(target: Path, source: str, from_path, force: bool, echo: Echo)
             root, origin = make(tmp)
             testhook.checkpoint()
             echo(f"checking the tree against the pinned fingerprint ({pin.TREE_FILE_COUNT} files)")
+            scan = tree_scan(root)  # the same once renamed into place (paths are relative)
             verify_tree(root, what=f"the tree from {name}")
             _stamp_path(target).unlink(missing_ok=True)
             _install(root, target)
-            _write_stamp(target, origin)
+            _write_stamp(target, origin, scan)
         except TqpatchError as e:
             errors.append((name, e.message))
             if len(attempts) > 1 and name != attempts[-1][0]:
@@ -634,8 +679,8 @@ def _fetch_locked(target: Path, source: str, from_path, force: bool, echo: Echo)
                 echo("trying the next source")
             continue
         except OSError as e:
-            where = f" {e.filename}" if getattr(e, "filename", None) else ""
-            errors.append((name, f"cannot write{where}: {e.strerror or e}"))
+            errors.append((name, f"cannot write under {target.parent}: "
+                                 + fsutil.write_failure(e, target.parent)))
             continue
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
