@@ -512,5 +512,8 @@ def test_cli_apply_and_revert_and_ensure_applied(env, capsys):
     assert apply.ensure_applied() == env.work
     assert apply.status(env.work).state == "applied"
     other = env.tmp / "fresh"
-    assert apply.ensure_applied(other) == other.absolute()
+    with pytest.raises(TqpatchError, match="--create"):  # a missing --tree is never made silently
+        apply.ensure_applied(other)
+    assert not other.exists()
+    assert apply.ensure_applied(other, create=True) == other.absolute()
     assert apply.status(other).state == "applied"

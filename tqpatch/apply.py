@@ -107,7 +107,7 @@ def create_work_tree(tree: Path, echo: Echo = _echo) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=fsutil.temp_dir_prefix(tree.name), dir=tree.parent))
         try:
             # copy2 keeps mtimes, so builds from an earlier copy stay incremental.
-            shutil.copytree(pristine, tmp / "tree", symlinks=True, copy_function=shutil.copy2)
+            fsutil.copy_tree(pristine, tmp / "tree")  # a full disk: one line, the free space
             testhook.checkpoint()
             os.rename(tmp / "tree", tree)
         finally:
@@ -147,11 +147,20 @@ def read_manifest(tree: Path) -> dict | None:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
             raise ValueError("no 'files' table")
+        if not all(isinstance(ent, dict) for ent in data["files"].values()):
+            raise ValueError("a 'files' entry is not a table")
     except (OSError, ValueError) as e:
         raise TqpatchError(f"{path} is unreadable ({e}); restore it, or remove the tree "
                            "and run `tqpatch apply` to start from pristine") from None
     if data.get("format") != FORMAT:
         raise TqpatchError(f"{path} has format {data.get('format')!r}; this tqpatch reads {FORMAT}")
+    # Every path in it is written or removed by apply/revert: all must stay in the tree.
+    created = data.get("created_dirs", [])
+    if not isinstance(created, list):
+        raise TqpatchError(f"{path} is unreadable ('created_dirs' is not a list); restore it, or "
+                           "remove the tree and run `tqpatch apply` to start from pristine")
+    for rel in [*data["files"], *created]:
+        _check_rel(rel, f"{path} lists", tree)
     return data
 
 
@@ -207,14 +216,19 @@ def load_inputs() -> Inputs:
     patches = patchset.load_series(paths.patches_dir())
     rendered = render.load_rendered()
     for rel in rendered.files:
-        _check_rel(rel, "rendered file")
+        _check_rel(rel, "rendered file path")
     return Inputs(patches, rendered)
 
 
-def _check_rel(rel: str, what: str) -> None:
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or ".." in parts or "" in parts or parts[0] == STATE_DIR:
-        raise TqpatchError(f"{what} path {rel!r} is not a safe path inside the tree")
+def _check_rel(rel: str, what: str, tree: Path | None = None) -> None:
+    """A path apply may write: inside the tree (checked against `tree`'s links when
+    given, fsutil.inside), and not in tqpatch's own .tqpatch/."""
+    if tree is None:
+        fsutil.check_rel(rel, what)
+    else:
+        fsutil.inside(tree, rel, what)
+    if rel.split("/")[0] == STATE_DIR:
+        raise TqpatchError(f"{what} {rel!r}: inside tqpatch's own {STATE_DIR}/; refusing it")
 
 
 @dataclass
@@ -291,11 +305,25 @@ def _format_paths(items: list[str], limit: int = 10) -> str:
 # --------------------------------------------------------------------------- transaction
 
 
+@contextlib.contextmanager
+def _finish_noted(what: str, tree: Path, outcome: str) -> Iterator[Callable[[], None]]:
+    """Yield the on_done callback for txn.commit; when Ctrl-C or SIGTERM stops the
+    command after its transaction completed, say so (the CLI says only "stopped")."""
+    done: list[bool] = []
+    try:
+        yield lambda: done.append(True)
+    except KeyboardInterrupt:
+        if done:
+            _stderr(f"{what} had finished when it was stopped: {tree} is {outcome}")
+        raise
+
+
 def _commit(tree: Path, writes: dict[str, bytes | None], what: str,
-            remove_dirs: list[str] | tuple = ()) -> None:
+            remove_dirs: list[str] | tuple = (), on_done: Callable[[], None] | None = None) -> None:
     """Write all or nothing (tqpatch.txn); an OSError becomes one line saying the tree is unchanged."""
     try:
-        txn.commit(tree, writes, what, remove_dirs=remove_dirs, command=lock.command_line())
+        txn.commit(tree, writes, what, remove_dirs=remove_dirs, command=lock.command_line(),
+                   on_done=on_done)
     except OSError as e:
         where = f" {e.filename}" if getattr(e, "filename", None) else ""
         raise TqpatchError(f"{what} failed writing{where}: {e.strerror or e}; "
@@ -330,16 +358,26 @@ class ApplyResult:
     versions: str = ""
 
 
-def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _echo) -> ApplyResult:
-    """Bring `tree` (default: the work tree) to pristine + patches + rendered files."""
+def apply(tree: Path | str | None = None, force: bool = False, echo: Echo = _echo,
+          create: bool = False) -> ApplyResult:
+    """Bring `tree` (default: the work tree) to pristine + patches + rendered files.
+
+    A missing tree is made from the pristine tree: the default work tree always,
+    any other only with create=True (`--create`), so a mistyped --tree never
+    turns into a fresh copy of llama.cpp somewhere.
+    """
     tree = _resolve_tree(tree)
     _refuse_pristine(tree, "apply to")
+    if not create and not tree.exists() and tree != _resolve_tree(None):
+        raise TqpatchError(f"no tree at {tree}: give an existing llama.cpp tree, or add --create "
+                           f"to make one there (a copy of pristine llama.cpp {pin.LLAMA_CPP_COMMIT})")
     inputs = load_inputs()  # before anything else: no series / stale render is a clear error
-    with tree_lock(tree, echo):
-        return _apply_locked(tree, inputs, force, echo)
+    with _finish_noted("apply", tree, "applied") as on_done, tree_lock(tree, echo):
+        return _apply_locked(tree, inputs, force, echo, on_done)
 
 
-def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyResult:
+def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo,
+                  on_done: Callable[[], None]) -> ApplyResult:
     pristine_root = fetch.ensure_pristine()
     if not tree.exists():
         create_work_tree(tree, echo)
@@ -354,9 +392,8 @@ def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyR
         drifted = _refuse_drift(tree, manifest, force,
                                 "keep your edits elsewhere, or re-run with --force to overwrite them")
         # Files an older apply touched that the current inputs no longer do go back to pristine.
-        for rel in manifest["files"]:
+        for rel in manifest["files"]:  # read_manifest checked every path
             if rel not in targets:
-                _check_rel(rel, "manifest")
                 targets[rel] = fetch.read_pristine(rel, pristine_root)
     else:
         changed = _not_pristine(tree, {rel: e.pristine for rel, e in desired.items()})
@@ -388,7 +425,7 @@ def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyR
     created = sorted(set(txn.missing_dirs(tree, [r for r, d in writes.items() if d is not None]))
                      | set((manifest or {}).get("created_dirs", [])))
     writes[MANIFEST_REL] = _manifest_bytes(record, desired, created)
-    _commit(tree, writes, "apply")
+    _commit(tree, writes, "apply", on_done=on_done)
 
     n_written_p = sum(1 for r in result.written if r in desired and desired[r].origin == "patched")
     n_written_r = sum(1 for r in result.written if r in desired and desired[r].origin == "rendered")
@@ -402,14 +439,20 @@ def _apply_locked(tree: Path, inputs: Inputs, force: bool, echo: Echo) -> ApplyR
     return result
 
 
-def ensure_applied(tree: Path | str | None = None) -> Path:
-    """For the build stage: fetch, create and apply as needed; quiet when up to date."""
+def ensure_applied(tree: Path | str | None = None, create: bool = False) -> Path:
+    """For the build stage: fetch, create and apply as needed; quiet when up to date.
+
+    A missing tree other than the default one is created only with create=True.
+    """
     tree = _resolve_tree(tree)
     if tree.exists():
         st = status(tree)
         if st.state == "applied" and not st.out_of_date:
             return tree
-    apply(tree)
+    elif not create and tree != _resolve_tree(None):
+        raise TqpatchError(f"no tree at {tree}: give an existing llama.cpp tree, or make one "
+                           f"with `tqpatch apply --tree {tree} --create`")
+    apply(tree, create=True)
     return tree
 
 
@@ -550,11 +593,11 @@ def revert(tree: Path | str | None = None, force: bool = False, echo: Echo = _ec
     _refuse_pristine(tree, "revert")
     if not tree.exists():
         _check_tree(tree)
-    with tree_lock(tree, echo):
-        return _revert_locked(tree, force, echo)
+    with _finish_noted("revert", tree, "reverted to pristine") as on_done, tree_lock(tree, echo):
+        return _revert_locked(tree, force, echo, on_done)
 
 
-def _revert_locked(tree: Path, force: bool, echo: Echo) -> RevertResult:
+def _revert_locked(tree: Path, force: bool, echo: Echo, on_done: Callable[[], None]) -> RevertResult:
     _check_tree(tree)
     manifest = read_manifest(tree)
     if manifest is None:
@@ -581,8 +624,7 @@ def _revert_locked(tree: Path, force: bool, echo: Echo) -> RevertResult:
                       "save your edits elsewhere, or re-run with --force to discard them")
         pristine_root = fetch.ensure_pristine()
         writes = {}
-        for rel, ent in sorted(manifest["files"].items()):
-            _check_rel(rel, "manifest")
+        for rel, ent in sorted(manifest["files"].items()):  # read_manifest checked every path
             data = fetch.read_pristine(rel, pristine_root)
             if _sha(data) != ent.get("pristine_sha256"):
                 raise TqpatchError(f"pristine {rel} does not match what apply recorded "
@@ -593,7 +635,8 @@ def _revert_locked(tree: Path, force: bool, echo: Echo) -> RevertResult:
         writes[MANIFEST_REL] = None
     written = sorted(r for r in writes if r != MANIFEST_REL)
     # The folders apply created go too (when empty), inside the same transaction.
-    _commit(tree, writes, "revert", remove_dirs=(manifest or {}).get("created_dirs", []))
+    _commit(tree, writes, "revert", remove_dirs=(manifest or {}).get("created_dirs", []),
+            on_done=on_done)
     restored = sum(1 for r in written if writes[r] is not None)
     removed = len(written) - restored
     echo(f"reverted {tree}: {restored} files restored to pristine, {removed} files removed")
