@@ -1,10 +1,19 @@
-"""Locks between tqpatch processes, kept in the cache's locks/ folder.
+"""Locks between tqpatch processes, kept beside the folder they guard.
 
 One lock per thing that two runs must not change at once:
   tree   a llama.cpp work tree (apply, revert, status; build holds it shared
          while it compiles, so an apply waits for the build to finish)
   fetch  the pristine tree and the source downloads in the cache
   build  a build folder
+Each lock file sits next to its folder, `.<name>.tqpatch.lock` in the folder's
+parent (of the resolved path), so every tqpatch that touches the folder meets
+the same lock whatever its $TQPATCH_CACHE; it is never removed (removing a
+lock file while someone waits on it would hand out two locks). A lock file
+that is a link or not a regular file is refused. Where the parent cannot be
+written, a lock file that is already there is opened read-only (flock needs
+no write access; the holder is just not recorded); with none there, a shared
+hold goes ahead unlocked (no one can hold a lock that does not exist) and an
+exclusive one is refused. Other locks (lock_file) live in the cache's locks/.
 A process that wants a held lock says once who holds it ("waiting for another
 tqpatch (pid N, `tqpatch build`) holding ...") and waits, up to
 $TQPATCH_LOCK_TIMEOUT seconds (default 30 min), then gives up with a message
@@ -16,17 +25,21 @@ erase that record, hence the few lines of fcntl here.) Holding a lock twice in
 one process is a no-op, so nested stages (build -> apply -> fetch) just work.
 Locks are always taken in the order build -> tree -> fetch.
 
-The cache root itself is checked here, since every lock lives in it: a
-$TQPATCH_CACHE that is a file or cannot be written is one clear error.
+The cache root itself is checked here (the pristine tree's lock and locks/
+live in it): a $TQPATCH_CACHE that is a file or cannot be written is one
+clear error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 import sys
 import time
 from pathlib import Path
@@ -78,15 +91,26 @@ def lock_file(kind: str, target: Path | str | None = None) -> Path:
     return cache_dir() / "locks" / f"{name}.lock"
 
 
+def beside(folder: Path | str) -> Path:
+    """The lock file of a folder: `.<name>.tqpatch.lock` next to it (its resolved path)."""
+    resolved = Path(folder).expanduser().absolute().resolve()
+    name = resolved.name or "root"
+    return resolved.parent / f".{name}.tqpatch.lock"
+
+
 def timeout_s() -> float:
+    """$TQPATCH_LOCK_TIMEOUT in seconds: a finite number >= 0 (nan would wait forever)."""
     raw = os.environ.get(ENV_TIMEOUT)
     if not raw:
         return DEFAULT_TIMEOUT_S
     try:
         value = float(raw)
     except ValueError:
-        raise TqpatchError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
-    return max(value, 0.0)
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise TqpatchError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds: give a finite "
+                           f"number >= 0 (default {DEFAULT_TIMEOUT_S:g})")
+    return value
 
 
 def _holder(path: Path) -> dict:
@@ -143,8 +167,40 @@ def _acquire(fd: int, path: Path, what: str, shared: bool, echo: Callable[[str],
 def _record(fd: int) -> None:
     data = json.dumps({"pid": os.getpid(), "command": command_line(),
                        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
+    with contextlib.suppress(OSError):  # read-only (another user's lock file): not recorded
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _open(path: Path, shared: bool) -> int | None:
+    """An fd on the lock file (created if missing); None: a shared hold needs no lock."""
+    flags = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    fix = f"remove {path} (tqpatch makes a new one)"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise TqpatchError(f"the lock file {path} is a symbolic link; {fix}") from None
+        if e.errno not in _NOT_WRITABLE:
+            raise TqpatchError(f"cannot open the lock file {path} ({e.strerror or e})") from None
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except FileNotFoundError:
+            if shared:
+                return None
+            raise TqpatchError(f"cannot create the lock file {path} ({e.strerror or e}): tqpatch "
+                               f"locks a folder with a file beside it; make {path.parent} "
+                               "writable") from None
+        except OSError as e2:
+            raise TqpatchError(f"cannot open the lock file {path} ({e2.strerror or e2})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TqpatchError(f"the lock file {path} is not a regular file; {fix}")
+    return fd
 
 
 class Held:
@@ -173,6 +229,7 @@ def hold(path: Path, what: str, *, shared: bool = False,
     """Hold the lock file `path` (exclusive, or shared) for the with-block."""
     key = str(path)
     held = Held(path, what, echo)
+    timeout_s()  # a bad $TQPATCH_LOCK_TIMEOUT is refused at once, not only when waiting
     if fcntl is None:
         yield held
         return
@@ -186,11 +243,10 @@ def hold(path: Path, what: str, *, shared: bool = False,
         finally:
             entry[2] -= 1
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as e:
-        raise TqpatchError(f"cannot open the lock file {path} ({e.strerror or e}): "
-                           "set TQPATCH_CACHE to a folder you can write") from None
+    fd = _open(path, shared)
+    if fd is None:
+        yield held
+        return
     try:
         _acquire(fd, path, what, shared, echo)
         _record(fd)
@@ -207,12 +263,14 @@ def hold(path: Path, what: str, *, shared: bool = False,
 
 
 def tree(tree_path: Path, *, shared: bool = False, echo: Callable[[str], None] = _stderr):
-    return hold(lock_file("tree", tree_path), f"the tree {tree_path}", shared=shared, echo=echo)
+    return hold(beside(tree_path), f"the tree {tree_path}", shared=shared, echo=echo)
 
 
 def fetch(echo: Callable[[str], None] = _stderr):
-    return hold(lock_file("fetch"), f"the pristine sources in {paths.cache_root()}", echo=echo)
+    cache_dir()
+    return hold(beside(paths.pristine_tree()), f"the pristine sources in {paths.cache_root()}",
+                echo=echo)
 
 
 def build_dir(path: Path, echo: Callable[[str], None] = _stderr):
-    return hold(lock_file("build", path), f"the build folder {path}", echo=echo)
+    return hold(beside(path), f"the build folder {path}", echo=echo)
