@@ -460,19 +460,44 @@ def _build_hint(backend: str, build_dir: Path, target: str | None = None) -> str
     return f"`{cmd}`"
 
 
+def _not_readable(path: Path, exc: OSError) -> TqpatchError:
+    return TqpatchError(f"cannot read {path} ({exc.strerror or exc}): run tqpatch as the user "
+                        "who built it, or point TQPATCH_CACHE (or --build-dir) at a build you "
+                        "can read")
+
+
+def _record_file(build_dir: Path) -> Path | None:
+    """build_dir's tqpatch-build.json if there is one; a folder tqpatch may not read
+    (another user's cache) is one line saying so, not a PermissionError."""
+    path = Path(build_dir) / RECORD_NAME
+    try:
+        return path if path.is_file() else None
+    except OSError as exc:
+        raise _not_readable(path, exc) from None
+
+
+def _read_record(path: Path, again: str) -> dict:
+    """A parsed build record; unreadable (permissions, not JSON, not a table) is one line."""
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON table")
+        return record
+    except PermissionError as exc:
+        raise _not_readable(path, exc) from None
+    except (OSError, ValueError) as exc:
+        raise TqpatchError(f"{path} is unreadable ({exc}): {again}") from None
+
+
 def load_record(backend: str, build_dir: Path | None = None) -> dict:
     """The tqpatch-build.json of a finished build; TqpatchError saying how to make one."""
     backends.get(backend)
     build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
-    record_path = build_dir / RECORD_NAME
-    if not record_path.is_file():
+    record_path = _record_file(build_dir)
+    if record_path is None:
         raise TqpatchError(f"{backend} not built: no finished {backend} build in {build_dir}: run "
                            f"{_build_hint(backend, build_dir)} first")
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise TqpatchError(f"{record_path} is unreadable ({exc}): run "
-                           f"{_build_hint(backend, build_dir)} again") from None
+    record = _read_record(record_path, f"run {_build_hint(backend, build_dir)} again")
     if record.get("backend") != backend:
         raise TqpatchError(f"{build_dir} holds a {record.get('backend')!r} build, not {backend}: "
                            f"run {_build_hint(backend, build_dir)} or pass the right --build-dir")
@@ -514,15 +539,18 @@ def check_fresh(record: dict) -> None:
 def last_built(build_dir: Path | None = None) -> str:
     """The backend of the most recent finished build (the one in build_dir, if given)."""
     if build_dir is not None:
-        try:
-            record = json.loads((Path(build_dir).expanduser() / RECORD_NAME).read_text())
-            return record["backend"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise TqpatchError(f"no finished build in {build_dir}: run `tqpatch build`") from None
+        path = _record_file(Path(build_dir).expanduser())
+        record = _read_record(path, "run `tqpatch build` again") if path is not None else {}
+        if not isinstance(record.get("backend"), str):
+            raise TqpatchError(f"no finished build in {build_dir}: run `tqpatch build`")
+        return record["backend"]
     done = []
     for name in built_backends():
         path = paths.default_build_dir(name) / RECORD_NAME
-        done.append((path.stat().st_mtime, name))
+        try:
+            done.append((path.stat().st_mtime, name))
+        except OSError:  # gone since built_backends looked: not built
+            pass
     if not done:
         raise TqpatchError("nothing built yet: run `tqpatch build` (it picks this machine's GPU, "
                            "else the CPU) or name one with --backend")
@@ -533,6 +561,6 @@ def built_backends(names: Iterable[str] | None = None) -> list[str]:
     """Backends with a finished build in their default build dir."""
     out = []
     for name in names or backends.BACKENDS:
-        if (paths.default_build_dir(name) / RECORD_NAME).is_file():
+        if _record_file(paths.default_build_dir(name)) is not None:
             out.append(name)
     return out
