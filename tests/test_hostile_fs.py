@@ -211,6 +211,22 @@ def test_a_tampered_journal_is_refused_before_anything_moves(env, victims, what)
     assert (w / "ggml/src/ggml.c").read_text() != "saved\n"
 
 
+def test_a_state_folder_that_links_outside_is_refused(env, victims):
+    env.apply()
+    w = env.work
+    shutil.copytree(w / ".tqpatch", victims / "state")
+    shutil.rmtree(w / ".tqpatch")
+    (w / ".tqpatch").symlink_to(victims / "state", target_is_directory=True)
+    (victims / "state" / ".journal.tmp-999999999-x").mkdir()  # a "stale" temporary to sweep
+    for run in (lambda: env.apply(force=True), lambda: apply.revert(w, force=True, echo=env.echo),
+                lambda: apply.status(w, echo=env.echo)):
+        with pytest.raises(TqpatchError) as exc:
+            run()
+        assert "is a symbolic link" in one_line(exc.value.message)
+    assert (victims / "state" / ".journal.tmp-999999999-x").is_dir()
+    shutil.rmtree(victims / "state")
+
+
 def test_a_patch_target_outside_the_tree_is_refused(env):
     for bad in ("../../etc/passwd", "/etc/passwd", "ggml/./x", ".tqpatch/state.json"):
         text = f"--- a/{bad}\n+++ b/{bad}\n@@ -1 +1 @@\n-x\n+y\n"

@@ -66,7 +66,16 @@ def journal_dir(tree: Path) -> Path:
 
 
 def pending(tree: Path) -> bool:
-    """Whether an interrupted transaction waits to be rolled back in `tree`."""
+    """Whether an interrupted transaction waits to be rolled back in `tree`.
+
+    A .tqpatch that is a link (or not a folder) is refused: journals, saved
+    copies and sweeps must never reach outside the tree through it.
+    """
+    sdir = state_dir(tree)
+    if sdir.is_symlink() or (sdir.exists() and not sdir.is_dir()):
+        raise TqpatchError(f"{sdir} is {'a symbolic link' if sdir.is_symlink() else 'not a folder'}; "
+                           "tqpatch keeps its state in a real folder there: remove it (for an applied "
+                           "tree, with its manifest: then `tqpatch apply --force`)")
     return journal_dir(tree).is_dir()
 
 
