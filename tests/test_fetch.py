@@ -261,6 +261,8 @@ def test_a_full_disk_while_extracting_says_write_not_read(env, monkeypatch):
     msg = exc.value.message
     assert "cannot write the tree from" in msg and "No space left on device" in msg
     assert "cannot read" not in msg
+    # one line: the first file it failed on and the free space (issue 25)
+    assert "\n" not in msg and "MB free in" in msg and "top/CMakeLists.txt" in msg
     assert leftovers(env.cache) == []
 
 

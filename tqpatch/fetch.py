@@ -380,8 +380,12 @@ def _refusal(archive: Path, member: tarfile.TarInfo, e: tarfile.FilterError) -> 
     return TqpatchError(f"{archive} {why}; refusing it")
 
 
-def _io_error(e: OSError, archive: Path, dest: Path) -> TqpatchError:
-    """A write failure (full disk, read-only folder) said as one, not as 'cannot read'."""
+def _io_error(e: OSError, archive: Path, dest: Path, writing: Path | None = None) -> TqpatchError:
+    """A write failure (full disk, read-only folder) said as one, not as 'cannot read'.
+
+    writing: the file being written, named when the error itself names none."""
+    if not getattr(e, "filename", None) and writing is not None:
+        e.filename = str(writing)
     name = str(getattr(e, "filename", "") or "")
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM) \
             or name.startswith(str(dest)):
@@ -403,6 +407,8 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
     pre = PurePosixPath(prefix) if prefix else None
     count = 0
     extracted: set[PurePosixPath] = set()
+
+    writing: list[Path] = []  # the last member let through: what a failed write was writing
 
     def keep(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
         nonlocal count
@@ -428,6 +434,7 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
         if kept.isfile() or kept.islnk():
             count += 1
             extracted.add(rel)
+        writing[:] = [dest / rel]
         return kept
 
     dest.mkdir(parents=True, exist_ok=True)
@@ -437,13 +444,14 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise TqpatchError(f"cannot read {archive}: {e}") from None
     except OSError as e:
-        raise _io_error(e, archive, dest) from None
+        raise _io_error(e, archive, dest, writing[0] if writing else None) from None
     return count
 
 
 def _extract_zip(archive: Path, dest: Path, prefix: str | None) -> int:
     pre = PurePosixPath(prefix) if prefix else None
     count = 0
+    out = None
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -471,7 +479,7 @@ def _extract_zip(archive: Path, dest: Path, prefix: str | None) -> int:
     except (zipfile.BadZipFile, EOFError, UnicodeDecodeError, zlib.error) as e:
         raise TqpatchError(f"cannot read {archive}: {e}") from None
     except OSError as e:
-        raise _io_error(e, archive, dest) from None
+        raise _io_error(e, archive, dest, out) from None
     return count
 
 
