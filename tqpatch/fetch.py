@@ -323,7 +323,11 @@ def download_sdist(echo: Echo = _echo) -> Path:
                     raise TqpatchError(f"download of {url} broke off after {size} bytes: {e}") from None
                 if not chunk:
                     break
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as e:  # a full disk: say which file (the fetch loop adds the space)
+                    e.filename = e.filename or str(part)
+                    raise
                 h.update(chunk)
                 size += len(chunk)
                 bar.update(len(chunk))
