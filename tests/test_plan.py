@@ -577,32 +577,6 @@ def test_embedding_arch(tmp_path):
         read_model(p)
 
 
-def test_fast_reader_matches_stock_reader(tmp_path):
-    from tqpatch.plan.gguf_file import _fast_reader_class, field_value as _field_value
-
-    w = gguf.GGUFWriter(str(tmp_path / "big.gguf"), "llama")
-    w.add_token_list([f"t{i}" for i in range(3000)])
-    w.add_token_scores([float(-i) for i in range(3000)])
-    w.add_token_types([1] * 3000)
-    w.add_head_count_kv([8, 4, 2])
-    w.add_array("general.tags", ["a", "bc"])
-    w.add_tensor("x", np.arange(64, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    fast = _fast_reader_class()(str(tmp_path / "big.gguf"))
-    stock = gguf.GGUFReader(str(tmp_path / "big.gguf"))
-    assert list(fast.fields) == list(stock.fields)
-    for k, f in fast.fields.items():
-        assert int(f.parts[4][0]) == 3000 if k == "tokenizer.ggml.tokens" else True
-        if k == "tokenizer.ggml.tokens":
-            continue
-        assert _field_value(f) == _field_value(stock.fields[k]), k
-    assert [(t.name, t.data_offset, t.n_bytes) for t in fast.tensors] == \
-        [(t.name, t.data_offset, t.n_bytes) for t in stock.tensors]
-
-
 # ---------------------------------------------------------------------------
 # llama.cpp log parsing
 

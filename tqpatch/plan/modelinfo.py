@@ -160,19 +160,24 @@ class _Metadata:
 
     def __init__(self, path: Path, fields: dict):
         self.path = path
-        self.kv = {name: f for name, f in fields.items() if not name.startswith("GGUF.")}
+        self.kv = fields
 
     def __contains__(self, key: str) -> bool:
         return key in self.kv
 
     def get(self, key: str, default=None):
         f = self.kv.get(key)
-        return default if f is None else field_value(f)
+        if f is None:
+            return default
+        if f.is_array and f.value is None:  # too long for the reader to build its values
+            self.refuse(key, f"an array of {f.count}",
+                        f"has more than {MAX_LAYERS} entries (llama.cpp's layer limit)")
+        return field_value(f)
 
     def need(self, key: str):
         if key not in self.kv:
             raise TqpatchError(f"{self.path}: not an LLM GGUF: missing {key}")
-        return field_value(self.kv[key])
+        return self.get(key)
 
     def refuse(self, key: str, value, why: str):
         shown = value if not isinstance(value, list) else f"an array of {len(value)}"
