@@ -148,7 +148,10 @@ def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
     import tempfile
 
     from .. import calibrate, capture, codebook_fit
+    from ..plan.gguf_file import require_gguf
 
+    if src.suffix == ".gguf":  # a wrong model file is named before "not built" can be
+        require_gguf(src)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

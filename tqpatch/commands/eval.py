@@ -13,6 +13,7 @@ from .. import eval as ev
 from ..backends import BACKENDS
 from ..coherence import PROMPTS
 from ..errors import TqpatchError
+from ..plan.gguf_file import require_gguf
 
 
 def _configs(ctx, param, value):
@@ -162,6 +163,7 @@ def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_k
     threads = threads or os.cpu_count() or 1
     # Resolve inputs first so that errors come before any run.
     model_path = ev.check_model(model)
+    require_gguf(model_path)  # a wrong file is named before "not built" can be
     text_path = ev.check_text(text)
     from .. import build as build_mod
 
