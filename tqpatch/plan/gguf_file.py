@@ -291,13 +291,13 @@ class _Parser:
         if fmt is not None:
             nbytes = n * _SIZES[itype]
             if read:
-                off = self._take(nbytes, "values of {}", name)
+                off = self._take(nbytes, "array {}", name)
                 value = list(struct.unpack_from(f"{self.order}{n}{fmt}", self.buf, off))
             else:
-                self._skip(nbytes, "values of {}", name)
+                self._skip(nbytes, "array {}", name)
                 value = None
         elif read:
-            value = [self._text(name, self._str("values of {}", name, MAX_STRING_VALUE))
+            value = [self._text(name, self._str("array {}", name, MAX_STRING_VALUE))
                      for _ in range(n)]
         else:
             self._skip_strings(n, name)
@@ -344,13 +344,12 @@ class _Parser:
         if self.strings_left < 0:
             raise _Bad(f"metadata {name} brings the file's string arrays over {MAX_STRINGS} "
                        "entries, far more than any tokenizer has (corrupt or crafted)")
-        what = "values of {}", name
         unpack, size, take = self.u64.unpack_from, self.size, self._take
         for _ in range(n):
-            off = take(8, what, name)
+            off = take(8, "array {}", name)
             length = unpack(self.buf, off)[0]
             if length > size - self.pos:
-                raise _Bad(f"truncated GGUF: values of {name} run past the end of the file "
+                raise _Bad(f"truncated GGUF: array {name} runs past the end of the file "
                            f"({size} bytes)")
             self.pos += length
 
