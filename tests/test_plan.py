@@ -709,13 +709,13 @@ def test_cli_plan_shows_measured_coherence(tmp_path):
 
 @pytest.mark.parametrize("option,value,message", [
     ("--vram", "nan", "'nan' is not a finite number"),
-    ("--vram", "inf", "'inf' is not a finite number"),
-    ("--vram", "-inf", "not in the range x>0"),
-    ("--vram", "0", "not in the range x>0"),
-    ("--vram", "-2", "not in the range x>0"),
+    ("--vram", "inf", "inf is not in the range 0<x<=1048576.0"),
+    ("--vram", "-inf", "not in the range 0<x<="),
+    ("--vram", "0", "not in the range 0<x<="),
+    ("--vram", "-2", "not in the range 0<x<="),
     ("--overhead", "nan", "'nan' is not a finite number"),
-    ("--overhead", "inf", "'inf' is not a finite number"),
-    ("--overhead", "-1", "not in the range x>=0"),
+    ("--overhead", "inf", "inf is not in the range 0<=x<=1073741824.0"),
+    ("--overhead", "-1", "not in the range 0<=x<="),
 ])
 def test_cli_plan_refuses_meaningless_memory(tmp_path, option, value, message):
     p = write_gguf(tmp_path / "m.gguf")
@@ -805,3 +805,39 @@ def test_kv_bytes_match_llama_cpp(tmp_path, which, types):
         assert g["v_mib"] == pytest.approx(e.v_bytes / MIB, abs=0.006)
         assert g["size_mib"] == pytest.approx(e.total / MIB, abs=0.006)
     assert sum(e.total for e in expected) == kv_bytes(info, ctx, *types)
+
+
+# ---------------------------------------------------------------------------
+# issue 25: bounds on the command line and in the KV math
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--ctx", "1000000000000"], "1000000000000 is not in the range 0<=x<=2147483647"),
+    (["--ctx", str(2**31)], "2147483648 is not in the range"),
+    (["--ctx", "1e23"], "'1e23' is not a valid integer"),
+    (["--ctx", "0", "--vram", "1e308"], "1e+308 is not in the range"),
+    (["--ctx", "0", "--vram", "1e30"], "1e+30 is not in the range"),
+    (["--ctx", "0", "--vram", "8", "--overhead", "1e308"], "1e+308 is not in the range"),
+])
+def test_plan_refuses_out_of_range_numbers(tmp_path, args, message):
+    p = write_gguf(tmp_path / "m.gguf")
+    res = CliRunner().invoke(main, ["plan", str(p), *args])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+
+
+def test_plan_at_the_largest_context_llama_cpp_takes(tmp_path):
+    p = write_gguf(tmp_path / "m.gguf")
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", str(2**31 - 1), "--vram", str(2**20)])
+    assert res.exit_code == 0, res.output
+    assert "beyond the model's trained context of 8192" in res.output
+    assert "nan" not in res.output and "e+" not in res.output.replace("1.04858e+06 GiB", "")
+
+
+def test_kv_math_bounds(llama_gqa):
+    for ctx in (-1, 2**31, 10**12, 1.5, "8"):
+        with pytest.raises(TqpatchError, match="--ctx must be a whole number 0..2147483647"):
+            kv_bytes(llama_gqa, ctx, "f16", "f16")
+    assert kv_bytes(llama_gqa, np.int64(256), "f16", "f16") == kv_bytes(llama_gqa, 256, "f16", "f16")
+    for vram, overhead in ((1e308, 0), (float("inf"), 0), (8, 1e308), (8, float("nan"))):
+        with pytest.raises(TqpatchError, match="must be a finite number .* at most"):
+            budget_for_kv(llama_gqa, vram, overhead)

@@ -9,6 +9,8 @@ from pathlib import Path
 import click
 
 from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
+from ..plan.kv import MAX_OVERHEAD_MIB, MAX_VRAM_GIB
+from ..plan.modelinfo import MAX_CTX
 
 
 class FiniteFloat(click.FloatRange):
@@ -23,15 +25,15 @@ class FiniteFloat(click.FloatRange):
 
 @click.command("plan")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-c", "--ctx", type=click.IntRange(min=0), required=True,
-              help="Context size, as llama.cpp's -c (0 = the model's trained context).")
-@click.option("--vram", type=FiniteFloat(min=0, min_open=True), default=None,
+@click.option("-c", "--ctx", type=click.IntRange(min=0, max=MAX_CTX), required=True,
+              help="Context size, as llama.cpp's -c, an int32 (0 = the model's trained context).")
+@click.option("--vram", type=FiniteFloat(min=0, min_open=True, max=MAX_VRAM_GIB), default=None,
               metavar="GiB", help="GPU memory budget: also show the largest context that fits.")
 @click.option("-np", "--parallel", type=click.IntRange(min=1, max=256), default=1, show_default=True,
               help="Parallel sequences (llama-server slots), as llama.cpp's -np.")
 @click.option("--kv-unified/--no-kv-unified", "unified", default=True, show_default=True,
               help="One KV buffer shared by all slots (llama.cpp -kvu) or one stream per slot.")
-@click.option("--overhead", type=FiniteFloat(min=0), default=DEFAULT_OVERHEAD_MIB,
+@click.option("--overhead", type=FiniteFloat(min=0, max=MAX_OVERHEAD_MIB), default=DEFAULT_OVERHEAD_MIB,
               show_default=True, metavar="MiB",
               help="Fixed allowance for compute buffers and context with --vram.")
 @click.option("--boundary-k", type=click.IntRange(min=0, max=MAX_BOUNDARY), default=0,

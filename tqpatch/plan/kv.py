@@ -31,12 +31,13 @@ requested types; its MiB are the per-layer sums, as here.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 
 from ..errors import TqpatchError
 from ..formats import FAMILIES, TURBO_FORMATS, fit_type_or_self, type_info
-from .modelinfo import ModelInfo
+from .modelinfo import MAX_CTX, ModelInfo
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -58,24 +59,29 @@ MAX_BOUNDARY = 999_999  # the patched llama.cpp reads at most 6 digits
 # very large vocabularies), the CUDA context and scratch. Documented in the
 # `plan` output and overridable with --overhead.
 DEFAULT_OVERHEAD_MIB = 1024
+# Upper bounds of the memory amounts (1 PiB): far above any machine, low enough
+# that byte counts stay exact integers and printed sizes stay readable.
+MAX_VRAM_GIB = float(1 << 20)
+MAX_OVERHEAD_MIB = float(1 << 30)
 
 
 def budget_for_kv(info: ModelInfo, vram_gib: float, overhead_mib: float = DEFAULT_OVERHEAD_MIB) -> int:
     """Bytes left for the KV cache: VRAM - weights - fixed compute allowance."""
     check_memory("--vram", vram_gib, positive=True)
-    check_memory("--overhead", overhead_mib)
+    check_memory("--overhead", overhead_mib, most=MAX_OVERHEAD_MIB)
     return int(vram_gib * GIB) - info.weight_bytes - int(overhead_mib * MIB)
 
 
-def check_memory(what: str, amount: float, positive: bool = False) -> float:
-    """A memory amount: a finite number, > 0 (positive) or >= 0; else TqpatchError."""
+def check_memory(what: str, amount: float, positive: bool = False,
+                 most: float = MAX_VRAM_GIB) -> float:
+    """A memory amount: a finite number, > 0 (positive) or >= 0, at most `most`; else TqpatchError."""
     try:
-        ok = math.isfinite(amount) and (amount > 0 if positive else amount >= 0)
+        ok = math.isfinite(amount) and (amount > 0 if positive else amount >= 0) and amount <= most
     except TypeError:
         ok = False
     if not ok:
-        raise TqpatchError(f"{what} must be a finite number {'> 0' if positive else '>= 0'} "
-                           f"(got {amount!r})")
+        raise TqpatchError(f"{what} must be a finite number {'> 0' if positive else '>= 0'} and at most "
+                           f"{most:g} (got {amount!r})")
     return amount
 
 
@@ -182,8 +188,13 @@ def kv_caches(info: ModelInfo, ctx: int, type_k: str, type_v: str, parallel: int
     check_boundary(boundary_v, "boundary V")
     if not 1 <= parallel <= LLAMA_MAX_SEQ:
         raise TqpatchError(f"--parallel must be 1..{LLAMA_MAX_SEQ} (got {parallel})")
-    if ctx < 0:
-        raise TqpatchError(f"--ctx must be positive (got {ctx})")
+    try:
+        ctx = operator.index(ctx)
+    except TypeError:
+        ctx = -1
+    if not 0 <= ctx <= MAX_CTX:
+        raise TqpatchError(f"--ctx must be a whole number 0..{MAX_CTX} (llama.cpp's -c is an "
+                           f"int32; got {ctx!r})")
     reason = support(info, type_k, type_v)
     if reason:
         raise TqpatchError(f"-ctk {type_k} -ctv {type_v} cannot serve {info.arch}: {reason}")
