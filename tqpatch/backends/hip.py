@@ -276,8 +276,9 @@ def unsupported_reason() -> str | None:
 
 def verify_runner(record: dict):
     """A build made in the Debian sid root links that root's ROCm libraries: refuse to
-    run it here with a clear message (None: run the built harness as usual)."""
-    if debian_sid.NAME in (record.get("tools") or {}):
+    run it here with a clear message (None: run the built harness as usual, or say
+    that there is none when record is None)."""
+    if record is not None and debian_sid.NAME in (record.get("tools") or {}):
         raise TqpatchError(
             f"this HIP build was made with --toolchain {debian_sid.NAME}: its binaries link the "
             f"ROCm 6.4 libraries of {debian_sid.root_dir()}, not this machine's, so tqpatch "
