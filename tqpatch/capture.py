@@ -87,10 +87,21 @@ class Rope:
         return np.where(pair >= 0, th, 0.0)
 
 
-def read(path) -> dict:
+# Bounds of a record's fields (a crafted n_rot of 2^32-1 must not become an array)
+MAX_LAYERS = 512                # llama.cpp's LLAMA_MAX_LAYERS
+MAX_WIDTH = 1 << 20             # head sizes, rotation sizes, heads x head size
+MAX_CTX = 2**31 - 1
+ROPE_TYPES = (-1, 0, 2, 8, 24, 40)  # llama.h LLAMA_ROPE_TYPE_*: NONE NORM NEOX MROPE VISION IMROPE
+
+
+def read(path, n_layer: int | None = None) -> dict:
     """{(kind, layer): Rows, "rope": {layer: Rope}, "rotation": {("k" | "v", layer):
-    Hadamard size}} from a tqpatch-capture file;
-    TqpatchError if it is not one."""
+    Hadamard size}} from a tqpatch-capture file; TqpatchError if it is not one.
+
+    Every field is checked against the file and, with n_layer (the model's
+    block count), against the model: layers in range, head and RoPE sizes that
+    fit each other, rotations that divide the head, finite rows and scales.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -101,36 +112,84 @@ def read(path) -> dict:
     version = int(np.frombuffer(raw, "<u4", 1, 4)[0])
     if version != VERSION:
         raise TqpatchError(f"{path}: capture file version {version}, this tqpatch reads {VERSION}")
+    layer_limit = MAX_LAYERS if n_layer is None else min(n_layer, MAX_LAYERS)
     out: dict = {}
     ropes: dict[int, Rope] = {}
     rotations: dict[tuple[str, int], int] = {}
     pos = 8
     while pos < len(raw):
+        at = pos
+
+        def bad(why: str):
+            return TqpatchError(f"{path}: corrupt record at byte {at}: {why}")
+
         if pos + _HEADER.itemsize > len(raw):
             raise TqpatchError(f"{path}: truncated record header at byte {pos}")
         h = np.frombuffer(raw, _HEADER, 1, pos)[0]
         pos += _HEADER.itemsize
-        if int(h["kind"]) == ROPE_KIND:
-            ropes[int(h["layer"])] = Rope(int(h["n_embd_head"]), int(h["n_head"]) - 1,
-                                          int(h["n_tokens"]), float(h["scale"]))
+        kind_id, layer, head, n_head, n_tokens = (int(h[f]) for f in _HEADER.names[:5])
+        scale = float(h["scale"])
+        if layer >= layer_limit:
+            raise bad(f"layer {layer} of a model of {layer_limit} layers"
+                      if n_layer is not None else f"layer {layer}, more than llama.cpp's {MAX_LAYERS}")
+        if kind_id == ROPE_KIND:
+            rope = Rope(head, n_head - 1, n_tokens, scale)
+            if rope.rope_type not in ROPE_TYPES:
+                raise bad(f"RoPE type {rope.rope_type} is none of llama.cpp's {ROPE_TYPES}")
+            if rope.n_rot % 2 or rope.n_rot > MAX_WIDTH:
+                raise bad(f"RoPE n_rot {rope.n_rot} is not an even head size")
+            if rope.n_ctx_train > MAX_CTX or not (np.isfinite(scale) and scale > 0):
+                raise bad(f"RoPE n_ctx_train {rope.n_ctx_train} / base {scale} out of range")
+            if ropes.setdefault(layer, rope) != rope:
+                raise bad(f"a second, different RoPE record for layer {layer}")
             continue
-        if int(h["kind"]) == ROTATION_KIND:
-            rotations[("kv"[min(int(h["n_head"]), 1)], int(h["layer"]))] = int(h["n_embd_head"])
+        if kind_id == ROTATION_KIND:
+            if n_head > 1 or not 0 < head <= MAX_WIDTH or head & (head - 1):
+                raise bad(f"rotation of size {head} for side {n_head} (a power of 2 for K (0) or V (1))")
+            rotations[("kv"[n_head], layer)] = head
             continue
-        kind = KINDS.get(int(h["kind"]))
-        width = int(h["n_embd_head"]) * int(h["n_head"])
-        count = width * int(h["n_tokens"])
-        if kind is None or width == 0 or pos + 4 * count > len(raw):
-            raise TqpatchError(f"{path}: corrupt record at byte {pos - _HEADER.itemsize}")
-        rows = np.frombuffer(raw, "<f4", count, pos).reshape(int(h["n_tokens"]), width)
+        kind = KINDS.get(kind_id)
+        if kind is None:
+            raise bad(f"unknown kind {kind_id}")
+        width = head * n_head
+        if not (0 < head <= MAX_WIDTH and 0 < n_head and width <= MAX_WIDTH and n_tokens > 0):
+            raise bad(f"{n_tokens} rows of {n_head} heads of {head}")
+        count = width * n_tokens
+        if pos + 4 * count > len(raw):
+            raise bad(f"{n_tokens} rows of {width} values run past the end of the file")
+        if not np.isfinite(scale):
+            raise bad(f"scale {scale}")
+        rows = np.frombuffer(raw, "<f4", count, pos).reshape(n_tokens, width)
+        if not np.isfinite(rows).all():
+            raise bad(f"{kind.upper()} rows of layer {layer} hold NaN or infinite values")
         pos += 4 * count
-        key = (kind, int(h["layer"]))
-        rec = out.setdefault(key, Rows(kind, int(h["layer"]), int(h["n_embd_head"]),
-                                       int(h["n_head"]), float(h["scale"])))
+        rec = out.setdefault((kind, layer), Rows(kind, layer, head, n_head, scale))
+        if (rec.n_embd_head, rec.n_head) != (head, n_head):
+            raise bad(f"{kind.upper()} rows of layer {layer} of {n_head} heads of {head}, earlier "
+                      f"ones of {rec.n_head} heads of {rec.n_embd_head}")
         rec.chunks.append(rows)
+    _check_layers(path, out, ropes, rotations)
     out["rope"] = ropes
     out["rotation"] = rotations
     return out
+
+
+def _check_layers(path: Path, rows: dict, ropes: dict, rotations: dict) -> None:
+    """Sizes that must agree across a layer's records."""
+    for (kind, layer), rec in rows.items():
+        rope = ropes.get(layer)
+        if kind in "kq" and rope is not None and rope.n_rot > rec.n_embd_head:
+            raise TqpatchError(f"{path}: layer {layer}'s RoPE turns {rope.n_rot} dims of "
+                               f"{kind.upper()} heads of {rec.n_embd_head}: corrupt capture file")
+        rot = rotations.get((kind, layer))
+        if kind in "kv" and rot is not None and rec.n_embd_head % rot:
+            raise TqpatchError(f"{path}: layer {layer}'s {kind.upper()} rotation of {rot} does not "
+                               f"divide its heads of {rec.n_embd_head}: corrupt capture file")
+    if ropes:
+        missing = sorted({layer for _, layer in rows if layer not in ropes})
+        if missing:
+            raise TqpatchError(f"{path}: rows of layer {missing[0]}, which has no RoPE record "
+                               "(the tool writes one per layer first): corrupt capture file")
 
 
 def layers(rows: dict[tuple[str, int], Rows], kind: str) -> list[int]:

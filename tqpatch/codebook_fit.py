@@ -23,7 +23,6 @@ apply, build and verify.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +32,7 @@ from .errors import TqpatchError
 
 MAX_BLOCKS = 200_000     # blocks per type the fit uses (a seeded subsample beyond that)
 MAX_ITERATIONS = 30
+FP16_MAX = 65504.0
 MIN_GAIN = 1e-4          # stop when an iteration lowers the relative MSE by less than this share
 
 
@@ -54,7 +54,9 @@ def rows_for(rows: dict, name: str, calib: dict | None = None) -> np.ndarray:
     for kind in ("k", "v"):
         for layer in capture.layers(rows, kind):
             rec = rows[(kind, layer)]
-            if formats.fit_type_or_self(fmt.family_name, rec.n_embd_head) != name:
+            # a block must lie inside one head (a head of 40 gets no turbo type at all)
+            if (formats.fit_type_or_self(fmt.family_name, rec.n_embd_head) != name
+                    or rec.n_embd_head % fmt.block):
                 continue
             data = rec.data.astype(np.float64)
             if calib is not None:
@@ -107,6 +109,13 @@ def fit(xb: np.ndarray, name: str, *, seed: int = 0, source: str = "") -> FitRes
         xb = xb[np.sort(pick)]
     start = reference.codebook_arrays(name)
     book = _as_book(start[0].astype(np.float64))
+    # the block scale is the fp16 of about the block's norm: rows beyond it (or all
+    # zero) give MSEs of 1e78 or nan, and no turbo cache stores them
+    norm = float(np.sqrt((xb.astype(np.float64) ** 2).sum(axis=1)).max())
+    if not 0 < norm <= FP16_MAX:
+        raise TqpatchError(f"the rows for {name} have blocks of norm up to {norm:.3g}: "
+                           f"{'all zero' if norm == 0 else f'beyond its fp16 block scale ({FP16_MAX:g})'}"
+                           ", not rows a turbo cache stores")
     shipped = best = relative_mse(xb, name, start)
     best_book, iterations = start, 0
     x = xb.astype(np.float64)
@@ -151,6 +160,6 @@ def fit_all(rows: dict, calib: dict | None = None, source: str = "",
 
 
 def gain_line(r: FitResult) -> str:
-    pct = 100.0 * (r.shipped_mse - r.fitted_mse) / r.shipped_mse if r.shipped_mse else math.nan
+    pct = 100.0 * (r.shipped_mse - r.fitted_mse) / r.shipped_mse  # fit() refuses shipped_mse 0
     return (f"{r.name}: relative MSE {r.shipped_mse:.5f} (shipped) -> {r.fitted_mse:.5f} (fitted), "
             f"{pct:+.1f}% lower, {r.book.iterations} iterations on {r.blocks} blocks")
