@@ -460,3 +460,19 @@ def test_random_headers_and_kv_sections(tmp_path, rec, tail):
     p = tmp_path / "r.gguf"
     p.write_bytes(data + b"".join(kvs) + tail)
     _check(p)
+
+
+@pytest.mark.parametrize("args", [["eval", "-m", "{m}", "--no-coherence"],
+                                  ["codebook", "--fit", "{m}", "--out", "{d}"]])
+def test_commands_name_a_wrong_model_before_anything_else(tmp_path, monkeypatch, args):
+    # they said "cpu not built" first (issue 25 item 9)
+    from click.testing import CliRunner
+
+    from tqpatch.cli import main
+
+    monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
+    m = tmp_path / "text.gguf"
+    m.write_text("just text\n")
+    res = CliRunner().invoke(main, [a.format(m=m, d=tmp_path / "out") for a in args])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.strip() == f"Error: {m}: not a GGUF file (bad magic b'just', expected b'GGUF')"
