@@ -16,6 +16,7 @@ import json
 import math
 import os
 import stat
+import struct
 import sys
 from pathlib import Path
 
@@ -324,7 +325,7 @@ def fake(tmp_path, monkeypatch):
     binary.write_text(FAKE.format(calls=calls, data=DATA))
     binary.chmod(binary.stat().st_mode | stat.S_IEXEC)
     model = tmp_path / "m.gguf"
-    model.write_bytes(b"not a real gguf")
+    model.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a header: eval checks it first
     text = tmp_path / "t.txt"
     text.write_text("hello world\n" * 100)
 
@@ -477,7 +478,7 @@ def test_cli_missing_inputs(fake, tmp_path):
 
 def test_cli_binary_not_built(tmp_path):
     model = tmp_path / "m.gguf"
-    model.write_bytes(b"x")
+    model.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
     text = tmp_path / "t.txt"
     text.write_text("x")
     res = _cli(["--model", str(model), "--text", str(text), "--build-dir", str(tmp_path / "b")])
