@@ -55,6 +55,8 @@ LLAMA_TURBO_CALIB=path.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -297,6 +299,15 @@ def write(cal: Calibration, path, model_name: str = "") -> None:
     import gguf
 
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a reader never sees half a file
+    try:
+        _write_to(gguf, cal, tmp, model_name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_to(gguf, cal: Calibration, path: Path, model_name: str) -> None:
     w = gguf.GGUFWriter(str(path), "tqpatch-calib")
     w.add_uint32("tqpatch.calib.version", FORMAT_VERSION)
     w.add_uint32("tqpatch.calib.ctx", int(cal.ctx))
@@ -322,3 +333,28 @@ def read(path) -> dict[str, np.ndarray]:
         raise TqpatchError(f"{path}: not a tqpatch calibration file")
     return {t.name: np.array(t.data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(t.shape)))
             for t in r.tensors}
+
+
+# ---------------------------------------------------------------- a model run
+
+
+def calibrate_model(model: Path, out: Path, *, backend: str, build_dir: Path | None = None,
+                    text: Path | None = None, chunks: int = capture.DEFAULT_CHUNKS,
+                    serve_ctx: int | None = None, threads: int | None = None,
+                    progress=None) -> Calibration:
+    """Run the model with a build's tqpatch-capture (on the CPU backend every build
+    holds), fit the calibration and write it to `out`."""
+    with tempfile.TemporaryDirectory(prefix="tqpatch-calib-") as tmp:
+        rows_file = capture.run(model, Path(tmp) / "rows.bin", text=text, chunks=chunks,
+                                threads=threads, backend=backend, build_dir=build_dir)
+        cal = fit_rows(rows_file, serve_ctx, str(text or capture.DEFAULT_TEXT_REL), progress)
+    write(cal, out, Path(model).name)
+    return cal
+
+
+def fit_rows(rows_file: Path, serve_ctx: int | None, source: str, progress=None) -> Calibration:
+    """fit() on a tqpatch-capture file recorded with --queries."""
+    data = capture.read(rows_file)
+    if not capture.layers(data, "q"):
+        raise TqpatchError(f"{rows_file}: no query rows; record it with tqpatch-capture --queries")
+    return fit(data, serve_ctx, source=source, progress=progress)

@@ -310,6 +310,22 @@ KV_CONFIGS: tuple[tuple[str, str], ...] = (
 )
 
 
+# What `tqpatch serve` probes on the user's model and build, calibrated and not
+# (tqpatch.serve.candidates): q8_0 K with each turbo V, and each turbo K with a V
+# of no more bits; the uncalibrated ones only where a user would type them.
+PROBE_CONFIGS: tuple[tuple[str, str], ...] = (
+    ("q8_0", "turbo4"), ("q8_0", "turbo3"), ("q8_0", "turbo2"),
+    ("turbo4", "turbo4"), ("turbo4", "turbo3"), ("turbo3", "turbo3"),
+    ("turbo3", "turbo2"), ("turbo2", "turbo2"),
+)
+PROBE_UNCALIBRATED: tuple[tuple[str, str], ...] = (
+    ("q8_0", "turbo4"), ("turbo4", "turbo4"), ("turbo3", "turbo3"),
+)
+# The anchors serve's quality levels are defined against, measured in the same probe.
+LOSSLESS_ANCHOR: tuple[str, str] = ("q8_0", "q8_0")
+SMALL_ANCHOR: tuple[str, str] = (ANCHOR_TYPE, ANCHOR_TYPE)
+
+
 def cache_pairs(types: tuple[str, ...] = CACHE_TYPES, turbo_only: bool = True) -> list[tuple[str, str]]:
     """Every K type with every V type of `types` (with at least one turbo type)."""
     return [(k, v) for k in types for v in types

@@ -1,13 +1,16 @@
-"""`tqpatch calibrate`: fit a turbo cache's calibration to a model (LLAMA_TURBO_CALIB)."""
+"""`tqpatch calibrate`: fit a turbo cache's calibration to a model (--turbo-calib FILE)."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import click
 
-from ..errors import TqpatchError
+
+def _backend_names():
+    from ..backends import BACKENDS
+
+    return list(BACKENDS)
 
 
 @click.command("calibrate")
@@ -26,32 +29,47 @@ from ..errors import TqpatchError
                    "context): K's mean is kept only in RoPE pairs that turn less than a radian "
                    "over it.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for the model run.")
-def command(model, out, rows, text, chunks, serve_ctx, threads):
+@click.option("--backend", "-b", default=None, type=click.Choice(_backend_names()),
+              help="Whose build's tqpatch-capture runs the model (default: the backend built "
+                   "last). Any build works: the capture runs on the CPU backend every build "
+                   "holds, so a GPU build needs no CPU build.")
+@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Build directory (default: the tqpatch cache's build/<backend>).")
+def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_dir):
     """Fit the calibration of a turbo KV cache to MODEL.
 
     \b
-    Runs MODEL on a text with the tqpatch-capture tool (built with `tqpatch
-    build --targets tqpatch-capture`), records every layer's K, V and Q as the
-    cache sees them, and fits per layer a change of basis for K (a mean and
+    Runs MODEL on a text with the tqpatch-capture tool of a build (a default
+    target of `tqpatch build`), records every layer's K, V and Q as the cache
+    sees them, and fits per layer a change of basis for K (a mean and
     per-channel scales, with 1/scale on Q) and per-channel scales for V
     (with 1/scale on the attention output). Attention is unchanged by it in
     exact arithmetic; a turbo cache stores K and V where its blocks lose
-    least (docs/block-design.md). Use the file with LLAMA_TURBO_CALIB=FILE
-    when running llama.cpp with a turbo -ctk and/or -ctv: the K part applies
-    to a turbo K cache, the V part to a turbo V cache (q8_0/turbo2 too).
+    least (docs/block-design.md). Use the file with `--turbo-calib FILE`
+    (or LLAMA_TURBO_CALIB=FILE) when running llama.cpp with a turbo -ctk
+    and/or -ctv: the K part applies to a turbo K cache, the V part to a
+    turbo V cache (q8_0/turbo2 too). `tqpatch serve` calibrates by itself.
+    \b
+    Examples:
+      tqpatch calibrate gemma.gguf                  # -> gemma.gguf.turbo-calib.gguf
+      tqpatch calibrate gemma.gguf --backend cuda   # with the CUDA build's capture tool
     """
-    from .. import calibrate, capture
+    from .. import build, calibrate, capture
+    from ..plan.gguf_file import require_gguf
 
+    require_gguf(model)
     out = out or model.with_name(model.name + ".turbo-calib.gguf")
-    with tempfile.TemporaryDirectory(prefix="tqpatch-calib-") as tmp:
-        if rows is None:
-            click.echo(f"running {model.name} on {text or capture.DEFAULT_TEXT_REL} ({chunks} x 512 tokens)")
-            rows = capture.run(model, Path(tmp) / "rows.bin", text=text, chunks=chunks, threads=threads)
-        data = capture.read(rows)
-        if not capture.layers(data, "q"):
-            raise TqpatchError(f"{rows}: no query rows; record it with tqpatch-capture --queries")
-        cal = calibrate.fit(data, serve_ctx, source=str(text or capture.DEFAULT_TEXT_REL),
-                            progress=lambda c: click.echo("  " + calibrate.Calibration([c], 0).summary()[0]))
-    calibrate.write(cal, out, model.name)
+    source = str(text or capture.DEFAULT_TEXT_REL)
+    show = lambda c: click.echo("  " + calibrate.Calibration([c], 0).summary()[0])  # noqa: E731
+    if rows is not None:
+        cal = calibrate.fit_rows(rows, serve_ctx, source, progress=show)
+        calibrate.write(cal, out, model.name)
+    else:
+        backend = backend or build.last_built(build_dir)
+        click.echo(f"running {model.name} on {source} ({chunks} x 512 tokens) with the "
+                   f"{backend} build's tqpatch-capture")
+        cal = calibrate.calibrate_model(model, out, backend=backend, build_dir=build_dir,
+                                        text=text, chunks=chunks, serve_ctx=serve_ctx,
+                                        threads=threads, progress=show)
     click.echo(f"wrote {out} (valid up to {cal.ctx} tokens of context)")
-    click.echo(f"use it: LLAMA_TURBO_CALIB={out} llama-server -m {model} -ctk turbo3 -ctv turbo3 ...")
+    click.echo(f"use it: llama-server -m {model} -ctk turbo3 -ctv turbo3 -fa on --turbo-calib {out}")

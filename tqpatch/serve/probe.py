@@ -1,0 +1,73 @@
+"""The probe: each candidate configuration's KLD against the same build's f16 logits on
+a short bundled text (tqpatch/data/probe.txt, PROBE_CHUNKS x 512 tokens), and the
+coherence prompts (tqpatch.coherence), through tqpatch.eval on the serving build."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..errors import TqpatchError
+from .choose import ProbeRow
+
+PROBE_TEXT = Path(__file__).resolve().parent.parent / "data" / "probe.txt"
+PROBE_CHUNKS = 3
+PROBE_CTX = 512
+PROBE_VERSION = 1   # bump when what the probe measures changes: cached probes are redone
+
+
+def fingerprint() -> dict:
+    """What a cached probe must match to be reused (besides model and build)."""
+    try:
+        text = hashlib.sha256(PROBE_TEXT.read_bytes()).hexdigest()[:12]
+    except OSError as exc:
+        raise TqpatchError(f"{PROBE_TEXT}: the probe text is unreadable ({exc}); "
+                           "reinstall tqpatch") from None
+    return {"version": PROBE_VERSION, "text": text, "chunks": PROBE_CHUNKS, "ctx": PROBE_CTX}
+
+
+def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
+        build_dir: Path | None, calib: Path | None, threads: int | None = None, extra_args: Sequence[str] = (),
+        on_row: Callable[[int, int, ProbeRow], None] | None = None,
+        on_start: Callable[[int, int, str], None] | None = None) -> list[ProbeRow]:
+    """Measure every row on `backend`'s device of the `build_of` build (a copy of each
+    row comes back, filled in)."""
+    from .. import build, eval as ev
+    from ..eval.config import Config
+
+    configs = [Config(r.k, r.v, calib=str(calib) if r.calibrated and calib else "")
+               for r in rows]
+    by_label = {c.label: r for c, r in zip(configs, rows)}
+    if len(by_label) != len(rows):
+        raise TqpatchError("the probe was given the same configuration twice")
+
+    class Progress(ev.Progress):
+        def start(self, index, total, config, what):
+            if on_start:
+                on_start(index, total, what or config.label)
+
+        def coherence(self, label, result):
+            pass
+
+    server = build.find_binary("llama-server", build_of, build_dir)
+    binary = build.find_binary("llama-perplexity", build_of, build_dir)
+    results = ev.evaluate(configs, model=model, text=PROBE_TEXT, backend=backend, binary=binary,
+                          chunks=PROBE_CHUNKS, ctx=PROBE_CTX, threads=threads, kld=True,
+                          extra_args=extra_args, progress=Progress(), server=server)
+    out = []
+    for i, res in enumerate(results, 1):
+        src = by_label[res.label]
+        row = ProbeRow(src.k, src.v, src.calibrated)
+        if res.ok:
+            row.kld, row.ppl = res.kld_mean, res.ppl
+        else:
+            row.error = res.error or "failed"
+        coh = res.coherence
+        if coh is not None:
+            row.coherent, row.coherence = coh.coherent, coh.summary
+        out.append(row)
+        if on_row:
+            on_row(i, len(results), row)
+    return out
+

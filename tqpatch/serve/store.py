@@ -1,0 +1,113 @@
+"""Where `tqpatch serve` keeps what it measured, and the keys that say when it is stale.
+
+  <cache>/serve/<model sha256[:16]>-<calibration key>/
+      calib.gguf                     the model's calibration (tqpatch.calibrate)
+      probe-<backend>-<build>.json   the probe on one build (ProbeRows + the text's digest;
+                                     -nocal: without the calibration, --no-calib)
+
+The calibration key is a digest of what a calibration depends on besides the
+model: the codebooks the build was rendered from, the calibration file format
+and this tqpatch's version (the fit). The probe key adds the backend served on
+and the build's inputs digest (patches, kernels), so a rebuild with other
+kernels probes again. A model file's sha256 is remembered by path, size and
+mtime (hashing a large model on every start would cost seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .. import __version__, fsutil, paths
+from ..errors import TqpatchError
+
+SHA_INDEX = "model-sha256.json"
+
+
+def root() -> Path:
+    return paths.cache_root() / "serve"
+
+
+def _stat_key(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def model_sha256(model: Path, on_hash=None) -> str:
+    """The model file's sha256, from the index when its size and mtime are unchanged."""
+    from ..model import sha256_file
+
+    model = Path(model).resolve()
+    index_path = root() / SHA_INDEX
+    try:
+        index = json.loads(index_path.read_text())
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(str(model))
+    stat = _stat_key(model)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in stat} == stat \
+            and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    if on_hash:
+        on_hash(model)
+    try:
+        digest = sha256_file(model)
+    except OSError as exc:
+        raise TqpatchError(f"cannot read {model}: {exc.strerror or exc}") from None
+    index[str(model)] = {**stat, "sha256": digest}
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        fsutil.write_atomic(index_path, (json.dumps(index, indent=1) + "\n").encode())
+    except (OSError, TqpatchError):
+        pass  # the index only saves time
+    return digest
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def calib_key(build_record: dict) -> str:
+    from .. import calibrate
+
+    codebooks = ((build_record.get("inputs") or {}).get("render") or {}).get("codebooks")
+    return _digest({"codebooks": codebooks, "format": calibrate.FORMAT_VERSION,
+                    "tqpatch": __version__})
+
+
+def model_dir(model_sha: str, build_record: dict) -> Path:
+    return root() / f"{model_sha[:16]}-{calib_key(build_record)}"
+
+
+def calib_path(model_sha: str, build_record: dict) -> Path:
+    return model_dir(model_sha, build_record) / "calib.gguf"
+
+
+def probe_path(model_sha: str, build_record: dict, backend: str, calibrated: bool = True) -> Path:
+    build = (build_record.get("inputs") or {}).get("digest") or "unknown"
+    tail = "" if calibrated else "-nocal"
+    return model_dir(model_sha, build_record) / f"probe-{backend}-{build}{tail}.json"
+
+
+def load_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fsutil.write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
+def remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
