@@ -111,3 +111,18 @@ def remove(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def latest_probe(model_sha: str, calibrated: bool = True) -> tuple[Path, dict] | None:
+    """The newest cached probe of a model on any build and backend (for `tqpatch plan`)."""
+    found = []
+    for path in root().glob(f"{model_sha[:16]}-*/probe-*.json"):
+        if path.name.endswith("-nocal.json") == calibrated:
+            continue
+        data = load_json(path)
+        if data and isinstance(data.get("rows"), list):
+            found.append((path.stat().st_mtime, path, data))
+    if not found:
+        return None
+    _, path, data = max(found, key=lambda f: f[0])
+    return path, data
