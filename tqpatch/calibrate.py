@@ -324,15 +324,46 @@ def _write_to(gguf, cal: Calibration, path: Path, model_name: str) -> None:
     w.close()
 
 
-def read(path) -> dict[str, np.ndarray]:
-    """Tensors of a calibration file by name (for tests and inspection)."""
-    import gguf
+READ_LIMIT = 1 << 28        # bytes of tensor data read(): a real file holds a few MB
 
-    r = gguf.GGUFReader(str(path))
-    if "tqpatch.calib.version" not in r.fields:
+
+def read(path) -> dict[str, np.ndarray]:
+    """Tensors of a calibration file by name (for tests and inspection).
+
+    The file is untrusted (a user passes it in): the bounded GGUF reader parses
+    it, and each tensor's data is read from its offset, f32 only, finite.
+    """
+    from gguf import GGMLQuantizationType
+
+    from .plan.gguf_file import open_gguf
+
+    path = Path(path)
+    f, _ = open_gguf(path, want=lambda name: name.startswith("tqpatch.calib."))
+    if "tqpatch.calib.version" not in f.fields:
         raise TqpatchError(f"{path}: not a tqpatch calibration file")
-    return {t.name: np.array(t.data, dtype=np.float32).reshape(tuple(int(n) for n in reversed(t.shape)))
-            for t in r.tensors}
+    if sum(t.n_bytes for t in f.tensors) > READ_LIMIT:
+        raise TqpatchError(f"{path}: tensor data over {READ_LIMIT >> 20} MiB, far more than a "
+                           "calibration holds (corrupt or crafted)")
+    dtype = np.dtype(np.float32).newbyteorder(f.byte_order)
+    out = {}
+    try:
+        with open(path, "rb") as fh:
+            for t in f.tensors:
+                if t.tensor_type != GGMLQuantizationType.F32:
+                    raise TqpatchError(f"{path}: tensor {t.name} is {t.tensor_type.name}, not "
+                                       "F32 (not a tqpatch calibration file)")
+                fh.seek(t.data_offset)
+                buf = fh.read(t.n_bytes)
+                if len(buf) != t.n_bytes:
+                    raise TqpatchError(f"{path}: the file shrank while it was read")
+                a = np.frombuffer(buf, dtype=dtype)
+                if not np.isfinite(a).all():
+                    raise TqpatchError(f"{path}: tensor {t.name} holds non-finite values")
+                # ggml order is fastest dimension first; numpy's is the reverse
+                out[t.name] = a.astype(np.float32).reshape(tuple(reversed(t.shape)))
+    except OSError as exc:
+        raise TqpatchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return out
 
 
 # ---------------------------------------------------------------- a model run
@@ -341,20 +372,23 @@ def read(path) -> dict[str, np.ndarray]:
 def calibrate_model(model: Path, out: Path, *, backend: str, build_dir: Path | None = None,
                     text: Path | None = None, chunks: int = capture.DEFAULT_CHUNKS,
                     serve_ctx: int | None = None, threads: int | None = None,
-                    progress=None) -> Calibration:
+                    progress=None, n_layer: int | None = None) -> Calibration:
     """Run the model with a build's tqpatch-capture (on the CPU backend every build
     holds), fit the calibration and write it to `out`."""
     with tempfile.TemporaryDirectory(prefix="tqpatch-calib-") as tmp:
         rows_file = capture.run(model, Path(tmp) / "rows.bin", text=text, chunks=chunks,
                                 threads=threads, backend=backend, build_dir=build_dir)
-        cal = fit_rows(rows_file, serve_ctx, str(text or capture.DEFAULT_TEXT_REL), progress)
+        cal = fit_rows(rows_file, serve_ctx, str(text or capture.DEFAULT_TEXT_REL), progress,
+                       n_layer=n_layer)
     write(cal, out, Path(model).name)
     return cal
 
 
-def fit_rows(rows_file: Path, serve_ctx: int | None, source: str, progress=None) -> Calibration:
-    """fit() on a tqpatch-capture file recorded with --queries."""
-    data = capture.read(rows_file)
+def fit_rows(rows_file: Path, serve_ctx: int | None, source: str, progress=None,
+             n_layer: int | None = None) -> Calibration:
+    """fit() on a tqpatch-capture file recorded with --queries; n_layer (the
+    model's block count) checks the file's layers against the model."""
+    data = capture.read(rows_file, n_layer=n_layer)
     if not capture.layers(data, "q"):
         raise TqpatchError(f"{rows_file}: no query rows; record it with tqpatch-capture --queries")
     return fit(data, serve_ctx, source=source, progress=progress)

@@ -55,14 +55,16 @@ def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_d
       tqpatch calibrate gemma.gguf --backend cuda   # with the CUDA build's capture tool
     """
     from .. import build, calibrate, capture
+    from ..plan import read_model
     from ..plan.gguf_file import require_gguf
 
     require_gguf(model)
+    n_layer = read_model(model).n_layer  # the capture's layers must be the model's
     out = out or model.with_name(model.name + ".turbo-calib.gguf")
     source = str(text or capture.DEFAULT_TEXT_REL)
     show = lambda c: click.echo("  " + calibrate.Calibration([c], 0).summary()[0])  # noqa: E731
     if rows is not None:
-        cal = calibrate.fit_rows(rows, serve_ctx, source, progress=show)
+        cal = calibrate.fit_rows(rows, serve_ctx, source, progress=show, n_layer=n_layer)
         calibrate.write(cal, out, model.name)
     else:
         backend = backend or build.last_built(build_dir)
@@ -70,6 +72,6 @@ def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_d
                    f"{backend} build's tqpatch-capture")
         cal = calibrate.calibrate_model(model, out, backend=backend, build_dir=build_dir,
                                         text=text, chunks=chunks, serve_ctx=serve_ctx,
-                                        threads=threads, progress=show)
+                                        threads=threads, progress=show, n_layer=n_layer)
     click.echo(f"wrote {out} (valid up to {cal.ctx} tokens of context)")
     click.echo(f"use it: llama-server -m {model} -ctk turbo3 -ctv turbo3 -fa on --turbo-calib {out}")
