@@ -31,7 +31,8 @@ COMMANDS = {
     "eval": "Measure PPL / KLD of K/V cache configurations.",
     "plan": "KV-cache memory per K/V configuration for a GGUF model.",
     "synth-model": "Write a random-weight GGUF with a chosen attention shape.",
-    "calibrate": "Fit a turbo cache's calibration to a model (LLAMA_TURBO_CALIB).",
+    "calibrate": "Fit a turbo cache's calibration to a model (--turbo-calib FILE).",
+    "serve": "Serve a model with the most compressed KV cache that keeps its quality.",
 }
 
 
@@ -100,6 +101,7 @@ def main():
       codebook -> render -> fetch -> apply -> build -> verify -> eval
     \b
     Typical use:
+      tqpatch serve M.gguf                 # build, calibrate, probe, pick, run llama-server
       tqpatch build --backend cpu          # fetch, apply, build in one go
       tqpatch verify --backend cpu         # prove the built kernels right
       tqpatch plan M.gguf --ctx 32768      # KV memory and the -ctk/-ctv for M

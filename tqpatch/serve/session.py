@@ -207,3 +207,63 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
     argv = server_argv(record, backend, req, k, v, ctx, calib if choice.calibrated else None)
     return Plan(backend, build_of, record, info, calib, rows, choice, ctx, ctx_reason, argv,
                 timings)
+
+
+def render_table(p: Plan) -> str:
+    """What was measured: configuration, bits per value, probe KLD, coherent, KV MiB."""
+    from ..plan import MIB, kv_bytes
+
+    lines = [f"{'configuration':<22} {'bits/value':>10} {'probe KLD':>10} {'coherent':>9} "
+             f"{'KV MiB @ ' + str(p.ctx):>14}"]
+    for r in choose.order(p.rows):
+        kld = f"{r.kld:.4f}" if r.ok else "failed"
+        kv = kv_bytes(p.info, p.ctx, r.k, r.v) / MIB
+        mark = "  <- chosen" if p.choice.row is r else ""
+        lines.append(f"{r.label:<22} {r.bits:>10.2f} {kld:>10} {r.coherence or '-':>9} "
+                     f"{kv:>14.1f}{mark}")
+    return "\n".join(lines)
+
+
+def describe(p: Plan) -> list[str]:
+    import shlex
+
+    k, v = p.choice.pair
+    out = [f"quality {p.choice.level}: {choose.LEVELS[p.choice.level]}",
+           f"chosen: {k}/{v}{' with the calibration' if p.choice.calibrated else ''}: "
+           f"{p.choice.reason}",
+           f"context: {p.ctx} ({p.ctx_reason})",
+           "command: " + " ".join(shlex.quote(a) for a in p.argv)]
+    return out
+
+
+def run(req: Request, echo: Callable[[str], None] = _echo) -> int:
+    """prepare(), print it, run the server in the foreground; the exit status."""
+    from . import launch
+
+    started = time.monotonic()
+    p = prepare(req, echo)
+    echo("")
+    echo(render_table(p))
+    for line in describe(p):
+        echo(line)
+    launch.check_port(req.host, req.port)
+    with launch.Server(p.argv, req.host, req.port) as server:
+        try:
+            up = server.wait_ready()
+            text = server.self_check()
+            echo(f"self-check: {launch.SELF_CHECK_PROMPT!r} -> {text!r}")
+            first = time.monotonic() - started
+            spent = ", ".join(f"{k} {v:.0f} s" for k, v in p.timings.items()) or \
+                "calibration and probe reused"
+            echo(f"ready: {server.url} in {first:.0f} s from start ({spent}; server up in "
+                 f"{up:.0f} s); Ctrl-C stops it. The server's log follows.")
+            server.stream(echo)
+            rc = server.wait()
+        except KeyboardInterrupt:
+            echo("stopping llama-server")
+            server.stop()
+            echo("stopped")
+            return 0
+    if rc != 0:
+        raise server.crashed()
+    return 0
