@@ -218,3 +218,9 @@ def test_failed_verify_is_refused(tmp_path, monkeypatch):
     verified.write(Rep, rec)
     assert session.ensure_build("cpu", "cpu", bdir, echo=lambda m: None) is rec
     assert verified.status("cpu", {**rec, "finished": "later"}) == "none"   # a rebuild
+
+
+def test_loosest_bar_is_the_small_level():
+    r = rows(GEMMA_LIKE)
+    assert choose.loosest_bar(r) == pytest.approx(0.142)
+    assert choose.loosest_bar(rows({"turbo3/turbo3": 0.1})) is None

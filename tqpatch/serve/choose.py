@@ -114,6 +114,18 @@ def threshold(rows: Sequence[ProbeRow], level: str) -> float:
     return a.kld * (BALANCED_FRACTION if level == "balanced" else 1.0)
 
 
+def loosest_bar(rows: Sequence[ProbeRow]) -> float | None:
+    """The highest KLD any level accepts (None without the anchors): a row above it
+    cannot be chosen, whatever its coherence."""
+    bars = []
+    for level in LEVELS:
+        try:
+            bars.append(threshold(rows, level))
+        except TqpatchError:
+            pass
+    return max(bars) if bars else None
+
+
 def meets(row: ProbeRow, bar: float) -> bool:
     return row.ok and row.kld <= bar and row.coherent is True
 

@@ -5,10 +5,12 @@ coherence prompts (tqpatch.coherence), through tqpatch.eval on the serving build
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import TqpatchError
+from . import choose
 from .choose import ProbeRow
 
 PROBE_TEXT = Path(__file__).resolve().parent.parent / "data" / "probe.txt"
@@ -28,9 +30,9 @@ def fingerprint() -> dict:
 
 
 def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
-        build_dir: Path | None, calib: Path | None, threads: int | None = None, extra_args: Sequence[str] = (),
-        on_row: Callable[[int, int, ProbeRow], None] | None = None,
-        on_start: Callable[[int, int, str], None] | None = None) -> list[ProbeRow]:
+        build_dir: Path | None, calib: Path | None, threads: int | None = None,
+        extra_args: Sequence[str] = (), say: Callable[[str], None] = lambda m: None
+        ) -> list[ProbeRow]:
     """Measure every row on `backend`'s device of the `build_of` build (a copy of each
     row comes back, filled in)."""
     from .. import build, eval as ev
@@ -44,30 +46,36 @@ def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
 
     class Progress(ev.Progress):
         def start(self, index, total, config, what):
-            if on_start:
-                on_start(index, total, what or config.label)
+            say(f"[{index}/{total}] {what or config.label}")
 
         def coherence(self, label, result):
-            pass
+            say(f"coherence of {label}: {result.summary}")
 
     server = build.find_binary("llama-server", build_of, build_dir)
     binary = build.find_binary("llama-perplexity", build_of, build_dir)
     results = ev.evaluate(configs, model=model, text=PROBE_TEXT, backend=backend, binary=binary,
                           chunks=PROBE_CHUNKS, ctx=PROBE_CTX, threads=threads, kld=True,
-                          extra_args=extra_args, progress=Progress(), server=server)
+                          extra_args=extra_args, progress=Progress())
     out = []
-    for i, res in enumerate(results, 1):
+    for res in results:
         src = by_label[res.label]
         row = ProbeRow(src.k, src.v, src.calibrated)
         if res.ok:
             row.kld, row.ppl = res.kld_mean, res.ppl
         else:
             row.error = res.error or "failed"
-        coh = res.coherence
-        if coh is not None:
-            row.coherent, row.coherence = coh.coherent, coh.summary
         out.append(row)
-        if on_row:
-            on_row(i, len(results), row)
-    return out
+    # Coherence only where a level could take the row: KLD no worse than the loosest bar
+    # (choose.loosest_bar); the others are shown unchecked. It halves a cold probe.
+    bar = choose.loosest_bar(out)
+    todo = [res for res, row in zip(results, out) if row.ok and (bar is None or row.kld <= bar)]
+    say(f"coherence prompts on the {len(todo)} configurations a level could take")
+    from ..backends import get as get_backend
+    from ..eval.runner import check_coherence
 
+    check_coherence(todo, server, Path(model), threads or os.cpu_count() or 1,
+                    (*get_backend(backend).e2e.tool_args, *extra_args), Progress())
+    for res, row in zip(results, out):
+        if res.coherence is not None:
+            row.coherent, row.coherence = res.coherence.coherent, res.coherence.summary
+    return out

@@ -152,7 +152,7 @@ def ensure_probe(req: Request, info, model_sha: str, record: dict, backend: str,
     started = time.monotonic()
     rows = probe.run(todo, model=req.model, backend=backend, build_of=build_of,
                      build_dir=req.build_dir, calib=calib, threads=req.threads,
-                     on_start=lambda i, n, what: echo(f"  [{i}/{n}] {what}"))
+                     say=lambda m: echo("  " + m))
     timings["probe"] = time.monotonic() - started
     store.save_json(path, {"fingerprint": fp, "model": req.model.name, "backend": backend,
                            "seconds": round(timings["probe"], 1),
