@@ -160,3 +160,7 @@ class Server:
                 break
             except subprocess.TimeoutExpired:
                 continue
+            except KeyboardInterrupt:  # a second Ctrl-C while it stops: do not wait longer
+                if sig == signal.SIGKILL:
+                    raise
+                continue
