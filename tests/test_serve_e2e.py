@@ -31,9 +31,9 @@ def _port() -> int:
 
 
 class Serve:
-    def __init__(self, model, port):
+    def __init__(self, model, port, *extra):
         cmd = [sys.executable, "-m", "tqpatch.cli", "serve", str(model), "--port", str(port),
-               "--backend", "cpu", "--of-build", cpu.BUILD]
+               "--backend", "cpu", "--of-build", cpu.BUILD, *extra]
         self.port = port
         self.lines: list[str] = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -89,7 +89,7 @@ def gemma():
 def test_serve_picks_a_calibrated_turbo_cache_answers_and_restarts_from_the_cache(gemma):
     port = _port()
     t0 = time.monotonic()
-    first = Serve(gemma, port)
+    first = Serve(gemma, port, "--recalibrate")   # cold, whatever the cache holds
     try:
         first.wait_for("ready:", READY_TIMEOUT_S)
         cold = time.monotonic() - t0
