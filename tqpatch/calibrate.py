@@ -363,7 +363,31 @@ def read(path) -> dict[str, np.ndarray]:
                 out[t.name] = a.astype(np.float32).reshape(tuple(reversed(t.shape)))
     except OSError as exc:
         raise TqpatchError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    _check_layers(path, out)
     return out
+
+
+def _check_layers(path: Path, t: dict) -> None:
+    """Each layer's K part (k_scale, k_shift, q_scale) and V part (v_scale, o_scale)
+    whole, of (heads, head size), query heads a multiple of KV heads: what its
+    readers index without checking."""
+    for name in t:
+        blk, _, part = name.rpartition(".")
+        if not blk.startswith("blk.") or part not in ("k_scale", "k_shift", "q_scale",
+                                                       "v_scale", "o_scale"):
+            continue
+        kv, others, q = ((f"{blk}.k_scale", (f"{blk}.k_shift",), f"{blk}.q_scale")
+                         if part[0] in "kq" else (f"{blk}.v_scale", (), f"{blk}.o_scale"))
+        missing = [n for n in (kv, *others, q) if n not in t]
+        if missing:
+            raise TqpatchError(f"{path}: {name} without {', '.join(missing)} "
+                               "(not a tqpatch calibration file)")
+        a, b = t[kv].shape, t[q].shape
+        if (len(a) != 2 or len(b) != 2 or any(t[n].shape != a for n in others)
+                or a[1] != b[1] or 0 in a or b[0] % a[0]):
+            shapes = ", ".join(f"{n} {list(t[n].shape)}" for n in (kv, *others, q))
+            raise TqpatchError(f"{path}: {shapes} are not KV and query heads of one size "
+                               "(not a tqpatch calibration file)")
 
 
 # ---------------------------------------------------------------- a model run
