@@ -31,6 +31,14 @@ from tqpatch.plan import (
     support,
 )
 
+@pytest.fixture(autouse=True)
+def _own_cache(request, tmp_path, monkeypatch):
+    """plan looks up serve's probes in the tqpatch cache: every fast test gets its own,
+    empty (the slow ones read the real cache's build and model, and never run plan)."""
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
+
+
 # ---------------------------------------------------------------------------
 # tiny GGUFs
 
@@ -319,14 +327,14 @@ def test_default_is_what_help_says():
     assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in CliRunner().invoke(main, ["--help"]).output
 
 
-def test_readme_headline_is_the_default():
+def test_readme_headline_is_serve():
+    """The README's one-line pitch is `tqpatch serve`, whose choice plan shows once it
+    has probed (issue 24); plan's own default without a probe is what --help says."""
     from pathlib import Path
-
-    from tqpatch.plan.recommend import DEFAULT
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     headline = readme.split("```")[1]  # the first code block: the one-line pitch
-    assert f"-ctk {DEFAULT[0]} -ctv {DEFAULT[1]}" in headline, headline
+    assert "tqpatch serve " in headline, headline
 
 
 def test_recommend_q8_0_symmetric_only_where_measured_coherent(tmp_path):
@@ -691,7 +699,8 @@ def test_cli_plan_shows_measured_coherence(tmp_path):
     p = write_gguf(tmp_path / "g3.gguf", "gemma3", n_layer=18, n_embd=640, n_head=4, n_head_kv=1,
                    key_length=256, value_length=256, sliding_window=512, ctx_train=32768)
     out = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096"]).output
-    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ") and "/" in line}
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.startswith("  ") and "/" in line and " cal " not in line}
     import json
     from importlib.resources import files
 
@@ -703,8 +712,243 @@ def test_cli_plan_shows_measured_coherence(tmp_path):
     llama = write_gguf(tmp_path / "l.gguf", n_embd=512)  # head size 128: every type serves it
     out = CliRunner().invoke(main, ["plan", str(llama), "--ctx", "4096"]).output
     rows = [line for line in out.splitlines() if line.startswith("  ") and "x  " in line]
-    assert len(rows) == len(formats.KV_CONFIGS)  # llama: not measured
-    assert all(line.rstrip().endswith("x  -") for line in rows), rows
+    plain = [line for line in rows if " cal " not in line]
+    assert len(plain) == len(formats.KV_CONFIGS)  # llama: not measured
+    assert all(line.rstrip().endswith("x  -") for line in plain), rows
+    # the table measured no calibrated cache: the calibrated rows say where to measure them
+    cal = [line for line in rows if " cal " in line]
+    assert len(cal) == len(formats.PROBE_CONFIGS)
+    assert all(re.search(r"x  -\s+probe with tqpatch serve$", line) for line in cal), cal
+
+
+# ---------------------------------------------------------------------------
+# calibrated configurations and serve's probe
+
+
+def gemma_like(tmp_path, name="g3.gguf", **kw):
+    args = dict(n_layer=18, n_embd=640, n_head=4, n_head_kv=1, key_length=256, value_length=256,
+                sliding_window=512, ctx_train=32768)
+    return write_gguf(tmp_path / name, "gemma3", **{**args, **kw})
+
+
+# (K, V, calibrated) -> (KLD, coherent): Gemma 3 270M's shape (docs/quality.md)
+PROBED = {
+    ("q8_0", "q8_0", False): (0.006, True), ("q4_0", "q4_0", False): (0.142, True),
+    ("q8_0", "turbo4", False): (0.012, True), ("turbo4", "turbo4", False): (0.09, True),
+    ("turbo3", "turbo3", False): (0.695, False),
+    ("q8_0", "turbo4", True): (0.007, True), ("q8_0", "turbo3", True): (0.03, True),
+    ("q8_0", "turbo2", True): (0.08, True), ("turbo4", "turbo4", True): (0.028, True),
+    ("turbo4", "turbo3", True): (0.09, True), ("turbo3", "turbo3", True): (0.124, True),
+    ("turbo3", "turbo2", True): (0.2, True), ("turbo2", "turbo2", True): (0.4, False),
+}
+
+
+def write_probe(model, probed=PROBED, backend="cuda", calibrated=True, calib=True, build="b1"):
+    """A probe as `tqpatch serve` caches it (tqpatch.serve.session.ensure_probe)."""
+    from tqpatch.serve import store
+    from tqpatch.serve.choose import ProbeRow
+
+    record = {"inputs": {"digest": build, "render": {"codebooks": "test"}}}
+    path = store.probe_path(store.model_sha256(model), record, backend, calibrated=calibrated)
+    rows = [ProbeRow(k, v, cal, kld=kld, ppl=20.0, coherent=coh,
+                     coherence="3/3" if coh else "1/3").to_dict()
+            for (k, v, cal), (kld, coh) in probed.items()]
+    store.save_json(path, {"fingerprint": {"version": 1, "text": "t", "chunks": 3, "ctx": 512},
+                           "model": model.name, "backend": backend, "rows": rows})
+    if calib:
+        (path.parent / "calib.gguf").write_bytes(b"GGUF")
+    return path
+
+
+def plan_cli(*args):
+    res = CliRunner().invoke(main, ["plan", *map(str, args)])
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+def table_rows(out):
+    """label -> table line, the calibrated rows as 'K/V cal'."""
+    return {" ".join(line.split()[:2]) if " cal " in line else line.split()[0]: line
+            for line in out.splitlines() if line.startswith("  ") and re.search(r"\dx  ", line)}
+
+
+def test_plan_lists_calibrated_configurations_without_a_probe(tmp_path):
+    p = gemma_like(tmp_path)
+    out = plan_cli(p, "--ctx", "4096")
+    rows = table_rows(out)
+    assert "with the model's calibration (`tqpatch calibrate`, then llama-server --turbo-calib" in out
+    for k, v in formats.PROBE_CONFIGS:
+        line = rows[f"{k}/{v} cal"]
+        assert line.endswith("probe with tqpatch serve"), line
+        plain = rows.get(f"{k}/{v}")  # a calibration does not change the memory
+        if plain:
+            assert line.split()[2:6] == plain.split()[1:5]
+    assert "KLD" not in out.split("recommendation")[0]  # nothing measured: no probe columns
+    # today's policy, and one line saying how to measure the rest
+    assert "recommendation: -ctk q8_0 -ctv turbo4\n" in out
+    assert (f"calibrated turbo K/V may be smaller at the same quality: `tqpatch serve {p}` "
+            "measures it on this machine") in out
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
+    cal = [c for c in d["configs"] if c["calibrated"]]
+    assert [(c["type_k"], c["type_v"]) for c in cal] == list(formats.PROBE_CONFIGS)
+    assert all(c["label"].endswith(" cal") == c["calibrated"] and c["measured"] is None
+               for c in d["configs"])
+    assert d["probe"] is None and d["quality"] == "balanced"
+    rec = d["recommendation"]
+    assert (rec["type_k"], rec["type_v"], rec["source"], rec["calibrated"]) == \
+        ("q8_0", "turbo4", "policy", False)
+    assert {"flags", "reasons", "alternatives"} <= set(rec)
+    # --configs: exactly what was asked
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json", "--configs", "q8_0/turbo3"))
+    assert [c["label"] for c in d["configs"]] == ["q8_0/turbo3"]
+
+
+def test_plan_shows_the_probe_figures(tmp_path):
+    p = gemma_like(tmp_path)
+    probe = write_probe(p)
+    out = plan_cli(p, "--ctx", "4096")
+    rows = table_rows(out)
+    assert re.search(r"\s0\.0280\s+yes 3/3$", rows["turbo4/turbo4 cal"])
+    assert re.search(r"\s0\.1240\s+yes 3/3$", rows["turbo3/turbo3 cal"])
+    assert re.search(r"\s0\.4000\s+NO 1/3$", rows["turbo2/turbo2 cal"])
+    # plain rows: measured where the probe ran them, the family table beside
+    assert re.search(r"NO \(.*\)\s+0\.6950\s+NO 1/3$", rows["turbo3/turbo3"])
+    assert re.search(r"\s0\.0060\s+yes 3/3$", rows["q8_0/q8_0"])
+    assert re.search(r"\sref\s+-$", rows["f16/f16"])
+    assert re.search(r"\s-\s+-$", rows["q8_0/turbo3"])  # not probed uncalibrated
+    assert "probe with tqpatch serve" not in out
+    assert f"measured on this model by `tqpatch serve`'s probe on cuda ({probe})" in out
+    assert "3 x 512 tokens" in out
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
+    by = {c["label"]: c for c in d["configs"]}
+    assert by["turbo4/turbo4 cal"]["measured"]["kld"] == 0.028
+    assert by["q8_0/turbo3"]["measured"] is None
+    assert d["probe"]["backend"] == "cuda" and d["probe"]["path"] == str(probe)
+    assert d["probe"]["calib"] == str(probe.parent / "calib.gguf") and d["probe"]["calib_exists"]
+    # the probe ran without boundary layers: no figures for rows with them
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json", "--boundary-v", "1"))
+    assert all(c["measured"] is None for c in d["configs"] if c["boundary_v"])
+
+
+@pytest.mark.parametrize("level", ["lossless", "balanced", "small"])
+def test_plan_recommends_what_serve_chooses(tmp_path, level):
+    from tqpatch.serve import choose
+    from tqpatch.serve.choose import ProbeRow
+
+    p = gemma_like(tmp_path)
+    probe = write_probe(p)
+    want = choose.choose([ProbeRow(k, v, cal, kld=kld, coherent=coh)
+                          for (k, v, cal), (kld, coh) in PROBED.items()], level)
+    # Gemma 3's shape: a calibrated turbo K/V wherever it meets the level
+    assert (want.pair, want.calibrated) == {
+        "lossless": (("q8_0", "turbo4"), True), "balanced": (("turbo4", "turbo4"), True),
+        "small": (("turbo3", "turbo3"), True)}[level]
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json", "--quality", level))
+    rec = d["recommendation"]
+    assert (rec["type_k"], rec["type_v"]) == want.pair and rec["calibrated"] is want.calibrated
+    assert rec["source"] == "probe" and rec["level"] == level == d["quality"]
+    calib = probe.parent / "calib.gguf"
+    assert rec["calib"] == str(calib)
+    assert rec["flags"] == (f"llama-server -m {p} -c 4096 -ctk {want.pair[0]} -ctv {want.pair[1]} "
+                            f"-fa on --turbo-calib {calib}")
+    assert any(want.reason in r for r in rec["reasons"])
+    # the other levels' picks are the alternatives
+    others = [lv for lv in choose.LEVELS if lv != level]
+    assert [a.split("# --quality ")[1].split(":")[0] for a in rec["alternatives"]] == others
+    out = plan_cli(p, "--ctx", "4096", "--quality", level)
+    assert (f"recommendation: -ctk {want.pair[0]} -ctv {want.pair[1]} --turbo-calib {calib} "
+            f"(--quality {level}, measured)") in out
+    assert "missing now" not in out and "may be smaller at the same quality" not in out
+
+
+def test_plan_recommends_uncalibrated_where_it_measures_best(tmp_path):
+    """Without the calibration in the pick, no --turbo-calib; a probe run --no-calib counts."""
+    p = gemma_like(tmp_path)
+    plain = {key: val for key, val in PROBED.items() if not key[2]}
+    write_probe(p, plain, calibrated=False, calib=False)
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json", "--quality", "small"))
+    rec = d["recommendation"]
+    assert (rec["type_k"], rec["type_v"], rec["calibrated"]) == ("turbo4", "turbo4", False)
+    assert "--turbo-calib" not in rec["flags"] and rec["calib"] is None
+    assert d["probe"]["calib"] is None
+    cal = [c for c in d["configs"] if c["calibrated"]]
+    assert cal and all(c["measured"] is None for c in cal)
+
+
+def test_plan_names_a_missing_calibration(tmp_path):
+    p = gemma_like(tmp_path)
+    probe = write_probe(p, calib=False)
+    out = plan_cli(p, "--ctx", "4096")
+    calib = probe.parent / "calib.gguf"
+    assert f"--turbo-calib {calib} (missing now: `tqpatch serve {p}` makes it again" in out
+
+
+def test_plan_probe_memory_permitting(tmp_path):
+    """The most compressed configuration that meets the level and fits: with head sizes
+    K 64 / V 512, turbo4/turbo4 has fewer bits per value than q8_0/turbo2 but more bytes."""
+    p = write_gguf(tmp_path / "kv.gguf", n_layer=4, n_embd=256, n_head=4, n_head_kv=4,
+                   key_length=64, value_length=512, ctx_train=8192)
+    info = read_model(p)
+    probed = {**PROBED, ("turbo4", "turbo3", True): (0.2, True),  # balanced: turbo4/turbo4 cal
+              ("q8_0", "turbo2", True): (0.05, True)}
+    write_probe(p, probed)
+    big, small = kv_bytes(info, 8192, "turbo4", "turbo4"), kv_bytes(info, 8192, "q8_0", "turbo2")
+    assert small < big
+    vram = (info.weight_bytes + (small + big) // 2) / GIB
+    d = json.loads(plan_cli(p, "--ctx", "8192", "--json", "--vram", vram, "--overhead", "0"))
+    rec = d["recommendation"]
+    assert (rec["type_k"], rec["type_v"], rec["calibrated"]) == ("q8_0", "turbo2", True)
+    assert any("turbo4/turbo4 needs" in r and "memory is tight, so q8_0/turbo2" in r
+               for r in rec["reasons"])
+    # nothing that meets the level fits: choose's pick, with the context that does
+    vram = (info.weight_bytes + small // 4) / GIB
+    d = json.loads(plan_cli(p, "--ctx", "8192", "--json", "--vram", vram, "--overhead", "0"))
+    rec = d["recommendation"]
+    assert (rec["type_k"], rec["type_v"]) == ("q8_0", "turbo2")
+    assert any("even q8_0/turbo2 needs" in r and "largest context that fits is -c" in r
+               for r in rec["reasons"])
+
+
+def test_plan_ignores_other_models_and_unusable_probes(tmp_path, monkeypatch):
+    from tqpatch.serve import store
+
+    p = gemma_like(tmp_path)
+    # no probe at all in the cache: the model is not even hashed
+    monkeypatch.setattr(store, "model_sha256", lambda *a, **k: pytest.fail("hashed"))
+    assert "recommendation: -ctk q8_0 -ctv turbo4\n" in plan_cli(p, "--ctx", "4096")
+    monkeypatch.undo()
+    monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
+    other = gemma_like(tmp_path, "other.gguf", n_layer=12)
+    write_probe(other)
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
+    assert d["probe"] is None and d["recommendation"]["source"] == "policy"
+    # a probe without the level's anchor: the policy, saying why
+    no_anchor = {key: val for key, val in PROBED.items() if key[:2] != ("q4_0", "q4_0")}
+    path = write_probe(p, no_anchor)
+    d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
+    rec = d["recommendation"]
+    assert rec["source"] == "policy" and (rec["type_k"], rec["type_v"]) == ("q8_0", "turbo4")
+    assert any("cannot rank configurations" in r and "q4_0/q4_0" in r for r in rec["reasons"])
+    assert d["probe"]["path"] == str(path)  # its figures are still shown
+    # unreadable rows: as if there were no probe (serve would probe again)
+    data = json.loads(path.read_text())
+    for bad in ([1, 2], [{"k": "turbo9", "v": "turbo3", "calibrated": True, "kld": 0.1}],
+                [{"k": "q8_0", "v": "turbo3", "calibrated": True, "kld": "low"}]):
+        path.write_text(json.dumps({**data, "rows": bad}))
+        d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
+        assert d["probe"] is None and d["recommendation"]["source"] == "policy"
+
+
+def test_plan_quality_option(tmp_path):
+    p = gemma_like(tmp_path)
+    res = CliRunner().invoke(main, ["plan", str(p), "--ctx", "4096", "--quality", "huge"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "Invalid value for '--quality'" in res.output
+    assert "'lossless', 'balanced', 'small'" in res.output
+    help_text = " ".join(CliRunner().invoke(main, ["plan", "--help"]).output.split())
+    for words in ("--quality [lossless|balanced|small]", "[default: balanced]",
+                  "Where `tqpatch serve` has probed this model"):
+        assert words in help_text
 
 
 @pytest.mark.parametrize("option,value,message", [

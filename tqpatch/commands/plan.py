@@ -11,6 +11,7 @@ import click
 from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
 from ..plan.kv import MAX_OVERHEAD_MIB, MAX_VRAM_GIB
 from ..plan.modelinfo import MAX_CTX
+from ..serve.choose import DEFAULT_LEVEL, LEVELS
 
 
 class FiniteFloat(click.FloatRange):
@@ -47,19 +48,30 @@ class FiniteFloat(click.FloatRange):
 @click.option("--configs", "configs", default=None, metavar="K/V[:bkN][:bvN],...",
               help="K/V configurations to size, any cache type llama.cpp takes (default: "
                    "the standard set); :bkN / :bvN give one its own boundary layers.")
+@click.option("--quality", type=click.Choice(tuple(LEVELS)), default=DEFAULT_LEVEL,
+              show_default=True,
+              help="With a probe from `tqpatch serve`: the level the recommendation meets, as "
+                   "serve's --quality (" + "; ".join(f"{k}: {v}" for k, v in LEVELS.items())
+                   + ").")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_v, configs,
-            as_json):
+            quality, as_json):
     """KV-cache memory of MODEL (a GGUF) at -c CTX for each K/V cache type.
 
     \b
     Sizes are computed exactly as the pinned llama.cpp allocates them
     (cell counts padded to 256, sliding-window layers in their own smaller
-    cache, flash attention on), followed by a recommendation: keep K at
-    q8_0 and compress V (-ctk q8_0 -ctv turbo4 by default), since K
-    precision dominates attention quality; never a configuration measured
-    incoherent for the model's family (the `coherent` column), and for a
-    family not measured only q8_0 K.
+    cache, flash attention on), for each configuration plain and, marked
+    `cal`, with the model's calibration (`tqpatch calibrate`, then
+    llama-server --turbo-calib FILE), then a recommendation.
+    Where `tqpatch serve` has probed this model (its cache), the rows show
+    the probe's KLD and coherence, and the recommendation is serve's: the
+    most compressed configuration that meets --quality and fits --vram
+    (a calibrated turbo K where it measures so, with its --turbo-calib).
+    Without a probe: keep K at q8_0 and compress V (-ctk q8_0 -ctv turbo4
+    by default), since K precision dominates attention quality; never a
+    configuration measured incoherent for the model's family (the
+    `coherent` column), and for a family not measured only q8_0 K.
     With --vram the budget is: weights (all layers on the GPU) + KV cache
     + a fixed compute allowance (--overhead, default 1024 MiB).
     With --boundary-k/--boundary-v the turbo rows count the first and last
@@ -69,14 +81,19 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
 
     info = plan.read_model(model)
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
+    probe = plan.cached_probe(model)
     rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified,
-                          configs=_configs(configs), **bkw)
-    rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified, **bkw)
+                          configs=_configs(configs),
+                          calibrated=plan.CALIBRATED if configs is None else (),
+                          probe=probe, **bkw)
+    rec = plan.recommend(info, ctx, parallel, vram, overhead, unified=unified, probe=probe,
+                         level=quality, **bkw)
     if as_json:
         click.echo(json.dumps(plan.plan_json(info, ctx, rows, rec, parallel, vram, overhead, unified,
-                                             **bkw), indent=2))
+                                             probe=probe, level=quality, **bkw), indent=2))
     else:
-        click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified, **bkw))
+        click.echo(plan.render_text(info, ctx, rows, rec, parallel, vram, overhead, unified,
+                                    probe=probe, **bkw))
 
 
 def _configs(text: str | None):

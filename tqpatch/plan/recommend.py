@@ -11,13 +11,22 @@ Policy, in order:
   3. Never a configuration the coherence table shows incoherent for the
      family on any backend; for a family it has not measured, only SAFE_K
      configurations.
+
+That policy holds while nothing was measured on the model itself. Where
+`tqpatch serve` has cached a probe of this model (KLD against f16 and the
+coherence prompts, calibrated and not, on this machine), the recommendation
+is serve's own: the most compressed configuration that meets the quality
+level (tqpatch.serve.choose) and fits the memory, with the calibration it was
+measured with (cached_probe, recommend(probe=...)).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from .. import coherence, formats
+from ..errors import TqpatchError
 from .kv import (DEFAULT_OVERHEAD_MIB, GIB, boundary_env, budget_for_kv, fmt_bytes, is_turbo,
                  kv_bytes, max_ctx, support)
 from .modelinfo import ModelInfo, weight_class
@@ -36,6 +45,12 @@ SYMMETRIC = tuple(c for c in formats.KV_CONFIGS if is_turbo(c[0]) and c[0] == c[
 UPSTREAM_LADDER = ((SAFE_K, SAFE_K), (SAFE_K, formats.ANCHOR_TYPE), coherence.REFERENCE)
 DEFAULT = ASYMMETRIC[0]
 
+# what a user does when plan has nothing measured on the model
+PROBE_HINT = ("calibrated turbo K/V may be smaller at the same quality: `tqpatch serve {model}` "
+              "measures it on this machine (a calibration and a short probe), and plan then "
+              "recommends from those measurements.")
+
+
 @dataclass
 class Recommendation:
     type_k: str
@@ -43,43 +58,211 @@ class Recommendation:
     flags: str
     reasons: list[str]
     alternatives: list[str]
+    source: str = "policy"        # "policy" (module doc) or "probe" (serve's measurements)
+    level: str | None = None      # the quality level a probe-based pick meets
+    calibrated: bool = False      # the pick needs the model's calibration (--turbo-calib)
+    calib: str | None = None      # that calibration file
+    kld: float | None = None      # the pick's probe KLD
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+@dataclass
+class Probe:
+    """A probe `tqpatch serve` cached for this model (tqpatch.serve.store)."""
+
+    path: str
+    backend: str
+    rows: list                    # tqpatch.serve.choose.ProbeRow
+    calib: str | None             # calib.gguf beside it, for a probe run with the calibration
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def calib_exists(self) -> bool:
+        return bool(self.calib) and Path(self.calib).is_file()
+
+    def row(self, k: str, v: str, calibrated: bool):
+        return next((r for r in self.rows if r.pair == (k, v) and bool(r.calibrated) == calibrated),
+                    None)
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "backend": self.backend, "calib": self.calib,
+                "calib_exists": self.calib_exists, "fingerprint": self.fingerprint,
+                "rows": [r.to_dict() for r in self.rows]}
+
+
+def cached_probe(model) -> Probe | None:
+    """The newest probe `tqpatch serve` cached for this model file (with the calibration
+    if there is one, else without), or None; an unreadable one counts as none, as serve
+    itself would probe again."""
+    from ..serve import choose, store
+
+    # hashing a large model costs seconds: only when the cache holds any probe at all
+    if next(store.root().glob("*/probe-*.json"), None) is None:
+        return None
+    sha = store.model_sha256(model)
+    found = store.latest_probe(sha, calibrated=True) or store.latest_probe(sha, calibrated=False)
+    if found is None:
+        return None
+    path, data = found
+    try:
+        rows = [choose.ProbeRow.from_dict(r) for r in data["rows"]]
+    except (AttributeError, TypeError):  # a row that is not a mapping
+        return None
+    if not all(_readable(r) for r in rows):
+        return None
+    calib = path.parent / "calib.gguf" if any(r.calibrated for r in rows) else None
+    fp = data.get("fingerprint")
+    return Probe(str(path), str(data.get("backend") or "unknown"), rows,
+                 str(calib) if calib else None, fp if isinstance(fp, dict) else {})
+
+
+def _readable(row) -> bool:
+    """A cached row plan can read: known cache types, a KLD that is a number or absent."""
+    try:
+        row.bits  # noqa: B018 (TqpatchError for a cache type tqpatch does not know)
+    except (TqpatchError, TypeError):
+        return False
+    return (row.kld is None or isinstance(row.kld, (int, float))) and not isinstance(row.kld, bool)
+
+
 def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unified: bool,
-                  boundary_k: int = 0, boundary_v: int = 0) -> str:
+                  boundary_k: int = 0, boundary_v: int = 0, calib: str | None = None) -> str:
     env = boundary_env(k, v, boundary_k, boundary_v)
     flags = "".join(f"{name}={val} " for name, val in env.items())
     flags += f"llama-server -m {info.path} -c {ctx} -ctk {k} -ctv {v} -fa on"
+    if calib:
+        flags += f" --turbo-calib {calib}"
     if parallel > 1:
         flags += f" -np {parallel}" + (" -kvu" if unified else "")
     return flags
 
 
+class _Memory:
+    """The KV cache sizes of one request and the budget (--vram) they must fit."""
+
+    def __init__(self, info: ModelInfo, ctx: int, parallel: int, vram_gib: float | None,
+                 overhead_mib: float, unified: bool, bkw: dict):
+        self.info, self.ctx, self.parallel, self.unified, self.bkw = info, ctx, parallel, unified, bkw
+        self.vram_gib, self.overhead_mib = vram_gib, overhead_mib
+        self.budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
+
+    def need(self, k: str, v: str) -> int:
+        return kv_bytes(self.info, self.ctx, k, v, self.parallel, unified=self.unified, **self.bkw)
+
+    def fits(self, k: str, v: str) -> bool:
+        return self.budget is None or self.need(k, v) <= self.budget
+
+    def flags(self, k: str, v: str, calib: str | None = None) -> str:
+        return _server_flags(self.info, self.ctx, k, v, self.parallel, self.unified,
+                             calib=calib, **self.bkw)
+
+    def pick(self, ladder: list[tuple[str, str]]) -> tuple[tuple[str, str], list[str]]:
+        """The first of ladder (in order of preference) that fits, and what memory did
+        to the choice; the smallest, with the context that fits, when none does."""
+        choice = next((c for c in ladder if self.fits(*c)), None)
+        need, budget, ctx = self.need, self.budget, self.ctx
+        if choice is None and budget <= 0:
+            return ladder[0], [
+                f"the weights ({fmt_bytes(self.info.weight_bytes)}) plus the "
+                f"{self.overhead_mib:.0f} MiB compute allowance already exceed "
+                f"{self.vram_gib:g} GiB: no KV cache type makes this fit; offload fewer layers "
+                "(-ngl) or use smaller weights."]
+        if choice is None:
+            choice = min(ladder, key=lambda c: need(*c))
+            best = max_ctx(self.info, *choice, budget, self.parallel, unified=self.unified,
+                           **self.bkw)
+            return choice, [
+                f"even {choice[0]}/{choice[1]} needs {need(*choice) / GIB:.2f} GiB of KV at "
+                f"-c {ctx}, more than the {budget / GIB:.2f} GiB left after weights and compute; "
+                + (f"the largest context that fits is -c {best}." if best else
+                   "not even 256 tokens fit.")]
+        if choice != ladder[0]:
+            first = ladder[0]
+            return choice, [
+                f"{first[0]}/{first[1]} needs {need(*first) / GIB:.2f} GiB of KV at -c {ctx}, "
+                f"more than the {budget / GIB:.2f} GiB left: memory is tight, so "
+                f"{choice[0]}/{choice[1]}."]
+        return choice, []
+
+
 def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
               vram_gib: float | None = None, overhead_mib: float = DEFAULT_OVERHEAD_MIB,
               unified: bool = True, boundary_k: int = 0, boundary_v: int = 0,
-              table: dict | None = None) -> Recommendation:
-    """A K/V configuration following the policy above, with the flags.
+              table: dict | None = None, probe: Probe | None = None,
+              level: str | None = None) -> Recommendation:
+    """A K/V configuration with the flags: from `probe` (cached_probe) at quality `level`
+    (default: serve's) where it has one, else following the policy above.
 
     boundary_k / boundary_v: the boundary layers the user runs with (sizes and
     flags account for them). table: the coherence table (default: the measured one).
     """
-    bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
-    ctx = ctx or info.ctx_train
+    mem = _Memory(info, ctx or info.ctx_train, parallel, vram_gib, overhead_mib, unified,
+                  dict(boundary_k=boundary_k, boundary_v=boundary_v))
+    unusable = None
+    if probe is not None:
+        from ..serve import choose
+
+        try:
+            return _from_probe(mem, probe, level or choose.DEFAULT_LEVEL)
+        except TqpatchError as exc:  # the probe lacks the level's anchor
+            unusable = f"the cached probe {probe.path} cannot rank configurations: {exc.message}"
+    rec = _from_policy(mem, table)
+    if unusable:
+        rec.reasons.append(unusable)
+    if any(support(info, *c) is None for c in ASYMMETRIC):
+        rec.reasons.append(PROBE_HINT.format(model=info.path))
+    return rec
+
+
+def _from_probe(mem: _Memory, probe: Probe, level: str) -> Recommendation:
+    """serve's rule (tqpatch.serve.choose) on the probe's rows, memory permitting: the most
+    compressed that meets the level and fits."""
+    from ..serve import choose
+
+    choice = choose.choose(probe.rows, level)
+    meeting = [r for r in choose.order(probe.rows)
+               if choose.meets(r, choice.threshold) and support(mem.info, r.k, r.v) is None]
+    if not meeting:  # choose's own last resort
+        meeting = [choose.ProbeRow("f16", "f16", False, kld=0.0)]
+    pair, mem_reasons = mem.pick([r.pair for r in meeting])
+    pick = next(r for r in meeting if r.pair == pair)  # of a pair, the order's first (cal first)
+    reasons = [f"measured on this model by `tqpatch serve`'s probe on {probe.backend} "
+               f"({probe.path}): KLD against f16 and the coherence prompts.",
+               f"--quality {level}: {choice.reason}."]
+    reasons += mem_reasons
+    calib = None
+    if pick.calibrated:
+        calib = probe.calib
+        reasons.append(f"{pick.label} needs the calibration it was measured with: "
+                       f"--turbo-calib {calib}"
+                       + ("" if probe.calib_exists else
+                          f" (missing now: `tqpatch serve {mem.info.path}` makes it again, "
+                          f"or `tqpatch calibrate {mem.info.path} -o {calib}`)") + ".")
+    alternatives = []
+    seen = {(pick.pair, pick.calibrated)}
+    for other in choose.LEVELS:  # what the other levels would pick
+        c = choose.choose(probe.rows, other)
+        key = (c.pair, c.calibrated)
+        if other == level or key in seen:
+            continue
+        seen.add(key)
+        what = (f"KLD {c.row.kld:.4f}, {c.row.bits:.2f} bits per value" if c.row
+                else "nothing probed meets it")
+        alternatives.append(f"{mem.flags(*c.pair, probe.calib if c.calibrated else None)}"
+                            f"   # --quality {other}: {what}")
+    return Recommendation(pick.k, pick.v, mem.flags(pick.k, pick.v, calib), reasons, alternatives,
+                          source="probe", level=level, calibrated=pick.calibrated, calib=calib,
+                          kld=pick.kld)
+
+
+def _from_policy(mem: _Memory, table: dict | None) -> Recommendation:
+    info = mem.info
     wclass = weight_class(info.file_type_name)
-    budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
 
     def ok(k, v):
         return support(info, k, v) is None
-
-    def need(k, v):
-        return kv_bytes(info, ctx, k, v, parallel, unified=unified, **bkw)
-
-    def fits(k, v):
-        return budget is None or need(k, v) <= budget
 
     reasons = [f"K precision dominates attention quality (softmax amplifies K error "
                f"exponentially, V error only linearly): keep K at {SAFE_K}, compress V."]
@@ -122,29 +305,8 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
     reasons += dropped
     if not ladder:  # nothing quantized serves it; f16 always does
         ladder = [("f16", "f16")]
-    choice = next((c for c in ladder if fits(*c)), None)
-    if choice is None and budget <= 0:
-        choice = ladder[0]
-        reasons.append(
-            f"the weights ({fmt_bytes(info.weight_bytes)}) plus the {overhead_mib:.0f} MiB compute "
-            f"allowance already exceed {vram_gib:g} GiB: no KV cache type makes this fit; offload "
-            "fewer layers (-ngl) or use smaller weights."
-        )
-    elif choice is None:
-        choice = ladder[-1]
-        best = max_ctx(info, *choice, budget, parallel, unified=unified, **bkw)
-        reasons.append(
-            f"even {choice[0]}/{choice[1]} needs {need(*choice) / GIB:.2f} GiB of KV at -c {ctx}, "
-            f"more than the {budget / GIB:.2f} GiB left after weights and compute; "
-            + (f"the largest context that fits is -c {best}." if best else
-               "not even 256 tokens fit.")
-        )
-    elif choice != ladder[0]:
-        first = ladder[0]
-        reasons.append(
-            f"{first[0]}/{first[1]} needs {need(*first) / GIB:.2f} GiB of KV at -c {ctx}, more than "
-            f"the {budget / GIB:.2f} GiB left: memory is tight, so {choice[0]}/{choice[1]}."
-        )
+    choice, mem_reasons = mem.pick(ladder)
+    reasons += mem_reasons
     for c in ladder:
         if c == choice:
             continue
@@ -152,12 +314,8 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
                 f"{_bits(c) / 2:.2f} bits per value on average")
         if c == DEFAULT:
             note += ", the safe default"
-        alternatives.append(f"{_server_flags(info, ctx, c[0], c[1], parallel, unified, **bkw)}"
-                            f"   # {note}")
-    return Recommendation(choice[0], choice[1],
-                          _server_flags(info, ctx, choice[0], choice[1], parallel, unified, **bkw),
-                          reasons, alternatives)
-
+        alternatives.append(f"{mem.flags(*c)}   # {note}")
+    return Recommendation(choice[0], choice[1], mem.flags(*choice), reasons, alternatives)
 
 
 def coherent_ladder(family: str, ladder: list[tuple[str, str]], table: dict | None = None
