@@ -933,7 +933,8 @@ def test_plan_ignores_other_models_and_unusable_probes(tmp_path, monkeypatch):
     # unreadable rows: as if there were no probe (serve would probe again)
     data = json.loads(path.read_text())
     for bad in ([1, 2], [{"k": "turbo9", "v": "turbo3", "calibrated": True, "kld": 0.1}],
-                [{"k": "q8_0", "v": "turbo3", "calibrated": True, "kld": "low"}]):
+                [{"k": "q8_0", "v": "turbo3", "calibrated": True, "kld": "low"}],
+                [{"k": "q8_0", "v": "turbo3", "calibrated": True, "kld": 0.1, "coherent": "yes"}]):
         path.write_text(json.dumps({**data, "rows": bad}))
         d = json.loads(plan_cli(p, "--ctx", "4096", "--json"))
         assert d["probe"] is None and d["recommendation"]["source"] == "policy"

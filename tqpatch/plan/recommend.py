@@ -112,6 +112,7 @@ def cached_probe(model) -> Probe | None:
         return None
     if not all(_readable(r) for r in rows):
         return None
+    # the calibration a probe ran with sits beside it (store.calib_path's name)
     calib = path.parent / "calib.gguf" if any(r.calibrated for r in rows) else None
     fp = data.get("fingerprint")
     return Probe(str(path), str(data.get("backend") or "unknown"), rows,
@@ -119,12 +120,14 @@ def cached_probe(model) -> Probe | None:
 
 
 def _readable(row) -> bool:
-    """A cached row plan can read: known cache types, a KLD that is a number or absent."""
+    """A cached row plan can read: cache types tqpatch knows, a KLD that is a number or
+    absent, a coherence verdict and a calibration mark that are booleans."""
     try:
-        row.bits  # noqa: B018 (TqpatchError for a cache type tqpatch does not know)
+        formats.type_info(row.k), formats.type_info(row.v)
     except (TqpatchError, TypeError):
         return False
-    return (row.kld is None or isinstance(row.kld, (int, float))) and not isinstance(row.kld, bool)
+    number = row.kld is None or (isinstance(row.kld, (int, float)) and not isinstance(row.kld, bool))
+    return number and row.coherent in (None, True, False) and isinstance(row.calibrated, bool)
 
 
 def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unified: bool,
