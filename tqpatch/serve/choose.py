@@ -142,8 +142,10 @@ def choose(rows: Sequence[ProbeRow], level: str = DEFAULT_LEVEL) -> Choice:
         if meets(r, bar):
             better = [o for o in order(rows) if o.bits < r.bits]
             why = f"the most compressed configuration with {LEVELS[level]} (KLD <= {bar:.4f})"
-            if better:
-                near = better[-1]
+            if better:  # the closest smaller size, its best run (calibrated or not)
+                top = max(o.bits for o in better)
+                near = min((o for o in better if o.bits == top),
+                           key=lambda o: o.kld if o.ok else math.inf)
                 why += (f"; {near.label} ({near.bits:.2f} bits) is smaller but "
                         + _fails(near, bar))
             return Choice(r, level, bar, why)
