@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
+
+
+def _check_out(out: Path) -> None:
+    from .. import fsutil
+    from ..errors import TqpatchError
+
+    fsutil.refuse_special(out)  # write() renames over the path: a FIFO or link there would go
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
+        raise TqpatchError(f"cannot write {out}: folder {out.parent} does not exist or is not writable")
 
 
 def _backend_names():
@@ -61,6 +71,7 @@ def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_d
     require_gguf(model)
     n_layer = read_model(model).n_layer  # the capture's layers must be the model's
     out = out or model.with_name(model.name + ".turbo-calib.gguf")
+    _check_out(out)  # before the run: a bad -o is said at once, not after minutes
     source = str(text or capture.DEFAULT_TEXT_REL)
     show = lambda c: click.echo("  " + calibrate.Calibration([c], 0).summary()[0])  # noqa: E731
     if rows is not None:

@@ -37,11 +37,20 @@ def command(out, layers, ff, vocab, ctx_train, embd, heads, kv_heads, head_dim, 
     small feed-forward and vocabulary, so that KV-cache bandwidth dominates
     decode at depth. Output text is meaningless; the numbers are real.
     """
+    from .. import fsutil
+    from ..errors import TqpatchError
     from ..synth import SynthShape, synth_model
+
+    # GGUFWriter opens OUT itself: it would write through a link, into a device or FIFO
+    fsutil.refuse_special(out)
 
     shape = SynthShape(layers=layers, n_embd=embd, n_head=heads, n_head_kv=kv_heads,
                        head_dim=head_dim, ff=ff, vocab=vocab, ctx_train=ctx_train)
-    res = synth_model(out, shape, seed=seed, wtype=wtype)
+    try:
+        res = synth_model(out, shape, seed=seed, wtype=wtype)
+    except OSError as e:  # a parent that is a file, a read-only folder, a full disk
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
+        raise TqpatchError(f"cannot write {out}: {e.strerror or e}{where}") from None
     for n in res["notes"]:
         click.echo(f"note: {n}")
     s = res["shape"]
