@@ -446,7 +446,9 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
         with tarfile.open(archive, "r:*") as tf:
             tf.extractall(dest, filter=keep)
     except (tarfile.TarError, EOFError, zlib.error) as e:
-        raise TqpatchError(f"cannot read {archive}: {e}") from None
+        # tarfile's ReadError lists every method it tried, one per line: the first says it
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TqpatchError(f"cannot read {archive}: not a tar archive tqpatch can open ({why})") from None
     except OSError as e:
         raise _io_error(e, archive, dest, writing[0] if writing else None) from None
     return count

@@ -17,6 +17,8 @@ def _ctx(ctx, param, value):
         raise click.BadParameter(f"{value!r}: a number of tokens, or max") from None
     if n < 256:
         raise click.BadParameter(f"{n}: at least 256 tokens")
+    if n > 2**31 - 1:
+        raise click.BadParameter(f"{n}: llama.cpp takes at most {2**31 - 1} (an int32)")
     return n
 
 

@@ -189,6 +189,9 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
         raise TqpatchError(f"unknown --quality {req.level!r}: choose from {', '.join(choose.LEVELS)}")
     info = check_model(req.model)
     cand.candidates(info)  # a model no turbo type serves is refused before any work
+    if req.ctx and info.ctx_train and req.ctx > info.ctx_train:
+        raise TqpatchError(f"--ctx {req.ctx} is more than the model's trained context "
+                           f"({info.ctx_train}): pass at most {info.ctx_train}")
     launch.check_port(req.host, req.port)
     backend = req.backend
     if backend is None:
