@@ -299,8 +299,7 @@ ROWS = [
     # fetch and model from what is not a source
     R("fetch-from-missing", "fetch", "--from", "{d}/missing"),
     R("fetch-from-text", "fetch", "--from", "{d}/victim.txt"),
-    R("fetch-from-garbage-archive", "fetch", "--from", "{d}/archive.tar.gz",
-      ),
+    R("fetch-from-garbage-archive", "fetch", "--from", "{d}/archive.tar.gz"),
     R("fetch-from-empty-dir", "fetch", "--from", "{d}/tree_empty"),
     R("fetch-from-fifo", "fetch", "--from", "{d}/fifo"),
     R("model-from-missing", "model", "--from", "{d}/missing"),
