@@ -307,7 +307,7 @@ CHILD = textwrap.dedent("""
     import sys, time
     from tqpatch.errors import TqpatchError
     from tqpatch.plan import read_model
-    t = time.monotonic()
+    t = time.process_time()  # CPU seconds: a busy machine does not fail the bound
     try:
         read_model(sys.argv[1])
         out = "parsed"
@@ -319,7 +319,7 @@ CHILD = textwrap.dedent("""
     except OSError:  # no /proc (macOS: ru_maxrss in bytes)
         import resource
         kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(time.monotonic() - t, kib // 1024)
+    print(time.process_time() - t, kib // 1024)
     print(out)
 """)
 
@@ -335,7 +335,7 @@ def test_crafted_files_of_issue_25_stay_small_and_fast(tmp_path, case):
     seconds, rss_mib = float(stats.split()[0]), int(stats.split()[1])
     assert message in out and out.count("\n") == 0
     assert rss_mib < 300, rss_mib
-    assert seconds < 10, seconds  # ~2 s here on a loaded 2-core machine
+    assert seconds < 10, seconds  # CPU seconds; ~2 here (the failures of issue 25: minutes)
 
 
 def test_plan_stops_on_sigterm_during_a_long_read(tmp_path):
