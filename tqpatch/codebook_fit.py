@@ -76,6 +76,11 @@ def _calibrated(rows: dict, rec: capture.Rows, data: np.ndarray, calib: dict) ->
     scale = calib.get(f"blk.{rec.layer}.{rec.kind}_scale")
     if scale is None:
         return data                       # V, from a file written before V scales
+    if tuple(scale.shape) != (rec.n_head, rec.n_embd_head):
+        raise TqpatchError(
+            f"the calibration's blk.{rec.layer}.{rec.kind}_scale is {tuple(scale.shape)}, but the "
+            f"capture's layer {rec.layer} has {rec.n_head} heads of {rec.n_embd_head}: "
+            "a calibration of another model")
     plain = calibrate.rotate(data, rot).reshape(t, rec.n_head, rec.n_embd_head) * scale
     if rec.kind == "k":
         plain = plain + calib[f"blk.{rec.layer}.k_shift"]
