@@ -40,8 +40,11 @@ def check_port(host: str, port: int) -> None:
         raise TqpatchError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
     family, _, _, _, addr = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # as llama-server binds: a port in TIME_WAIT after a stopped server is free to it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(addr)
+            s.listen(1)
         except OSError as exc:
             what = "in use" if exc.errno in (98, 48, 10048) else (exc.strerror or str(exc))
             raise TqpatchError(f"cannot serve on {host}:{port}: {what}; pick another with "
