@@ -746,7 +746,7 @@ PROBED = {
 def write_probe(model, probed=PROBED, backend="cuda", calibrated=True, calib=True, build="b1"):
     """A probe as `tqpatch serve` caches it (tqpatch.serve.session.ensure_probe)."""
     from tqpatch.serve import store
-    from tqpatch.serve.choose import ProbeRow
+    from tqpatch.quality import ProbeRow
 
     record = {"inputs": {"digest": build, "render": {"codebooks": "test"}}}
     path = store.probe_path(store.model_sha256(model), record, backend, calibrated=calibrated)
@@ -832,12 +832,12 @@ def test_plan_shows_the_probe_figures(tmp_path):
 
 @pytest.mark.parametrize("level", ["lossless", "balanced", "small"])
 def test_plan_recommends_what_serve_chooses(tmp_path, level):
-    from tqpatch.serve import choose
-    from tqpatch.serve.choose import ProbeRow
+    from tqpatch import quality
+    from tqpatch.quality import ProbeRow
 
     p = gemma_like(tmp_path)
     probe = write_probe(p)
-    want = choose.choose([ProbeRow(k, v, cal, kld=kld, coherent=coh)
+    want = quality.choose([ProbeRow(k, v, cal, kld=kld, coherent=coh)
                           for (k, v, cal), (kld, coh) in PROBED.items()], level)
     # Gemma 3's shape: a calibrated turbo K/V wherever it meets the level
     assert (want.pair, want.calibrated) == {
@@ -853,7 +853,7 @@ def test_plan_recommends_what_serve_chooses(tmp_path, level):
                             f"-fa on --turbo-calib {calib}")
     assert any(want.reason in r for r in rec["reasons"])
     # the other levels' picks are the alternatives
-    others = [lv for lv in choose.LEVELS if lv != level]
+    others = [lv for lv in quality.LEVELS if lv != level]
     assert [a.split("# --quality ")[1].split(":")[0] for a in rec["alternatives"]] == others
     out = plan_cli(p, "--ctx", "4096", "--quality", level)
     assert (f"recommendation: -ctk {want.pair[0]} -ctv {want.pair[1]} --turbo-calib {calib} "

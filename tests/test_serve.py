@@ -14,8 +14,9 @@ from tqpatch import formats
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch.plan import MIB, read_model
-from tqpatch.serve import candidates, choose, memory, store
-from tqpatch.serve.choose import ProbeRow
+from tqpatch import quality
+from tqpatch.serve import candidates, memory, store
+from tqpatch.quality import ProbeRow
 
 from test_plan import write_gguf
 
@@ -37,7 +38,7 @@ GEMMA_LIKE = {"q8_0/q8_0": 0.006, "q4_0/q4_0": 0.142, "q8_0/turbo4 cal": 0.011,
 
 
 def test_balanced_takes_the_most_compressed_clearly_better_than_q4_0():
-    c = choose.choose(rows(GEMMA_LIKE), "balanced")
+    c = quality.choose(rows(GEMMA_LIKE), "balanced")
     assert c.row.label == "turbo4/turbo3 cal"        # 3.69 bits, 0.05 <= 0.071
     assert c.threshold == pytest.approx(0.071)
     assert "turbo3/turbo3" in c.reason               # the smaller one and why it lost
@@ -45,28 +46,28 @@ def test_balanced_takes_the_most_compressed_clearly_better_than_q4_0():
 
 def test_small_and_lossless_levels():
     r = rows(GEMMA_LIKE)
-    assert choose.choose(r, "small").row.label == "turbo3/turbo3 cal"   # 0.124 <= 0.142
-    assert choose.choose(r, "lossless").row.label == "q8_0/q8_0"        # only it is within 0.0075
+    assert quality.choose(r, "small").row.label == "turbo3/turbo3 cal"   # 0.124 <= 0.142
+    assert quality.choose(r, "lossless").row.label == "q8_0/q8_0"        # only it is within 0.0075
 
 
 def test_incoherent_never_chosen_even_with_a_low_kld():
     r = rows({"q8_0/q8_0": 0.006, "q4_0/q4_0": 0.142, "turbo2/turbo2 cal": -0.001})
-    assert choose.choose(r, "small").row.label == "q4_0/q4_0"
+    assert quality.choose(r, "small").row.label == "q4_0/q4_0"
 
 
 def test_failed_runs_and_missing_anchor():
     r = rows({"q8_0/q8_0": 0.006, "q4_0/q4_0": 0.142})
     r.append(ProbeRow("turbo3", "turbo3", True, error="crashed"))
-    assert choose.choose(r, "balanced").row.label == "q8_0/q8_0"
+    assert quality.choose(r, "balanced").row.label == "q8_0/q8_0"
     with pytest.raises(TqpatchError, match="q4_0/q4_0"):
-        choose.choose(rows({"q8_0/q8_0": 0.006}), "balanced")
+        quality.choose(rows({"q8_0/q8_0": 0.006}), "balanced")
     with pytest.raises(TqpatchError, match="unknown quality level"):
-        choose.choose(r, "best")
+        quality.choose(r, "best")
 
 
 def test_nothing_meets_falls_back_to_f16():
     r = rows({"q8_0/q8_0": -0.006, "q4_0/q4_0": 0.142})
-    c = choose.choose(r, "lossless")
+    c = quality.choose(r, "lossless")
     assert c.row is None and c.pair == ("f16", "f16")
 
 
@@ -222,5 +223,5 @@ def test_failed_verify_is_refused(tmp_path, monkeypatch):
 
 def test_loosest_bar_is_the_small_level():
     r = rows(GEMMA_LIKE)
-    assert choose.loosest_bar(r) == pytest.approx(0.142)
-    assert choose.loosest_bar(rows({"turbo3/turbo3": 0.1})) is None
+    assert quality.loosest_bar(r) == pytest.approx(0.142)
+    assert quality.loosest_bar(rows({"turbo3/turbo3": 0.1})) is None

@@ -11,7 +11,7 @@ import click
 from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
 from ..plan.kv import MAX_OVERHEAD_MIB, MAX_VRAM_GIB
 from ..plan.modelinfo import MAX_CTX
-from ..serve.choose import DEFAULT_LEVEL, LEVELS
+from ..quality import DEFAULT_LEVEL, LEVELS
 
 
 class FiniteFloat(click.FloatRange):
@@ -81,7 +81,9 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
 
     info = plan.read_model(model)
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
-    probe = plan.cached_probe(model)
+    from ..serve import store
+
+    probe = store.cached_probe(model)
     rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified,
                           configs=_configs(configs),
                           calibrated=plan.CALIBRATED if configs is None else (),

@@ -23,7 +23,7 @@ def _ctx(ctx, param, value):
 
 
 def _levels():
-    from ..serve.choose import LEVELS
+    from ..quality import LEVELS
 
     return list(LEVELS)
 

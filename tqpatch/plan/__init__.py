@@ -15,12 +15,12 @@ from .kv import (BOUNDARY_TYPE, CTX_PAD, DEFAULT_OVERHEAD_MIB, ENV_BOUNDARY_K, E
                  check_boundary, check_memory, effective_bpv, is_turbo, kv_bytes, kv_caches,
                  layer_type, max_ctx, parse_kv_sizes, row_size, support)
 from .modelinfo import ModelInfo, read_model, weight_class
-from .recommend import Probe, Recommendation, cached_probe, recommend
+from .recommend import Probe, Recommendation, recommend
 from .report import (CALIBRATED, CONFIGS, ConfigRow, describe_model, plan_json, plan_rows,
                      render_text)
 
 __all__ = [  # the names other modules, tests and benchmarks import from here
-    "boundary_env", "boundary_suffix", "BOUNDARY_TYPE", "budget_for_kv", "cached_probe",
+    "boundary_env", "boundary_suffix", "BOUNDARY_TYPE", "budget_for_kv",
     "CALIBRATED", "check_boundary", "check_memory", "ConfigRow", "CONFIGS", "CTX_PAD", "DEFAULT_OVERHEAD_MIB",
     "describe_model", "effective_bpv", "ENV_BOUNDARY_K", "ENV_BOUNDARY_V", "field_value",
     "GIB", "is_turbo", "kv_bytes", "kv_caches", "KVCache", "layer_type", "MAX_BOUNDARY",

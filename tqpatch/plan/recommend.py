@@ -16,8 +16,8 @@ That policy holds while nothing was measured on the model itself. Where
 `tqpatch serve` has cached a probe of this model (KLD against f16 and the
 coherence prompts, calibrated and not, on this machine), the recommendation
 is serve's own: the most compressed configuration that meets the quality
-level (tqpatch.serve.choose) and fits the memory, with the calibration it was
-measured with (cached_probe, recommend(probe=...)).
+level (tqpatch.quality) and fits the memory, with the calibration it was
+measured with (tqpatch.serve.store.cached_probe, recommend(probe=...)).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Probe:
 
     path: str
     backend: str
-    rows: list                    # tqpatch.serve.choose.ProbeRow
+    rows: list                    # tqpatch.quality.ProbeRow
     calib: str | None             # calib.gguf beside it, for a probe run with the calibration
     fingerprint: dict = field(default_factory=dict)
 
@@ -90,44 +90,6 @@ class Probe:
         return {"path": self.path, "backend": self.backend, "calib": self.calib,
                 "calib_exists": self.calib_exists, "fingerprint": self.fingerprint,
                 "rows": [r.to_dict() for r in self.rows]}
-
-
-def cached_probe(model) -> Probe | None:
-    """The newest probe `tqpatch serve` cached for this model file (with the calibration
-    if there is one, else without), or None; an unreadable one counts as none, as serve
-    itself would probe again."""
-    from ..serve import choose, store
-
-    # hashing a large model costs seconds: only when the cache holds any probe at all
-    if next(store.root().glob("*/probe-*.json"), None) is None:
-        return None
-    sha = store.model_sha256(model)
-    found = store.latest_probe(sha, calibrated=True) or store.latest_probe(sha, calibrated=False)
-    if found is None:
-        return None
-    path, data = found
-    try:
-        rows = [choose.ProbeRow.from_dict(r) for r in data["rows"]]
-    except (AttributeError, TypeError):  # a row that is not a mapping
-        return None
-    if not all(_readable(r) for r in rows):
-        return None
-    # the calibration a probe ran with sits beside it (store.calib_path's name)
-    calib = path.parent / "calib.gguf" if any(r.calibrated for r in rows) else None
-    fp = data.get("fingerprint")
-    return Probe(str(path), str(data.get("backend") or "unknown"), rows,
-                 str(calib) if calib else None, fp if isinstance(fp, dict) else {})
-
-
-def _readable(row) -> bool:
-    """A cached row plan can read: cache types tqpatch knows, a KLD that is a number or
-    absent, a coherence verdict and a calibration mark that are booleans."""
-    try:
-        formats.type_info(row.k), formats.type_info(row.v)
-    except (TqpatchError, TypeError):
-        return False
-    number = row.kld is None or (isinstance(row.kld, (int, float)) and not isinstance(row.kld, bool))
-    return number and row.coherent in (None, True, False) and isinstance(row.calibrated, bool)
 
 
 def _server_flags(info: ModelInfo, ctx: int, k: str, v: str, parallel: int, unified: bool,
@@ -195,7 +157,7 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
               unified: bool = True, boundary_k: int = 0, boundary_v: int = 0,
               table: dict | None = None, probe: Probe | None = None,
               level: str | None = None) -> Recommendation:
-    """A K/V configuration with the flags: from `probe` (cached_probe) at quality `level`
+    """A K/V configuration with the flags: from `probe` (tqpatch.serve.store.cached_probe) at quality `level`
     (default: serve's) where it has one, else following the policy above.
 
     boundary_k / boundary_v: the boundary layers the user runs with (sizes and
@@ -205,10 +167,10 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
                   dict(boundary_k=boundary_k, boundary_v=boundary_v))
     unusable = None
     if probe is not None:
-        from ..serve import choose
+        from .. import quality
 
         try:
-            return _from_probe(mem, probe, level or choose.DEFAULT_LEVEL)
+            return _from_probe(mem, probe, level or quality.DEFAULT_LEVEL)
         except TqpatchError as exc:  # the probe lacks the level's anchor
             unusable = f"the cached probe {probe.path} cannot rank configurations: {exc.message}"
     rec = _from_policy(mem, table)
@@ -220,15 +182,15 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
 
 
 def _from_probe(mem: _Memory, probe: Probe, level: str) -> Recommendation:
-    """serve's rule (tqpatch.serve.choose) on the probe's rows, memory permitting: the most
+    """serve's rule (tqpatch.quality) on the probe's rows, memory permitting: the most
     compressed that meets the level and fits."""
-    from ..serve import choose
+    from .. import quality
 
-    choice = choose.choose(probe.rows, level)
-    meeting = [r for r in choose.order(probe.rows)
-               if choose.meets(r, choice.threshold) and support(mem.info, r.k, r.v) is None]
+    choice = quality.choose(probe.rows, level)
+    meeting = [r for r in quality.order(probe.rows)
+               if quality.meets(r, choice.threshold) and support(mem.info, r.k, r.v) is None]
     if not meeting:  # choose's own last resort
-        meeting = [choose.ProbeRow("f16", "f16", False, kld=0.0)]
+        meeting = [quality.ProbeRow("f16", "f16", False, kld=0.0)]
     pair, mem_reasons = mem.pick([r.pair for r in meeting])
     pick = next(r for r in meeting if r.pair == pair)  # of a pair, the order's first (cal first)
     reasons = [f"measured on this model by `tqpatch serve`'s probe on {probe.backend} "
@@ -245,8 +207,8 @@ def _from_probe(mem: _Memory, probe: Probe, level: str) -> Recommendation:
                           f"or `tqpatch calibrate {mem.info.path} -o {calib}`)") + ".")
     alternatives = []
     seen = {(pick.pair, pick.calibrated)}
-    for other in choose.LEVELS:  # what the other levels would pick
-        c = choose.choose(probe.rows, other)
+    for other in quality.LEVELS:  # what the other levels would pick
+        c = quality.choose(probe.rows, other)
         key = (c.pair, c.calibrated)
         if other == level or key in seen:
             continue

@@ -56,7 +56,7 @@ def plan_rows(info: ModelInfo, ctx: int, parallel: int = 1, vram_gib: float | No
     """One row per configuration: (K, V) pairs take the boundary_k / boundary_v of kw,
     (K, V, boundary K, boundary V) their own. table: the coherence table. calibrated:
     (K, V) pairs listed again, after configs, as run with the model's calibration.
-    probe: what serve measured (cached_probe), attached to the rows it has."""
+    probe: what serve measured (tqpatch.serve.store.cached_probe), attached to the rows it has."""
     f16 = kv_bytes(info, ctx, "f16", "f16", parallel, **kw)
     budget = budget_for_kv(info, vram_gib, overhead_mib) if vram_gib is not None else None
     rows = []

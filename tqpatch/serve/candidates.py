@@ -6,7 +6,7 @@ from __future__ import annotations
 from .. import formats
 from ..errors import TqpatchError
 from ..plan import ModelInfo, support
-from .choose import ProbeRow
+from ..quality import ProbeRow
 
 
 def candidates(info: ModelInfo, calibrated: bool = True) -> list[ProbeRow]:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import TqpatchError
-from . import choose
-from .choose import ProbeRow
+from .. import quality
+from ..quality import ProbeRow
 
 PROBE_TEXT = Path(__file__).resolve().parent.parent / "data" / "probe.txt"
 PROBE_CHUNKS = 3
@@ -66,8 +66,8 @@ def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
             row.error = res.error or "failed"
         out.append(row)
     # Coherence only where a level could take the row: KLD no worse than the loosest bar
-    # (choose.loosest_bar); the others are shown unchecked. It halves a cold probe.
-    bar = choose.loosest_bar(out)
+    # (quality.loosest_bar); the others are shown unchecked. It halves a cold probe.
+    bar = quality.loosest_bar(out)
     todo = [res for res, row in zip(results, out) if row.ok and (bar is None or row.kld <= bar)]
     say(f"coherence prompts on the {len(todo)} configurations a level could take")
     from ..backends import get as get_backend

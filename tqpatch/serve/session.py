@@ -16,7 +16,8 @@ import click
 from .. import backends
 from ..errors import TqpatchError
 from . import candidates as cand
-from . import choose, memory, probe, store
+from .. import quality
+from . import memory, probe, store
 
 # what serve runs from a build
 NEEDED_TARGETS = ("llama-server", "llama-perplexity", "tqpatch-capture", "tqpatch-verify")
@@ -26,7 +27,7 @@ NEEDED_TARGETS = ("llama-server", "llama-perplexity", "tqpatch-capture", "tqpatc
 class Request:
     model: Path
     ctx: int | None = None            # None: the largest that fits
-    level: str = choose.DEFAULT_LEVEL
+    level: str = quality.DEFAULT_LEVEL
     host: str = "127.0.0.1"
     port: int = 8080
     extra: Sequence[str] = ()
@@ -47,8 +48,8 @@ class Plan:
     record: dict
     info: object                      # plan.ModelInfo
     calib: Path | None
-    rows: list[choose.ProbeRow]
-    choice: choose.Choice
+    rows: list[quality.ProbeRow]
+    choice: quality.Choice
     ctx: int
     ctx_reason: str
     argv: list[str]
@@ -135,13 +136,13 @@ def ensure_calibration(req: Request, model_sha: str, record: dict, build_of: str
 
 def ensure_probe(req: Request, info, model_sha: str, record: dict, backend: str,
                  build_of: str, calib: Path | None, timings: dict,
-                 echo: Callable[[str], None] = _echo) -> list[choose.ProbeRow]:
+                 echo: Callable[[str], None] = _echo) -> list[quality.ProbeRow]:
     path = store.probe_path(model_sha, record, backend, calibrated=calib is not None)
     fp = probe.fingerprint()
     cached = store.load_json(path)
     if cached and cached.get("fingerprint") == fp and not req.recalibrate:
         try:
-            rows = [choose.ProbeRow.from_dict(r) for r in cached["rows"]]
+            rows = [quality.ProbeRow.from_dict(r) for r in cached["rows"]]
             echo(f"probe: reusing {path}")
             return rows
         except (KeyError, TypeError, TqpatchError):
@@ -185,8 +186,8 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
     """Everything up to the server's command line."""
     from . import launch
 
-    if req.level not in choose.LEVELS:
-        raise TqpatchError(f"unknown --quality {req.level!r}: choose from {', '.join(choose.LEVELS)}")
+    if req.level not in quality.LEVELS:
+        raise TqpatchError(f"unknown --quality {req.level!r}: choose from {', '.join(quality.LEVELS)}")
     info = check_model(req.model)
     cand.candidates(info)  # a model no turbo type serves is refused before any work
     if req.ctx and info.ctx_train and req.ctx > info.ctx_train:
@@ -203,7 +204,7 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
     model_sha = store.model_sha256(req.model, on_hash=lambda p: echo(f"model: hashing {p.name}"))
     calib = ensure_calibration(req, model_sha, record, build_of, timings, echo)
     rows = ensure_probe(req, info, model_sha, record, backend, build_of, calib, timings, echo)
-    choice = choose.choose(rows, req.level)
+    choice = quality.choose(rows, req.level)
     k, v = choice.pair
     mem = free_memory(backend, record)
     ctx, ctx_reason = memory.pick_ctx(info, k, v, mem, req.ctx)
@@ -218,7 +219,7 @@ def render_table(p: Plan) -> str:
 
     lines = [f"{'configuration':<22} {'bits/value':>10} {'probe KLD':>10} {'coherent':>9} "
              f"{'KV MiB @ ' + str(p.ctx):>14}"]
-    for r in choose.order(p.rows):
+    for r in quality.order(p.rows):
         kld = f"{r.kld:.4f}" if r.ok else "failed"
         kv = kv_bytes(p.info, p.ctx, r.k, r.v) / MIB
         mark = "  <- chosen" if p.choice.row is r else ""
@@ -231,7 +232,7 @@ def describe(p: Plan) -> list[str]:
     import shlex
 
     k, v = p.choice.pair
-    out = [f"quality {p.choice.level}: {choose.LEVELS[p.choice.level]}",
+    out = [f"quality {p.choice.level}: {quality.LEVELS[p.choice.level]}",
            f"chosen: {k}/{v}{' with the calibration' if p.choice.calibrated else ''}: "
            f"{p.choice.reason}",
            f"context: {p.ctx} ({p.ctx_reason})",

@@ -19,11 +19,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import __version__, fsutil, paths
+from .. import __version__, formats, fsutil, paths
 from ..errors import TqpatchError
 
+if TYPE_CHECKING:
+    from ..plan.recommend import Probe
+
 SHA_INDEX = "model-sha256.json"
+CALIB_NAME = "calib.gguf"
 
 
 def root() -> Path:
@@ -84,7 +89,7 @@ def model_dir(model_sha: str, build_record: dict) -> Path:
 
 
 def calib_path(model_sha: str, build_record: dict) -> Path:
-    return model_dir(model_sha, build_record) / "calib.gguf"
+    return model_dir(model_sha, build_record) / CALIB_NAME
 
 
 def probe_path(model_sha: str, build_record: dict, backend: str, calibrated: bool = True) -> Path:
@@ -126,3 +131,42 @@ def latest_probe(model_sha: str, calibrated: bool = True) -> tuple[Path, dict] |
         return None
     _, path, data = max(found, key=lambda f: f[0])
     return path, data
+
+
+def cached_probe(model) -> Probe | None:
+    """The newest probe `tqpatch serve` cached for this model file (with the calibration
+    if there is one, else without), or None; an unreadable one counts as none, as serve
+    itself would probe again."""
+    from .. import quality
+    from ..plan.recommend import Probe
+
+    # hashing a large model costs seconds: only when the cache holds any probe at all
+    if next(root().glob("*/probe-*.json"), None) is None:
+        return None
+    sha = model_sha256(model)
+    found = latest_probe(sha, calibrated=True) or latest_probe(sha, calibrated=False)
+    if found is None:
+        return None
+    path, data = found
+    try:
+        rows = [quality.ProbeRow.from_dict(r) for r in data["rows"]]
+    except (AttributeError, TypeError):  # a row that is not a mapping
+        return None
+    if not all(_readable(r) for r in rows):
+        return None
+    # the calibration a probe ran with sits beside it (calib_path)
+    calib = path.parent / CALIB_NAME if any(r.calibrated for r in rows) else None
+    fp = data.get("fingerprint")
+    return Probe(str(path), str(data.get("backend") or "unknown"), rows,
+                 str(calib) if calib else None, fp if isinstance(fp, dict) else {})
+
+
+def _readable(row) -> bool:
+    """A cached row plan can read: cache types tqpatch knows, a KLD that is a number or
+    absent, a coherence verdict and a calibration mark that are booleans."""
+    try:
+        formats.type_info(row.k), formats.type_info(row.v)
+    except (TqpatchError, TypeError):
+        return False
+    number = row.kld is None or (isinstance(row.kld, (int, float)) and not isinstance(row.kld, bool))
+    return number and row.coherent in (None, True, False) and isinstance(row.calibrated, bool)

@@ -1,4 +1,5 @@
-"""The quality levels and the rule that turns probe results into one configuration.
+"""The quality levels and the rule that turns probe results (`tqpatch serve`'s) into one
+configuration; `tqpatch serve` and `tqpatch plan` both decide by it.
 
 Every level is defined against anchors measured in the same probe, on the same
 build and text, so that the probe's own noise and the model's sensitivity set
@@ -23,8 +24,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-from .. import formats
-from ..errors import TqpatchError
+from . import formats
+from .errors import TqpatchError
 
 LOSSLESS_SLACK = 1.25
 BALANCED_FRACTION = 0.5
