@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TqpatchError
+from .plan.modelinfo import MAX_CTX  # llama.cpp's -c, an int32
 
 MAGIC = b"TQKV"
 VERSION = 1
@@ -90,7 +91,6 @@ class Rope:
 # Bounds of a record's fields (a crafted n_rot of 2^32-1 must not become an array)
 MAX_LAYERS = 512                # llama.cpp's LLAMA_MAX_LAYERS
 MAX_WIDTH = 1 << 20             # head sizes, rotation sizes, heads x head size
-MAX_CTX = 2**31 - 1
 ROPE_TYPES = (-1, 0, 2, 8, 24, 40)  # llama.h LLAMA_ROPE_TYPE_*: NONE NORM NEOX MROPE VISION IMROPE
 
 

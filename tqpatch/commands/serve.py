@@ -17,8 +17,10 @@ def _ctx(ctx, param, value):
         raise click.BadParameter(f"{value!r}: a number of tokens, or max") from None
     if n < 256:
         raise click.BadParameter(f"{n}: at least 256 tokens")
-    if n > 2**31 - 1:
-        raise click.BadParameter(f"{n}: llama.cpp takes at most {2**31 - 1} (an int32)")
+    from ..plan.modelinfo import MAX_CTX
+
+    if n > MAX_CTX:
+        raise click.BadParameter(f"{n}: llama.cpp takes at most {MAX_CTX} (an int32)")
     return n
 
 

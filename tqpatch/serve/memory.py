@@ -20,9 +20,9 @@ from typing import Mapping
 from ..errors import TqpatchError
 from ..plan import CTX_PAD, MIB, ModelInfo, kv_bytes, max_ctx
 from ..plan.kv import fmt_bytes
+from ..plan.modelinfo import MAX_CTX
 
 _DEVICE_LINE = re.compile(r"^\s*(?P<name>[A-Za-z]+)\d+:\s.*\((?P<total>\d+) MiB, (?P<free>\d+) MiB free\)\s*$")
-LLAMA_MAX_CTX = 2**31 - 1  # llama.cpp's -c is an int32
 OVERHEAD_MIB = 1024        # compute buffers and the runtime's own, as `plan` allows
 
 
@@ -80,13 +80,13 @@ def pick_ctx(info: ModelInfo, k: str, v: str, memory: Memory, requested: int | N
     """The context to serve: `requested` if it fits (else TqpatchError naming the largest
     that does), else the largest that fits, at most the trained context."""
     budget = kv_budget(info, memory)
-    limit = min(info.ctx_train or LLAMA_MAX_CTX, LLAMA_MAX_CTX)
+    limit = min(info.ctx_train or MAX_CTX, MAX_CTX)
     best = max_ctx(info, k, v, max(budget, 0), limit=limit, **kw) if budget > 0 else 0
     room = (f"{fmt_bytes(memory.free)} free ({memory.where}), weights "
             f"{fmt_bytes(info.weight_bytes)}, {OVERHEAD_MIB} MiB for compute")
     if requested is not None:
-        if requested > LLAMA_MAX_CTX:
-            raise TqpatchError(f"--ctx {requested}: llama.cpp takes at most {LLAMA_MAX_CTX}")
+        if requested > MAX_CTX:
+            raise TqpatchError(f"--ctx {requested}: llama.cpp takes at most {MAX_CTX}")
         if info.ctx_train and requested > info.ctx_train:
             raise TqpatchError(f"--ctx {requested} is more than the model's trained context "
                                f"({info.ctx_train}): pass at most {info.ctx_train}")
