@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import click
 
-from . import __version__, fetch, fsutil, lock, paths, patchset, pin, render, testhook, txn
+from . import __version__, backends, fetch, fsutil, lock, paths, patchset, pin, render, testhook, txn
 from .errors import TqpatchError
 
 Echo = Callable[[str], None]
@@ -164,6 +164,14 @@ def read_manifest(tree: Path) -> dict | None:
     return data
 
 
+def placed_files(tree: Path) -> frozenset[str]:
+    """Tree-relative paths the patches and the render placed in an applied tree."""
+    manifest = read_manifest(Path(tree))
+    if manifest is None:
+        raise TqpatchError(f"{tree} carries no tqpatch manifest: run `tqpatch apply`")
+    return frozenset(manifest["files"])
+
+
 def _inputs_record(inputs: "Inputs") -> dict:
     return {
         "pin": pin.LLAMA_CPP_COMMIT,
@@ -214,7 +222,7 @@ class Inputs:
 
 def load_inputs() -> Inputs:
     patches = patchset.load_series(paths.patches_dir())
-    rendered = render.load_rendered()
+    rendered = render.load_rendered(backends.all_backends())
     for rel in rendered.files:
         _check_rel(rel, "rendered file path")
     return Inputs(patches, rendered)

@@ -9,7 +9,8 @@ A build is a short list of named steps, each shown as it runs:
   record   tqpatch-build.json in the build dir: what was built, how, with what
 
 The full output goes to <build-dir>/tqpatch-build.log; on failure the last lines
-and the log's path are printed. Later stages find binaries with find_binary().
+and the log's path are printed. Later stages read the record and find the
+binaries through build_record.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 import click
 
-from . import __version__, backends, lock, paths, toolchain
+from . import __version__, apply, lock, toolchain
+from .backends.base import Backend
+from .backends.cmake import configure_args
+from .build_record import RECORD_NAME, build_dir_of, exe
 from .errors import TqpatchError
 
 LOG_NAME = "tqpatch-build.log"
-RECORD_NAME = "tqpatch-build.json"
 ARGS_NAME = "tqpatch-cmake-args.json"
 
 DEFAULT_TARGETS: tuple[str, ...] = (
@@ -43,56 +46,12 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 # Targets a tree may lack: skipped with a note instead of failing the build.
 OPTIONAL_TARGETS = frozenset({"tqpatch-verify", "tqpatch-capture"})
 
-# Checked against the pinned tree's CMakeLists (llama.cpp 0c1e57098). LLAMA_CURL is
-# left out on purpose: at the pin it is deprecated and ignored (a configure warning).
-# LLAMA_USE_PREBUILT_UI=OFF keeps the build offline (it would fetch the web UI).
-COMMON_CMAKE_ARGS: tuple[str, ...] = (
-    "-DLLAMA_BUILD_TESTS=ON",
-    "-DLLAMA_BUILD_TOOLS=ON",
-    "-DLLAMA_BUILD_SERVER=ON",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DLLAMA_USE_PREBUILT_UI=OFF",
-)
-
 TAIL_LINES = 40
 _PROGRESS_RE = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 
 
 # --------------------------------------------------------------------------
 # pure pieces (unit-tested)
-
-
-def cmake_args(
-    backend: str,
-    arch: str | None = None,
-    *,
-    build_type: str = "Release",
-    options: dict | None = None,
-    ccache: bool = False,
-    extra: Sequence[str] = (),
-    boundary_k: int = 0,
-    boundary_v: int = 0,
-) -> list[str]:
-    """The full cmake configure options (without -S/-B) for one backend.
-
-    options: the backend's parsed build options (e.g. {"fa-quants": "default"});
-    boundary_k / boundary_v: the build-time default of LLAMA_TURBO_BOUNDARY_K / _V
-    (patch 0010), always passed so that a rebuild without them resets them to 0.
-    """
-    if build_type not in ("Release", "Debug", "RelWithDebInfo"):
-        raise TqpatchError(f"unknown build type {build_type!r}: use Release or Debug")
-    b = backends.get(backend)
-    return [
-        "-G", "Ninja",
-        f"-DCMAKE_BUILD_TYPE={build_type}",
-        *COMMON_CMAKE_ARGS,
-        f"-DGGML_CCACHE={'ON' if ccache else 'OFF'}",
-        f"-DLLAMA_TURBO_BOUNDARY_K={int(boundary_k)}",
-        f"-DLLAMA_TURBO_BOUNDARY_V={int(boundary_v)}",
-        *b.cmake_args(arch, options or {}),
-        *extra,
-    ]
 
 
 def parse_progress(line: str) -> tuple[int, int] | None:
@@ -261,22 +220,13 @@ def available_targets(build_dir: Path, ninja: str,
     return parse_targets(out) if rc == 0 else None
 
 
-def _ensure_applied(tree: Path | None) -> Path:
-    try:
-        from . import apply
-    except ImportError:
-        raise TqpatchError("tqpatch.apply (the patch stage) is missing from this checkout; "
-                           "update it, or apply the tree yourself and pass --tree") from None
-    return Path(apply.ensure_applied(tree))
-
-
 # --------------------------------------------------------------------------
 # the build
 
 
 @dataclass
 class BuildRequest:
-    backend: str
+    backend: Backend
     arch: str | None = None
     targets: Sequence[str] | None = None
     jobs: int | None = None
@@ -289,7 +239,7 @@ class BuildRequest:
     boundary_v: int = 0
 
 
-def _check(backend: backends.Backend, echo) -> tuple[toolchain.Toolchain, list[toolchain.Probe]]:
+def _check(backend: Backend, echo) -> tuple[toolchain.Toolchain, list[toolchain.Probe]]:
     reason = backend.unsupported_reason()
     if reason:
         raise TqpatchError(f"cannot build the {backend.name} backend here: {reason}")
@@ -304,17 +254,13 @@ def _check(backend: backends.Backend, echo) -> tuple[toolchain.Toolchain, list[t
     return tc, probes
 
 
-def _build_dir_of(req: BuildRequest, backend) -> Path:
-    return Path(req.build_dir or paths.default_build_dir(backend.name)).expanduser().resolve()
-
-
 def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
     """Run the whole build; returns the record written to <build-dir>/tqpatch-build.json.
 
     Holds the build folder's lock throughout, and the tree's lock shared from
     apply to the record, so no apply or revert changes the sources mid-build.
     """
-    build_dir = _build_dir_of(req, backends.get(req.backend))
+    build_dir = build_dir_of(req.backend, req.build_dir)
     with contextlib.ExitStack() as held:
         held.enter_context(lock.build_dir(build_dir))
         return _build(req, echo, held)
@@ -322,11 +268,11 @@ def build(req: BuildRequest, echo: Callable[..., None] = click.echo) -> dict:
 
 def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitStack) -> dict:
     started = time.monotonic()
-    backend = backends.get(req.backend)
+    backend = req.backend
     arch = backend.normalize_arch(req.arch)  # reject a bad --arch before any work
     targets = list(dict.fromkeys(req.targets or DEFAULT_TARGETS))
     jobs = req.jobs or os.cpu_count() or 1
-    build_dir = _build_dir_of(req, backend)
+    build_dir = build_dir_of(backend, req.build_dir)
 
     echo(f"[1/5] check: toolchain and {backend.name} requirements")
     effective_arch = arch if arch is not None else backend.default_arch()
@@ -344,7 +290,7 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
         tools = {elsewhere.name: {"path": None, "version": offered}}
 
     echo("[2/5] apply: turbo patches on the llama.cpp tree")
-    tree = _ensure_applied(req.tree).resolve()
+    tree = Path(apply.ensure_applied(req.tree)).resolve()
     held.enter_context(lock.tree(tree, shared=True))
     echo(f"  tree: {tree}")
 
@@ -352,10 +298,10 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
         """argv as it runs here, or in the build environment with the tree and build dir."""
         return list(argv) if elsewhere is None else elsewhere.wrap(argv, [tree, build_dir], env)
 
-    args = cmake_args(backend.name, effective_arch, build_type=req.build_type,
-                      options=req.options, ccache=ccache,
-                      extra=tuple(req.extra_cmake_args),
-                      boundary_k=req.boundary_k, boundary_v=req.boundary_v)
+    args = configure_args(backend, effective_arch, build_type=req.build_type,
+                          options=req.options, ccache=ccache,
+                          extra=tuple(req.extra_cmake_args),
+                          boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)
     log_path = build_dir / LOG_NAME
     with open(log_path, "w", errors="replace") as log:
@@ -408,8 +354,6 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
             raise _fail("build", log, log_path, rc, echo)
 
     seconds = round(time.monotonic() - started, 1)
-    from . import apply
-
     record = {
         "inputs": apply.tree_inputs(tree),
         "backend": backend.name,
@@ -431,136 +375,10 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
     (build_dir / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
     bin_dir = build_dir / "bin"
-    built = [t for t in targets if _exe(bin_dir / t).exists()]
+    built = [t for t in targets if exe(bin_dir / t).exists()]
     echo(f"built in {seconds:.0f} s; binaries in {bin_dir}:")
     for t in built:
-        echo(f"  {_exe(bin_dir / t)}")
-    default_dir = paths.default_build_dir(backend.name).expanduser().resolve()
-    extra = "" if build_dir == default_dir else f" --build-dir {build_dir}"
+        echo(f"  {exe(bin_dir / t)}")
+    extra = "" if build_dir == build_dir_of(backend) else f" --build-dir {build_dir}"
     echo(f"next: tqpatch verify --backend {backend.name}{extra}")
     return record
-
-
-def _exe(path: Path) -> Path:
-    if sys.platform == "win32" and not path.suffix:
-        return path.with_suffix(".exe")
-    return path
-
-
-# --------------------------------------------------------------------------
-# for later stages
-
-
-def _build_hint(backend: str, build_dir: Path, target: str | None = None) -> str:
-    cmd = f"tqpatch build --backend {backend}"
-    if build_dir != paths.default_build_dir(backend).expanduser().resolve():
-        cmd += f" --build-dir {build_dir}"
-    if target:
-        cmd += f" --targets {target}"
-    return f"`{cmd}`"
-
-
-def _not_readable(path: Path, exc: OSError) -> TqpatchError:
-    return TqpatchError(f"cannot read {path} ({exc.strerror or exc}): run tqpatch as the user "
-                        "who built it, or point TQPATCH_CACHE (or --build-dir) at a build you "
-                        "can read")
-
-
-def _record_file(build_dir: Path) -> Path | None:
-    """build_dir's tqpatch-build.json if there is one; a folder tqpatch may not read
-    (another user's cache) is one line saying so, not a PermissionError."""
-    path = Path(build_dir) / RECORD_NAME
-    try:
-        return path if path.is_file() else None
-    except OSError as exc:
-        raise _not_readable(path, exc) from None
-
-
-def _read_record(path: Path, again: str) -> dict:
-    """A parsed build record; unreadable (permissions, not JSON, not a table) is one line."""
-    try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON table")
-        return record
-    except PermissionError as exc:
-        raise _not_readable(path, exc) from None
-    except (OSError, ValueError) as exc:
-        raise TqpatchError(f"{path} is unreadable ({exc}): {again}") from None
-
-
-def load_record(backend: str, build_dir: Path | None = None) -> dict:
-    """The tqpatch-build.json of a finished build; TqpatchError saying how to make one."""
-    backends.get(backend)
-    build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
-    record_path = _record_file(build_dir)
-    if record_path is None:
-        raise TqpatchError(f"{backend} not built: no finished {backend} build in {build_dir}: run "
-                           f"{_build_hint(backend, build_dir)} first")
-    record = _read_record(record_path, f"run {_build_hint(backend, build_dir)} again")
-    if record.get("backend") != backend:
-        raise TqpatchError(f"{build_dir} holds a {record.get('backend')!r} build, not {backend}: "
-                           f"run {_build_hint(backend, build_dir)} or pass the right --build-dir")
-    return record
-
-
-def find_binary(name: str, backend: str, build_dir: Path | None = None) -> Path:
-    """Path of a built binary (e.g. 'llama-perplexity') for backend; clear error if absent."""
-    build_dir = Path(build_dir or paths.default_build_dir(backend)).expanduser().resolve()
-    record = load_record(backend, build_dir)
-    path = _exe(build_dir / "bin" / name)
-    if not path.is_file():
-        built = ", ".join(record.get("targets") or []) or "none"
-        skipped = record.get("skipped_targets") or []
-        why = (f"the tree had no {name} target when it was built (apply the patches that add it)"
-               if name in skipped else f"it was not built (built: {built})")
-        raise TqpatchError(f"{path} is missing: {why}; run "
-                           f"{_build_hint(backend, build_dir, name)}")
-    return path
-
-
-def check_fresh(record: dict) -> None:
-    """TqpatchError 'stale build: rebuild' when the build was made from other kernels
-    (patches, templates or codebooks) than this tqpatch renders now."""
-    from . import apply
-
-    built = (record.get("inputs") or {}).get("digest")
-    now = apply.current_inputs_digest()
-    if built != now:
-        backend = record.get("backend", "?")
-        versions = (record.get("inputs") or {}).get("render") or {}
-        was = ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) or "an unrecorded render"
-        raise TqpatchError(
-            f"stale build: the {backend} binaries in {record.get('build_dir')} were built from "
-            f"other patches or kernels ({was}) than this tqpatch renders now; rebuild with "
-            f"`tqpatch build --backend {backend}` before verifying")
-
-
-def last_built(build_dir: Path | None = None) -> str:
-    """The backend of the most recent finished build (the one in build_dir, if given)."""
-    if build_dir is not None:
-        path = _record_file(Path(build_dir).expanduser())
-        record = _read_record(path, "run `tqpatch build` again") if path is not None else {}
-        if not isinstance(record.get("backend"), str):
-            raise TqpatchError(f"no finished build in {build_dir}: run `tqpatch build`")
-        return record["backend"]
-    done = []
-    for name in built_backends():
-        path = paths.default_build_dir(name) / RECORD_NAME
-        try:
-            done.append((path.stat().st_mtime, name))
-        except OSError:  # gone since built_backends looked: not built
-            pass
-    if not done:
-        raise TqpatchError("nothing built yet: run `tqpatch build` (it picks this machine's GPU, "
-                           "else the CPU) or name one with --backend")
-    return max(done)[1]
-
-
-def built_backends(names: Iterable[str] | None = None) -> list[str]:
-    """Backends with a finished build in their default build dir."""
-    out = []
-    for name in names or backends.BACKENDS:
-        if _record_file(paths.default_build_dir(name)) is not None:
-            out.append(name)
-    return out

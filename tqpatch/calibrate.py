@@ -60,10 +60,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 from . import capture, formats, reference
+from .backends.base import Backend
 from .errors import TqpatchError
+from .plan.gguf_file import open_gguf
 
 FORMAT_VERSION = 1
 GAMMAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -296,8 +299,6 @@ TENSORS = ("k_scale", "k_shift", "q_scale", "v_scale", "o_scale")
 
 def write(cal: Calibration, path, model_name: str = "") -> None:
     """The calibration as GGUF: one f32 tensor blk.<layer>.<name> per layer and TENSORS name."""
-    import gguf
-
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a reader never sees half a file
     try:
@@ -333,10 +334,6 @@ def read(path) -> dict[str, np.ndarray]:
     The file is untrusted (a user passes it in): the bounded GGUF reader parses
     it, and each tensor's data is read from its offset, f32 only, finite.
     """
-    from gguf import GGMLQuantizationType
-
-    from .plan.gguf_file import open_gguf
-
     path = Path(path)
     f, _ = open_gguf(path, want=lambda name: name.startswith("tqpatch.calib."))
     if "tqpatch.calib.version" not in f.fields:
@@ -349,7 +346,7 @@ def read(path) -> dict[str, np.ndarray]:
     try:
         with open(path, "rb") as fh:
             for t in f.tensors:
-                if t.tensor_type != GGMLQuantizationType.F32:
+                if t.tensor_type != gguf.GGMLQuantizationType.F32:
                     raise TqpatchError(f"{path}: tensor {t.name} is {t.tensor_type.name}, not "
                                        "F32 (not a tqpatch calibration file)")
                 fh.seek(t.data_offset)
@@ -393,7 +390,7 @@ def _check_layers(path: Path, t: dict) -> None:
 # ---------------------------------------------------------------- a model run
 
 
-def calibrate_model(model: Path, out: Path, *, backend: str, build_dir: Path | None = None,
+def calibrate_model(model: Path, out: Path, *, backend: Backend, build_dir: Path | None = None,
                     text: Path | None = None, chunks: int = capture.DEFAULT_CHUNKS,
                     serve_ctx: int | None = None, threads: int | None = None,
                     progress=None, n_layer: int | None = None) -> Calibration:

@@ -20,11 +20,14 @@ the graph; a layer without one is not rotated.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import build_record, fetch, paths, ui
+from .backends.base import Backend
 from .errors import TqpatchError
 from .plan.modelinfo import MAX_CTX  # llama.cpp's -c, an int32
 
@@ -206,8 +209,6 @@ DEFAULT_CTX = 512
 def default_text() -> Path:
     """docs/build.md of the pinned llama.cpp tree: a text of its own, so that what is
     fitted on it is measured on another (eval's tools/server/README.md)."""
-    from . import fetch, paths
-
     path = paths.pristine_tree() / DEFAULT_TEXT_REL
     if not path.is_file():
         fetch.ensure_pristine()
@@ -216,14 +217,11 @@ def default_text() -> Path:
 
 
 def run(model, out, *, text=None, chunks: int = DEFAULT_CHUNKS, ctx: int = DEFAULT_CTX,
-        queries: bool = True, backend: str = "cpu", threads: int | None = None,
+        queries: bool = True, backend: Backend, threads: int | None = None,
         build_dir=None, log=None) -> Path:
-    """Run the built tqpatch-capture on a model; returns `out` (a capture file)."""
-    import os
-
-    from . import build, ui
-
-    binary = build.find_binary("tqpatch-capture", backend, build_dir)
+    """Run the tqpatch-capture of `backend`'s build on a model (on the CPU backend every
+    build holds); returns `out` (a capture file)."""
+    binary = build_record.find_binary("tqpatch-capture", backend, build_dir)
     text = Path(text) if text else default_text()
     threads = threads or max(1, min(8, os.cpu_count() or 1))
     cmd = [binary, "-m", model, "-f", text, "--out", out, "-c", ctx, "--chunks", chunks,

@@ -18,11 +18,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import jinja2
+import numpy as np
 
-from . import __version__, formats, fsutil, paths
+from . import __version__, codebook, formats, fsutil, paths
+from .backends.base import Backend
 from .errors import TqpatchError
 
 HEADER_STYLES = {
@@ -55,15 +57,14 @@ def template_sources(root: Path | None = None) -> dict[str, bytes]:
     }
 
 
-def render_context() -> dict:
+def render_context(backends: Sequence[Backend]) -> dict:
     """What every template sees.
 
     turbo: [{fmt: formats.TurboFormat, cb: its codebook}], formats (the module:
     CACHE_TYPES, HEAD_SIZES, ...), f32 (float literal filter), and per backend
     `<name>`: what that backend's render_context() adds (e.g. cuda.fa_pairs).
+    The caller names the backends (the registry's, or a test's).
     """
-    from . import backends, codebook
-
     turbo = []
     books = {}
     for fmt in formats.TURBO_FORMATS.values():
@@ -73,18 +74,16 @@ def render_context() -> dict:
         turbo.append({"fmt": fmt, "cb": cb})
     ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
            "tool_version": __version__, "f32": float32_literal}
-    for name, backend in backends.BACKENDS.items():
-        ctx[name] = backend.render_context()
+    for backend in backends:
+        ctx[backend.name] = backend.render_context()
     return ctx
 
 
-def expansions() -> dict:
+def expansions(backends: Sequence[Backend]) -> dict:
     """`[name]` expansions of template file names, collected from the backends."""
-    from . import backends
-
     out: dict = {}
     owner: dict = {}
-    for backend in backends.BACKENDS.values():
+    for backend in backends:
         for name, items in backend.render_expansions().items():
             if name in out:
                 raise TqpatchError(f"render expansion [{name}] is defined by two backends "
@@ -99,8 +98,6 @@ _EXPANSION = re.compile(r"\[([a-z_]+)\]")
 
 def float32_literal(x: float) -> str:
     """A C float literal that round-trips the float32 value exactly."""
-    import numpy as np
-
     v = np.float32(x)
     text = np.format_float_positional(v, unique=True, trim="0") if abs(v) >= 1e-4 or v == 0 \
         else np.format_float_scientific(v, unique=True, trim="0")
@@ -151,10 +148,11 @@ def _render_one(env: jinja2.Environment, rel: str, ctx: dict) -> str:
                            "then run `tqpatch render`") from None
 
 
-def render_all(templates_root: Path | None = None) -> RenderResult:
+def render_all(backends: Sequence[Backend], templates_root: Path | None = None) -> RenderResult:
+    """Every template rendered with the backends' contexts and expansions."""
     sources = template_sources(templates_root)
     texts = {k: _decode(k, v) for k, v in sources.items()}
-    ctx = render_context()
+    ctx = render_context(backends)
     env = jinja2.Environment(
         # The file name each template reports in errors and tracebacks.
         loader=jinja2.FunctionLoader(
@@ -176,7 +174,7 @@ def render_all(templates_root: Path | None = None) -> RenderResult:
             body = _render_one(env, rel, ctx)
             result.files[out_rel] = (header(rel, out_rel, ctx["codebook_digest"]) + body).encode()
             continue
-        known = expansions() if known is None else known
+        known = expansions(backends) if known is None else known
         if m.group(1) not in known:
             raise TqpatchError(f"templates/{rel}: unknown expansion [{m.group(1)}] in its file name; "
                                f"the backends define: {', '.join(sorted(known)) or 'none'}")
@@ -268,7 +266,7 @@ def write(result: RenderResult, out_dir: Path | None = None,
     return changed
 
 
-def load_rendered(out_dir: Path | None = None) -> RenderResult:
+def load_rendered(backends: Sequence[Backend], out_dir: Path | None = None) -> RenderResult:
     """The rendered files `tqpatch apply` places.
 
     Rendered now, in memory, from templates/ and the codebooks, and refused when
@@ -284,12 +282,10 @@ def load_rendered(out_dir: Path | None = None) -> RenderResult:
     agrees with generated/: the templates are the reviewed ones, only the
     codebook constants differ (and the render digest records which).
     """
-    from . import codebook
-
-    result = render_all()
+    result = render_all(backends)
     if codebook.override_dir() is not None:
         with codebook.shipped_only():
-            stale = diff_against_disk(render_all(), out_dir)
+            stale = diff_against_disk(render_all(backends), out_dir)
         if not stale:
             return result
     else:

@@ -6,11 +6,9 @@ import os
 import platform
 
 from .. import precision as _precision
-from ._base import *  # noqa: F403  (the defaults this backend keeps)
-from ._base import EndToEnd, reject_arch
+from .base import Backend, EndToEnd, reject_arch
 
 name = "cpu"
-ggml_backend_name = "CPU"
 
 
 def has_amx() -> bool:
@@ -35,7 +33,7 @@ def normalize_arch(arch: str | None) -> str | None:
                        "--cmake-arg -DGGML_NATIVE=OFF gives a portable build)")
 
 
-def cmake_args(arch, options, tree=None) -> list[str]:
+def cmake_args(arch, options) -> list[str]:
     normalize_arch(arch)
     return []  # the CPU backend is always built; GGML_NATIVE keeps its default (ON)
 
@@ -46,10 +44,6 @@ def notes() -> list[str]:
                 "weights (ggml-org/llama.cpp#20824); run llama.cpp tools with --no-repack "
                 "(tqpatch eval and the tests do)"]
     return []
-
-
-def precision() -> _precision.Precision:
-    return _precision.ggml_cpu()
 
 
 def _cpu_model() -> str | None:
@@ -67,3 +61,8 @@ def hardware() -> str | None:
     model = _cpu_model() or "CPU"
     return f"{model} ({os.cpu_count() or '?'} threads)"
 
+
+BACKEND = Backend(
+    name=name, ggml_backend_name="CPU", cmake_args=cmake_args, normalize_arch=normalize_arch,
+    notes=notes, hardware=hardware, precision=_precision.ggml_cpu, memory_is_ram=True, e2e=e2e,
+)

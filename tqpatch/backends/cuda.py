@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from pathlib import Path
 
 from .. import formats
 from .. import precision as _precision
 from ..errors import TqpatchError
 from ..toolchain import run_capture, version_tuple
-from ._base import *  # noqa: F403  (the defaults this backend keeps)
-from ._base import BuildOption, CompileCheck, EndToEnd, Requirement
+from .base import Backend, BuildOption, CompileCheck, EndToEnd, Requirement
+from .compile_check import compile_objects
 from .cpu import AMX_BENCH_WORKAROUND, AMX_WORKAROUND
 
 name = "cuda"
-ggml_backend_name = "CUDA0"
 
 _SPECIAL = ("native", "all", "all-major")
 # 90, 90a, 100f, sm_90, compute_90, 90-real, 90-virtual
@@ -260,7 +260,7 @@ def check_arch(arch: str | None) -> None:
             "Put another toolkit's nvcc first on PATH or set CUDACXX")
 
 
-def cmake_args(arch: str | None, options=None, tree=None) -> list[str]:
+def cmake_args(arch: str | None, options=None) -> list[str]:
     """-DGGML_CUDA=ON, the architectures and the FlashAttention K/V pairs.
 
     options["fa-quants"]: a --fa-quants value (default, all, or a pair list; see
@@ -360,8 +360,6 @@ def detect() -> tuple[bool, str]:
 
 
 def unsupported_reason() -> str | None:
-    import sys
-
     if sys.platform == "darwin":
         return "CUDA is not available on macOS"
     return None
@@ -395,7 +393,7 @@ verify_variants = {**GQA_VARIANT, "tensor-core kernel": {FA_LAYOUT_ENV: "mma"}}
 
 
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)
-e2e = EndToEnd(tool_args=("-ngl", "99", *AMX_WORKAROUND), bench_args=AMX_BENCH_WORKAROUND,
+e2e = EndToEnd(marker="gpu", tool_args=("-ngl", "99", *AMX_WORKAROUND), bench_args=AMX_BENCH_WORKAROUND,
                runnable=_no_gpu,
                unsupported_ok=rf"FLASH_ATTN_EXT\(hsk=({'|'.join(map(str, sorted(FA_HEADS_ON_CPU)))}),")
 
@@ -403,14 +401,12 @@ e2e = EndToEnd(tool_args=("-ngl", "99", *AMX_WORKAROUND), bench_args=AMX_BENCH_W
 _CUBLAS_STUB = Path(__file__).resolve().parent / "cuda-stub" / "stub-cublas.cmake"
 
 
-def _compile(tree: Path, work_dir: Path) -> dict:
-    from ..compile_check import compile_objects
-
+def _compile(tree: Path, touched: frozenset[str], work_dir: Path | None) -> dict:
     nvcc = NVCC.find()
     extra = [f"-DCMAKE_CUDA_COMPILER={nvcc}"]
     if _CUBLAS_STUB.is_file():
         extra.append(f"-DCMAKE_PROJECT_INCLUDE={_CUBLAS_STUB}")
-    return compile_objects(tree, name, "90", "ggml-cuda", "ggml/src/ggml-cuda/", extra, work_dir)
+    return compile_objects(tree, touched, BACKEND, "90", "ggml-cuda", "ggml/src/ggml-cuda/", extra, work_dir)
 
 
 def _nvcc_missing() -> str | None:
@@ -419,3 +415,13 @@ def _nvcc_missing() -> str | None:
 
 
 compile_check = CompileCheck(run=_compile, unavailable=_nvcc_missing)
+
+
+BACKEND = Backend(
+    name=name, ggml_backend_name="CUDA0", cmake_args=cmake_args, build_options=build_options,
+    normalize_arch=normalize_arch, default_arch=default_arch, requirements=requirements,
+    notes=notes, unsupported_reason=unsupported_reason, detect=detect, hardware=hardware,
+    compile_check=compile_check, render_context=render_context,
+    render_expansions=render_expansions, precision=precision, verify_variants=verify_variants,
+    e2e=e2e,
+)

@@ -9,7 +9,7 @@ by the same GGML_CUDA_FA_QUANTS. Device names are "ROCm<N>"
 (ggml/include/ggml-cuda.h under GGML_USE_HIP).
 
 Where ROCm >= 6.1 is not installed, `--toolchain debian-sid` builds in a Debian
-sid root with ROCm 6.4 that tqpatch makes itself (tqpatch/toolchains/debian_sid.py);
+sid root with ROCm 6.4 that tqpatch makes itself (tqpatch/backends/debian_sid.py);
 the compile check uses that root whenever this machine has no ROCm >= 6.1.
 """
 
@@ -21,15 +21,13 @@ import re
 import sys
 from pathlib import Path
 
-from . import cpu, cuda
 from ..errors import TqpatchError
 from ..toolchain import run_capture, version_tuple
-from ..toolchains import debian_sid
-from ._base import *  # noqa: F403  (the defaults this backend keeps)
-from ._base import BuildEnvironment, BuildOption, CompileCheck, EndToEnd, Requirement
+from . import cpu, cuda, debian_sid, kernel_resources
+from .base import Backend, BuildEnvironment, BuildOption, CompileCheck, EndToEnd, Requirement
+from .compile_check import compile_objects
 
 name = "hip"
-ggml_backend_name = "ROCm0"
 
 MIN_ROCM = "6.1"
 ROCM_URL = "https://rocm.docs.amd.com/projects/install-on-linux/"
@@ -127,13 +125,11 @@ def build_environment(options) -> BuildEnvironment | None:
 
 # The same FlashAttention instance files and selection as CUDA (HIP compiles its sources).
 build_options = (*cuda.build_options, TOOLCHAIN)
-precision = cuda.precision  # the same kernels: the same flash-attention head sizes
-verify_variants = cuda.GQA_VARIANT  # the vector GQA kernel (the tensor-core one is NVIDIA's)
 # the CPU backend runs what the GPU does not take: its AMX workaround too (cpu.py)
-e2e = EndToEnd(tool_args=("-ngl", "99", *cpu.AMX_WORKAROUND), bench_args=cpu.AMX_BENCH_WORKAROUND)
+e2e = EndToEnd(marker="gpu", tool_args=("-ngl", "99", *cpu.AMX_WORKAROUND), bench_args=cpu.AMX_BENCH_WORKAROUND)
 
 
-def cmake_args(arch: str | None, options=None, tree=None) -> list[str]:
+def cmake_args(arch: str | None, options=None) -> list[str]:
     """-DGGML_HIP=ON, the HIP compiler, GPU_TARGETS and the FlashAttention K/V pairs."""
     fa_quants = (options or {}).get("fa-quants")
     in_root = build_environment(options) is not None
@@ -274,7 +270,7 @@ def unsupported_reason() -> str | None:
 
 
 
-def verify_runner(record: dict):
+def verify_runner(record: dict | None, tree, run_harness) -> None:
     """A build made in the Debian sid root links that root's ROCm libraries: refuse to
     run it here with a clear message (None: run the built harness as usual, or say
     that there is none when record is None)."""
@@ -299,16 +295,13 @@ def _check_environment() -> BuildEnvironment | None:
     return None if rocm_problem() is None else SID
 
 
-def _compile(tree: Path, work_dir: Path) -> dict:
+def _compile(tree: Path, touched: frozenset[str], work_dir: Path | None) -> dict:
     """Compile the turbo translation units for CHECK_ARCHS; the report carries every
     turbo kernel's registers, spills and scratch per target (kernel_resources)."""
-    from .. import kernel_resources
-    from ..compile_check import compile_objects
-
     where = _check_environment()
     options = {"toolchain": HOST if where is None else debian_sid.NAME}
     offered = where.prepare(print) if where is not None else f"ROCm {rocm_version(HIPCONFIG.find())}"
-    report = compile_objects(tree, name, ";".join(CHECK_ARCHS), "ggml-hip", "ggml/src/ggml-cuda/",
+    report = compile_objects(tree, touched, BACKEND, ";".join(CHECK_ARCHS), "ggml-hip", "ggml/src/ggml-cuda/",
                              [f"-DCMAKE_HIP_FLAGS={RESOURCE_REMARKS}"], work_dir,
                              options=options, wrap=where.wrap if where is not None else None)
     kernels = kernel_resources.parse(Path(report["log"]).read_text(errors="replace"),
@@ -337,3 +330,15 @@ def _check_unavailable() -> str | None:
 
 
 compile_check = CompileCheck(run=_compile, unavailable=_check_unavailable)
+
+
+BACKEND = Backend(
+    name=name, ggml_backend_name="ROCm0", cmake_args=cmake_args, build_options=build_options,
+    normalize_arch=normalize_arch, default_arch=default_arch,
+    build_environment=build_environment, requirements=requirements,
+    unsupported_reason=unsupported_reason, detect=detect, hardware=hardware,
+    compile_check=compile_check,
+    precision=cuda.precision,  # the same kernels: the same flash-attention head sizes
+    verify_variants=cuda.GQA_VARIANT,  # the vector GQA kernel (the tensor-core one is NVIDIA's)
+    make_verify_runner=verify_runner, e2e=e2e,
+)

@@ -6,13 +6,11 @@ import re
 import struct
 
 from .. import formats
-from ._base import *  # noqa: F403  (the defaults this backend keeps)
-from ._base import EndToEnd, Requirement, reject_arch
-from .cpu import AMX_BENCH_WORKAROUND, AMX_WORKAROUND
 from ..toolchain import read_file_version, run_capture
+from .base import Backend, EndToEnd, Requirement, reject_arch
+from .cpu import AMX_BENCH_WORKAROUND, AMX_WORKAROUND
 
 name = "vulkan"
-ggml_backend_name = "Vulkan0"
 
 _LIB_DIRS = ("/usr/lib/*", "/usr/lib", "/usr/lib64", "/usr/local/lib", "$VULKAN_SDK/lib")
 
@@ -21,7 +19,7 @@ def normalize_arch(arch: str | None) -> str | None:
     return reject_arch(name, arch, "(SPIR-V runs on any device)")
 
 
-def cmake_args(arch, options, tree=None) -> list[str]:
+def cmake_args(arch, options) -> list[str]:
     normalize_arch(arch)
     return ["-DGGML_VULKAN=ON"]
 
@@ -123,6 +121,7 @@ FA_SUBSET = (r"^(?=.*type_[KV]=turbo)(hsk=128,.*kv=113,nb=[13],"
              r"|hsk=64,.*kv=113,nb=1,.*type_K=(f16|turbo4),type_V=turbo4,"
              r"|hsk=256,.*kv=113,nb=1,.*type_K=q8_0,type_V=turbo3,)")
 e2e = EndToEnd(
+    marker="vulkan",
     # the CPU backend runs what the device does not take: its AMX workaround too (cpu.py;
     # without it llama.cpp's AMX matmul died of SIGILL in a lavapipe run on this CI machine)
     tool_args=("-ngl", "99", *AMX_WORKAROUND),
@@ -178,3 +177,10 @@ def log_scale_tables() -> dict:
 def render_context() -> dict:
     return {"quant": {name: quant_geometry(fmt) for name, fmt in formats.TURBO_FORMATS.items()},
             "log": log_scale_tables()}
+
+
+BACKEND = Backend(
+    name=name, ggml_backend_name="Vulkan0", cmake_args=cmake_args, normalize_arch=normalize_arch,
+    requirements=requirements, hardware=hardware, detect=detect, render_context=render_context,
+    e2e=e2e,
+)

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import click
 
-from ..backends import BACKENDS, build_options
+from .. import backends
+from .. import build as build_mod
+from ..backends import build_options
+from ..errors import TqpatchError
+from .options import backend_option
 
 
 def _split_targets(ctx, param, value):
@@ -20,8 +24,6 @@ def _split_targets(ctx, param, value):
 
 def _backend_option(opt, takers):
     """A click option for a backend-specific build option (validated by the backend)."""
-    from ..errors import TqpatchError
-
     def parse(ctx, param, value):
         if value is None:
             return None
@@ -43,7 +45,7 @@ def _with_backend_options(f):
 
 
 @click.command("build")
-@click.option("--backend", "-b", default=None, type=click.Choice(list(BACKENDS)),
+@backend_option(
               help="Which ggml backend to build (default: the GPU and toolchain found here: "
                    "CUDA, then ROCm, Vulkan, Metal on macOS, else CPU; the choice is printed).")
 @click.option("--arch", default=None,
@@ -83,21 +85,16 @@ def command(backend, arch, targets, jobs, build_dir, release, tree, boundary_k, 
       tqpatch build --backend cuda --arch 90 --targets llama-server,test-backend-ops
       tqpatch build --backend cuda --arch 86,89 --fa-quants q8_0-turbo3,turbo3-turbo3
     """
-    from .. import backends
-    from .. import build as build_mod
-    from ..errors import TqpatchError
-
     if backend is None:
         backend, why = backends.detect()
-        click.echo(f"backend: {backend} ({why}; --backend overrides)")
-    chosen = backends.get(backend)
+        click.echo(f"backend: {backend.name} ({why}; --backend overrides)")
     options = {}
     for name, (opt, takers) in build_options().items():
         value = backend_opts.get("backend_opt_" + name.replace("-", "_"))
-        if value is not None and backend not in takers:
+        if value is not None and backend.name not in takers:
             raise TqpatchError(f"--{name} applies to the {', '.join(takers)} backend(s), "
-                               f"not {backend}")
-        if opt in chosen.build_options:
+                               f"not {backend.name}")
+        if opt in backend.build_options:
             options[name] = value if value is not None else opt.parse(opt.default)
     build_mod.build(build_mod.BuildRequest(
         backend=backend, arch=arch, targets=targets, jobs=jobs, build_dir=build_dir,

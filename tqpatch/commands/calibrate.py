@@ -7,20 +7,17 @@ from pathlib import Path
 
 import click
 
+from .. import build_record, calibrate, capture, fsutil
+from ..errors import TqpatchError
+from ..plan import read_model
+from ..plan.gguf_file import require_gguf
+from .options import backend_option
+
 
 def _check_out(out: Path) -> None:
-    from .. import fsutil
-    from ..errors import TqpatchError
-
     fsutil.refuse_special(out)  # write() renames over the path: a FIFO or link there would go
     if not out.parent.is_dir() or not os.access(out.parent, os.W_OK | os.X_OK):
         raise TqpatchError(f"cannot write {out}: folder {out.parent} does not exist or is not writable")
-
-
-def _backend_names():
-    from ..backends import BACKENDS
-
-    return list(BACKENDS)
 
 
 @click.command("calibrate")
@@ -39,7 +36,7 @@ def _backend_names():
                    "context): K's mean is kept only in RoPE pairs that turn less than a radian "
                    "over it.")
 @click.option("--threads", type=click.IntRange(min=1), help="Threads for the model run.")
-@click.option("--backend", "-b", default=None, type=click.Choice(_backend_names()),
+@backend_option(
               help="Whose build's tqpatch-capture runs the model (default: the backend built "
                    "last). Any build works: the capture runs on the CPU backend every build "
                    "holds, so a GPU build needs no CPU build.")
@@ -64,10 +61,6 @@ def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_d
       tqpatch calibrate gemma.gguf                  # -> gemma.gguf.turbo-calib.gguf
       tqpatch calibrate gemma.gguf --backend cuda   # with the CUDA build's capture tool
     """
-    from .. import build, calibrate, capture
-    from ..plan import read_model
-    from ..plan.gguf_file import require_gguf
-
     require_gguf(model)
     n_layer = read_model(model).n_layer  # the capture's layers must be the model's
     out = out or model.with_name(model.name + ".turbo-calib.gguf")
@@ -78,9 +71,9 @@ def command(model, out, rows, text, chunks, serve_ctx, threads, backend, build_d
         cal = calibrate.fit_rows(rows, serve_ctx, source, progress=show, n_layer=n_layer)
         calibrate.write(cal, out, model.name)
     else:
-        backend = backend or build.last_built(build_dir)
+        backend = backend or build_record.last_built(build_dir)
         click.echo(f"running {model.name} on {source} ({chunks} x 512 tokens) with the "
-                   f"{backend} build's tqpatch-capture")
+                   f"{backend.name} build's tqpatch-capture")
         cal = calibrate.calibrate_model(model, out, backend=backend, build_dir=build_dir,
                                         text=text, chunks=chunks, serve_ctx=serve_ctx,
                                         threads=threads, progress=show, n_layer=n_layer)

@@ -7,12 +7,14 @@ import sys
 
 import click
 
+from .. import apply, backends, toolchain
+from ..backends.base import Backend
+from ..errors import TqpatchError
+from .options import BackendType
+
 
 def diagnose() -> dict:
     """Everything doctor reports, as plain data (also the --json output)."""
-    from .. import toolchain
-    from ..backends import BACKENDS
-
     tc_probes = toolchain.probe_all(toolchain.TOOLCHAIN)
     tc_ok = not any(p.blocking for p in tc_probes)
     report = {
@@ -21,7 +23,7 @@ def diagnose() -> dict:
         "toolchain_ok": tc_ok,
         "backends": {},
     }
-    for name, backend in BACKENDS.items():
+    for backend in backends.all_backends():
         probes = [r.probe() for r in backend.requirements()]
         reason = backend.unsupported_reason()
         blocking = [p.name for p in probes if p.blocking]
@@ -37,7 +39,7 @@ def diagnose() -> dict:
             notes = backend.notes()
         except Exception as exc:  # a probe must never break the report
             notes = [f"could not check: {exc}"]
-        report["backends"][name] = {
+        report["backends"][backend.name] = {
             "can_build": why is None,
             "why_not": why,
             "hardware": backend.hardware(),
@@ -99,24 +101,28 @@ def render(report: dict) -> str:
     return "\n".join(out)
 
 
-def _compile_backends() -> list[str]:
-    from ..backends import BACKENDS
+class _CompileCheckBackend(BackendType):
+    """A backend that declares a compile check."""
 
-    return [n for n, b in BACKENDS.items() if b.compile_check is not None]
+    def convert(self, value, param, ctx) -> Backend:
+        backend = super().convert(value, param, ctx)
+        if backend.compile_check is None:
+            have = [b.name for b in backends.all_backends() if b.compile_check is not None]
+            self.fail(f"the {backend.name} backend has no compile check; these do: "
+                      f"{', '.join(have)}", param, ctx)
+        return backend
 
 
-def run_compile_check(name: str, as_json: bool) -> None:
+def run_compile_check(backend: Backend, as_json: bool) -> None:
     """Apply the tree and compile the backend's turbo translation units (no device needed)."""
-    from .. import apply
-    from ..backends import get
-    from ..errors import TqpatchError
-
-    check = get(name).compile_check
+    name = backend.name
+    check = backend.compile_check
+    assert check is not None  # the option's type accepts only backends that have one
     why = check.unavailable()
     if why:
         raise TqpatchError(f"the {name} compile check cannot run here: {why}")
     tree = apply.ensure_applied(None)
-    report = check.run(tree, None)
+    report = check.run(tree, apply.placed_files(tree), None)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -130,7 +136,7 @@ def run_compile_check(name: str, as_json: bool) -> None:
 
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--compile-check", "compile_backend", type=click.Choice(_compile_backends()),
+@click.option("--compile-check", "compile_backend", type=_CompileCheckBackend(),
               default=None, help="Instead: apply the patches and compile this backend's turbo "
               "translation units with its compiler (no GPU needed); fails if they do not compile.")
 def command(as_json, compile_backend):

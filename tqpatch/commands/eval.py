@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
+from .. import build_record
 from .. import eval as ev
-from ..backends import BACKENDS
 from ..coherence import PROMPTS
 from ..errors import TqpatchError
 from ..plan.gguf_file import require_gguf
+from .options import backend_option
 
 
 def _configs(ctx, param, value):
@@ -134,8 +136,7 @@ Examples:
                    "(:bkN / :bvN: the first and last N layers' K / V at q8_0; :cal=FILE: a calibration "
                    "from `tqpatch calibrate`) (default: "
                    + ",".join(ev.DEFAULT_CONFIGS) + ").")
-@click.option("--backend", "-b", type=click.Choice(list(BACKENDS)), default="cpu",
-              show_default=True, help="Which build's llama-perplexity to run.")
+@backend_option(default="cpu", help="Which build's llama-perplexity to run (default: cpu).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Build directory of that backend (default: the tqpatch cache's build/<backend>).")
 @click.option("--chunks", type=click.IntRange(min=1), default=ev.DEFAULT_CHUNKS,
@@ -158,17 +159,13 @@ Examples:
               help="Extra llama-perplexity argument, repeatable, e.g. --extra-arg=-ngl --extra-arg=99.")
 def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_kld, no_coherence,
             as_json, markdown, plot_out, extra_args):
-    import os
-
     threads = threads or os.cpu_count() or 1
     # Resolve inputs first so that errors come before any run.
     model_path = ev.check_model(model)
     require_gguf(model_path)  # a wrong file is named before "not built" can be
     text_path = ev.check_text(text)
-    from .. import build as build_mod
-
-    binary = build_mod.find_binary("llama-perplexity", backend, build_dir)
-    server = None if no_coherence else _server(build_mod, backend, build_dir)
+    binary = build_record.find_binary("llama-perplexity", backend, build_dir)
+    server = None if no_coherence else _server(backend, build_dir)
 
     total = len(configs) + (0 if no_kld else 1)
     progress = _CliProgress(total, tty=sys.stderr.isatty())
@@ -188,7 +185,7 @@ def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_k
 
     meta = None
     if as_json or markdown:
-        meta = ev.make_meta(model=model_path, text=text_path, binary=binary, backend=backend,
+        meta = ev.make_meta(model=model_path, text=text_path, binary=binary, backend=backend.name,
                             chunks=chunks, ctx=ctx, threads=threads, kld=not no_kld)
         meta["commands"] = ev.command_lines(results)
     if as_json:
@@ -216,10 +213,10 @@ def command(model, text, configs, backend, build_dir, chunks, ctx, threads, no_k
 
 
 
-def _server(build_mod, backend, build_dir):
+def _server(backend, build_dir):
     """The build's llama-server for the coherence check."""
     try:
-        return build_mod.find_binary("llama-server", backend, build_dir)
+        return build_record.find_binary("llama-server", backend, build_dir)
     except TqpatchError as exc:
         raise TqpatchError(f"{exc.message} (llama-server runs the coherence check; "
                            "--no-coherence skips it)") from None

@@ -1,8 +1,10 @@
 """`tqpatch render`: templates + codebooks -> generated/ (committed)."""
 
+from pathlib import Path
+
 import click
 
-from .. import paths, render
+from .. import backends, paths, render
 
 
 @click.command("render")
@@ -19,12 +21,10 @@ def command(check, out_dir):
     the codebook digest. After changing a codebook or a template run
     `tqpatch render`, then `tqpatch apply` and `tqpatch build`.
     """
-    from pathlib import Path
-
     if not check and out_dir is None:
         paths.require_checkout("tqpatch render")
     target = Path(out_dir) if out_dir else paths.generated_dir()
-    result = render.render_all()
+    result = render.render_all(backends.all_backends())
     if check:
         stale = render.diff_against_disk(result, target)
         if stale:

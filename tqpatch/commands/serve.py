@@ -7,6 +7,11 @@ from pathlib import Path
 
 import click
 
+from ..plan.modelinfo import MAX_CTX
+from ..quality import LEVELS
+from ..serve import session
+from .options import backend_option, of_build_option
+
 
 def _ctx(ctx, param, value):
     if value is None or value == "max":
@@ -17,23 +22,9 @@ def _ctx(ctx, param, value):
         raise click.BadParameter(f"{value!r}: a number of tokens, or max") from None
     if n < 256:
         raise click.BadParameter(f"{n}: at least 256 tokens")
-    from ..plan.modelinfo import MAX_CTX
-
     if n > MAX_CTX:
         raise click.BadParameter(f"{n}: llama.cpp takes at most {MAX_CTX} (an int32)")
     return n
-
-
-def _levels():
-    from ..quality import LEVELS
-
-    return list(LEVELS)
-
-
-def _backends():
-    from ..backends import BACKENDS
-
-    return list(BACKENDS)
 
 
 @click.command("serve", context_settings={"ignore_unknown_options": True})
@@ -42,7 +33,7 @@ def _backends():
               help="Context to serve (refused, with the largest that fits, if it does not "
                    "fit). Default: the largest that fits the device's free memory with the "
                    "chosen cache and the weights, at most the model's trained context.")
-@click.option("--quality", "level", type=click.Choice(_levels()), default="balanced",
+@click.option("--quality", "level", type=click.Choice(list(LEVELS)), default="balanced",
               show_default=True,
               help="lossless: KLD within q8_0/q8_0's; balanced: at most half of q4_0/q4_0's; "
                    "small: no worse than q4_0/q4_0's; all measured in the same probe, and "
@@ -51,10 +42,10 @@ def _backends():
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--no-calib", is_flag=True, help="Probe and serve without the calibration.")
 @click.option("--recalibrate", is_flag=True, help="Calibrate and probe again (ignore the cache).")
-@click.option("--backend", "-b", type=click.Choice(_backends()), default=None,
+@backend_option(
               help="The device to serve on (default: this machine's GPU, else the CPU, as "
                    "`tqpatch build` picks).")
-@click.option("--of-build", type=click.Choice(_backends()), default=None,
+@of_build_option(
               help="Serve on --backend's device inside another backend's build (every build "
                    "holds the CPU), e.g. --backend cpu --of-build vulkan.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -81,8 +72,6 @@ def command(model, ctx, level, port, host, no_calib, recalibrate, backend, of_bu
       tqpatch serve model.gguf --quality lossless --ctx 8192 --port 9000
       tqpatch serve model.gguf -- --parallel 4 --api-key secret
     """
-    from ..serve import session
-
     extra = list(server_args)
     if extra and extra[0] == "--":
         extra = extra[1:]

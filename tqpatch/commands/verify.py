@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from .. import verify as verify_mod
 from ..formats import TURBO_FORMATS
+from .options import backend_option, of_build_option
 
 
 def _split_types(ctx, param, value):
@@ -19,18 +21,11 @@ def _split_types(ctx, param, value):
     return tuple(dict.fromkeys(names))
 
 
-def _backend_names():
-    from ..backends import BACKENDS
-
-    return list(BACKENDS)
-
-
 @click.command("verify")
-@click.option("--backend", "-b", default=None, type=click.Choice(_backend_names()),
-              help="Which built backend to verify (default: the one built last).")
+@backend_option(help="Which built backend to verify (default: the one built last).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Build directory (default: the tqpatch cache's build/<backend>).")
-@click.option("--of-build", type=click.Choice(_backend_names()), default=None,
+@of_build_option(
               help="Verify the backend inside another backend's build: every build holds the "
                    "CPU backend, e.g. --backend cpu --of-build vulkan.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
@@ -58,8 +53,6 @@ def command(backend, build_dir, of_build, seed, as_json, quick, types):
       tqpatch verify --backend cuda --quick --types turbo3
       tqpatch verify --backend cpu --of-build vulkan
     """
-    from .. import verify as verify_mod
-
     if of_build and backend is None:
         raise click.UsageError("--of-build needs --backend: the backend to verify inside that build")
     report = verify_mod.verify(backend, build_dir=build_dir, seed=seed, quick=quick, types=types,

@@ -8,7 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from .. import backends, build_record, coherence, fetch, paths, plan
+from .. import model as model_mod
+from ..backends.base import Backend
 from ..errors import TqpatchError
+from ..plan.gguf_file import array_len, open_gguf
 from .config import BASELINE, DEFAULT_CONFIGS, Config, parse_configs
 from .perplexity import build_command, fill_deltas, judge, run_logged
 from .result import Result
@@ -26,17 +30,10 @@ GEMMA3_VOCAB = 262144  # used when the model's vocabulary cannot be read
 
 def default_text() -> Path:
     """tools/server/README.md of the pinned llama.cpp tree (fetched if not there yet)."""
-    from .. import paths
-
     path = paths.pristine_tree() / DEFAULT_TEXT_REL
-    try:
-        from .. import fetch
-    except ImportError:  # the fetch stage is not installed: use the tree if it is there
-        fetch = None
-    if fetch is not None:
-        if not path.is_file():
-            fetch.ensure_pristine()
-        fetch.read_pristine(DEFAULT_TEXT_REL)  # checks it against the pin
+    if not path.is_file():
+        fetch.ensure_pristine()
+    fetch.read_pristine(DEFAULT_TEXT_REL)  # checks it against the pin
     if not path.is_file():
         raise TqpatchError(f"{path} is missing: run `tqpatch fetch` or pass --text FILE")
     return path
@@ -44,8 +41,6 @@ def default_text() -> Path:
 
 def model_vocab_size(model: Path) -> int | None:
     """Number of tokens in a GGUF's vocabulary; None if it cannot be read."""
-    from ..plan.gguf_file import array_len, open_gguf
-
     try:
         tokens = open_gguf(Path(model))[0].fields.get("tokenizer.ggml.tokens")
         return array_len(tokens) if tokens is not None else None
@@ -93,7 +88,7 @@ def evaluate(
     *,
     model: Path | str | None = None,
     text: Path | str | None = None,
-    backend: str = "cpu",
+    backend: Backend | None = None,
     build_dir: Path | str | None = None,
     binary: Path | str | None = None,
     chunks: int = DEFAULT_CHUNKS,
@@ -107,7 +102,8 @@ def evaluate(
 ) -> list[Result]:
     """Run llama-perplexity for each configuration; one Result per configuration, in order.
 
-    binary: a llama-perplexity to use (default: find_binary for backend / build_dir).
+    backend: whose build and device run it (default: the CPU);
+    binary: a llama-perplexity to use (default: the backend's, in build_dir).
     model / text default to the Gemma 3 270M test model and the pinned text.
     workdir: where the temporary folder for the base logits goes (default: the cache).
     server: a llama-server: also run tqpatch.coherence's check for each configuration
@@ -126,21 +122,18 @@ def evaluate(
 
     model = check_model(model)
     text = check_text(text)
+    backend = backend or backends.get("cpu")
     if binary is None:
-        from .. import build  # may still be landing: import only when needed
-
-        binary = build.find_binary("llama-perplexity", backend,
-                                   Path(build_dir) if build_dir else None)
+        binary = build_record.find_binary("llama-perplexity", backend,
+                                          Path(build_dir) if build_dir else None)
     binary = Path(binary)
     if not binary.is_file():
         raise TqpatchError(f"{binary} is missing: build it with "
-                           f"`tqpatch build --backend {backend}`")
+                           f"`tqpatch build --backend {backend.name}`")
 
     # what puts llama.cpp's tools on this backend (e.g. -ngl 99, or --device none and
     # the CPU's AMX workaround) comes first; the user's extra arguments can override it
-    from ..backends import get as get_backend
-
-    extra_args = (*get_backend(backend).e2e.tool_args, *extra_args)
+    extra_args = (*backend.e2e.tool_args, *extra_args)
     common = dict(ctx=ctx, chunks=chunks, threads=threads, extra_args=extra_args)
     bpv = layer_bpvs(configs, model, ctx)
     if not kld:
@@ -159,8 +152,6 @@ def check_coherence(results: Sequence[Result], server: Path, model: Path, thread
                     extra_args: Sequence[str], progress: Progress) -> None:
     """Result.coherence for each result; a warning (and None) where the f16 reference
     run fails or itself fails the check."""
-    from .. import coherence
-
     todo = [(r.label, r.k, r.v, r.config.env()) for r in results]
     try:
         _, found = coherence.check(todo, server, model, threads=threads, extra_args=extra_args,
@@ -176,8 +167,6 @@ def _with_kld(binary: Path, model: Path, text: Path, configs: Sequence[Config],
               progress: Progress, common: dict, bpv: dict, chunks: int, ctx: int,
               workdir: Path | str | None) -> list[Result]:
     """The f16 base-logits run, then each configuration against it."""
-    from .. import paths
-
     results: list[Result] = []
     root = Path(workdir) if workdir else paths.cache_root() / "tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -230,8 +219,6 @@ def layer_bpvs(configs: Sequence[Config], model: Path, ctx: int) -> dict:
     todo = [c for c in configs if c.has_boundary]
     if not todo:
         return {}
-    from .. import plan
-
     try:
         info = plan.read_model(model)
         n_ctx, n_par = perplexity_layout(ctx)
@@ -257,8 +244,6 @@ def _one(binary: Path, model: Path, text: Path, cfg: Config, index: int, total: 
 
 def check_model(model: Path | str | None) -> Path:
     if model is None:
-        from .. import model as model_mod
-
         return model_mod.ensure_model()
     path = Path(model).expanduser()
     if not path.is_file():

@@ -9,8 +9,12 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .. import build_record, quality
+from .. import eval as ev
+from ..backends.base import Backend
 from ..errors import TqpatchError
-from .. import quality
+from ..eval.config import Config
+from ..eval.runner import check_coherence
 from ..quality import ProbeRow
 
 PROBE_TEXT = Path(__file__).resolve().parent.parent / "data" / "probe.txt"
@@ -29,15 +33,12 @@ def fingerprint() -> dict:
     return {"version": PROBE_VERSION, "text": text, "chunks": PROBE_CHUNKS, "ctx": PROBE_CTX}
 
 
-def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
+def run(rows: Sequence[ProbeRow], *, model: Path, backend: Backend, build_of: Backend,
         build_dir: Path | None, calib: Path | None, threads: int | None = None,
         extra_args: Sequence[str] = (), say: Callable[[str], None] = lambda m: None
         ) -> list[ProbeRow]:
     """Measure every row on `backend`'s device of the `build_of` build (a copy of each
     row comes back, filled in)."""
-    from .. import build, eval as ev
-    from ..eval.config import Config
-
     configs = [Config(r.k, r.v, calib=str(calib) if r.calibrated and calib else "")
                for r in rows]
     by_label = {c.label: r for c, r in zip(configs, rows)}
@@ -51,8 +52,8 @@ def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
         def coherence(self, label, result):
             say(f"coherence of {label}: {result.summary}")
 
-    server = build.find_binary("llama-server", build_of, build_dir)
-    binary = build.find_binary("llama-perplexity", build_of, build_dir)
+    server = build_record.find_binary("llama-server", build_of, build_dir)
+    binary = build_record.find_binary("llama-perplexity", build_of, build_dir)
     results = ev.evaluate(configs, model=model, text=PROBE_TEXT, backend=backend, binary=binary,
                           chunks=PROBE_CHUNKS, ctx=PROBE_CTX, threads=threads, kld=True,
                           extra_args=extra_args, progress=Progress())
@@ -70,11 +71,8 @@ def run(rows: Sequence[ProbeRow], *, model: Path, backend: str, build_of: str,
     bar = quality.loosest_bar(out)
     todo = [res for res, row in zip(results, out) if row.ok and (bar is None or row.kld <= bar)]
     say(f"coherence prompts on the {len(todo)} configurations a level could take")
-    from ..backends import get as get_backend
-    from ..eval.runner import check_coherence
-
     check_coherence(todo, server, Path(model), threads or os.cpu_count() or 1,
-                    (*get_backend(backend).e2e.tool_args, *extra_args), Progress())
+                    (*backend.e2e.tool_args, *extra_args), Progress())
     for res, row in zip(results, out):
         if res.coherence is not None:
             row.coherent, row.coherence = res.coherence.coherent, res.coherence.summary

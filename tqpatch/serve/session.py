@@ -6,6 +6,7 @@ verified build, the model's calibration and the probe (tqpatch.serve.store).
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,14 @@ from typing import Callable, Sequence
 
 import click
 
-from .. import backends
+from .. import backends, build, build_record, calibrate, quality, verify
+from ..backends.base import Backend
 from ..errors import TqpatchError
+from ..plan import MIB, kv_bytes, read_model
+from ..plan.gguf_file import require_gguf
+from ..verify import record as verified
 from . import candidates as cand
-from .. import quality
-from . import memory, probe, store
+from . import launch, memory, probe, store
 
 # what serve runs from a build
 NEEDED_TARGETS = ("llama-server", "llama-perplexity", "tqpatch-capture", "tqpatch-verify")
@@ -33,8 +37,8 @@ class Request:
     extra: Sequence[str] = ()
     calibrate: bool = True
     recalibrate: bool = False
-    backend: str | None = None        # the device served on (default: detected)
-    build_of: str | None = None       # whose build (default: the backend's own)
+    backend: Backend | None = None    # the device served on (default: detected)
+    build_of: Backend | None = None   # whose build (default: the backend's own)
     build_dir: Path | None = None
     threads: int | None = None
 
@@ -43,8 +47,8 @@ class Request:
 class Plan:
     """What serve decided, before the server starts."""
 
-    backend: str
-    build_of: str
+    backend: Backend
+    build_of: Backend
     record: dict
     info: object                      # plan.ModelInfo
     calib: Path | None
@@ -62,9 +66,6 @@ def _echo(msg: str = "") -> None:
 
 def check_model(model: Path):
     """The model's ModelInfo; one line for a missing or non-GGUF file."""
-    from ..plan import read_model
-    from ..plan.gguf_file import require_gguf
-
     model = Path(model).expanduser()
     if not model.is_file():
         raise TqpatchError(f"model file {model} not found")
@@ -72,33 +73,28 @@ def check_model(model: Path):
     return read_model(model)
 
 
-def ensure_build(backend: str, build_of: str, build_dir: Path | None,
+def ensure_build(backend: Backend, build_of: Backend, build_dir: Path | None,
                  echo: Callable[[str], None] = _echo) -> dict:
     """A build of `build_of` with NEEDED_TARGETS, fresh, whose `backend` passed verify:
     built and verified here when it is not (with build's and verify's progress)."""
-    from .. import build
-    from ..verify import record as verified
-
     try:
-        record = build.load_record(build_of, build_dir)
-        build.check_fresh(record)
+        record = build_record.load_record(build_of, build_dir)
+        build_record.check_fresh(record)
         bin_dir = Path(record.get("bin_dir") or "")
         missing = [t for t in NEEDED_TARGETS if not (bin_dir / t).is_file()]
         why = f"it lacks {', '.join(missing)}" if missing else ""
     except TqpatchError as exc:
         record, why = None, exc.message
     if record is None or why:
-        echo(f"build: {why}; building {build_of} (tqpatch build --backend {build_of})")
+        echo(f"build: {why}; building {build_of.name} (tqpatch build --backend {build_of.name})")
         record = build.build(build.BuildRequest(backend=build_of, build_dir=build_dir), echo=echo)
-    state = verified.status(backend, record)
+    state = verified.status(backend.name, record)
     if state == "failed":
         raise TqpatchError(_verify_fix(backend, build_of, "failed on this build"))
     if state != "passed":
-        from .. import verify
-
-        echo(f"verify: the {backend} kernels of this build against the NumPy reference")
+        echo(f"verify: the {backend.name} kernels of this build against the NumPy reference")
         report = verify.verify(backend, build_dir=build_dir,
-                               of_build=build_of if build_of != backend else None)
+                               of_build=build_of if build_of.name != backend.name else None)
         if not report.passed:
             raise TqpatchError(_verify_fix(backend, build_of, "fails on this build") + ": "
                                + f"{report.counts['FAIL']} cases failed")
@@ -107,23 +103,21 @@ def ensure_build(backend: str, build_of: str, build_dir: Path | None,
     return record
 
 
-def _verify_fix(backend: str, build_of: str, what: str) -> str:
-    of = f" --of-build {build_of}" if build_of != backend else ""
-    return (f"`tqpatch verify --backend {backend}{of}` {what}: serve only runs verified "
-            f"kernels; see its report, rebuild with `tqpatch build --backend {build_of}`")
+def _verify_fix(backend: Backend, build_of: Backend, what: str) -> str:
+    of = f" --of-build {build_of.name}" if build_of.name != backend.name else ""
+    return (f"`tqpatch verify --backend {backend.name}{of}` {what}: serve only runs verified "
+            f"kernels; see its report, rebuild with `tqpatch build --backend {build_of.name}`")
 
 
-def ensure_calibration(req: Request, model_sha: str, record: dict, build_of: str,
+def ensure_calibration(req: Request, model_sha: str, record: dict, build_of: Backend,
                        timings: dict, echo: Callable[[str], None] = _echo) -> Path | None:
     if not req.calibrate:
         return None
-    from .. import calibrate
-
     path = store.calib_path(model_sha, record)
     if path.is_file() and not req.recalibrate:
         echo(f"calibration: reusing {path}")
         return path
-    echo(f"calibration: running {req.model.name} through the {build_of} build's "
+    echo(f"calibration: running {req.model.name} through the {build_of.name} build's "
          "tqpatch-capture (once per model)")
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -134,8 +128,8 @@ def ensure_calibration(req: Request, model_sha: str, record: dict, build_of: str
     return path
 
 
-def ensure_probe(req: Request, info, model_sha: str, record: dict, backend: str,
-                 build_of: str, calib: Path | None, timings: dict,
+def ensure_probe(req: Request, info, model_sha: str, record: dict, backend: Backend,
+                 build_of: Backend, calib: Path | None, timings: dict,
                  echo: Callable[[str], None] = _echo) -> list[quality.ProbeRow]:
     path = store.probe_path(model_sha, record, backend, calibrated=calib is not None)
     fp = probe.fingerprint()
@@ -155,37 +149,33 @@ def ensure_probe(req: Request, info, model_sha: str, record: dict, backend: str,
                      build_dir=req.build_dir, calib=calib, threads=req.threads,
                      say=lambda m: echo("  " + m))
     timings["probe"] = time.monotonic() - started
-    store.save_json(path, {"fingerprint": fp, "model": req.model.name, "backend": backend,
+    store.save_json(path, {"fingerprint": fp, "model": req.model.name, "backend": backend.name,
                            "seconds": round(timings["probe"], 1),
                            "rows": [r.to_dict() for r in rows]})
     echo(f"probe: done in {timings['probe']:.0f} s")
     return rows
 
 
-def free_memory(backend: str, record: dict) -> memory.Memory:
-    be = backends.get(backend)
-    if backend == "cpu":
+def free_memory(backend: Backend, record: dict) -> memory.Memory:
+    if backend.memory_is_ram:
         return memory.ram_available()
-    prefix = be.ggml_backend_name.rstrip("0123456789")
+    prefix = backend.ggml_backend_name.rstrip("0123456789")
     server = Path(record["bin_dir"]) / "llama-server"
-    return memory.device_memory(server, prefix, be.e2e.env)
+    return memory.device_memory(server, prefix, backend.e2e.env)
 
 
-def server_argv(record: dict, backend: str, req: Request, k: str, v: str, ctx: int,
+def server_argv(record: dict, backend: Backend, req: Request, k: str, v: str, ctx: int,
                 calib: Path | None) -> list[str]:
-    be = backends.get(backend)
     argv = [str(Path(record["bin_dir"]) / "llama-server"), "-m", str(req.model),
             "--host", req.host, "--port", str(req.port), "-c", str(ctx),
             "-ctk", k, "-ctv", v, "-fa", "on"]
     if calib is not None:
         argv += ["--turbo-calib", str(calib)]
-    return argv + [*be.e2e.tool_args, *req.extra]
+    return argv + [*backend.e2e.tool_args, *req.extra]
 
 
 def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
     """Everything up to the server's command line."""
-    from . import launch
-
     if req.level not in quality.LEVELS:
         raise TqpatchError(f"unknown --quality {req.level!r}: choose from {', '.join(quality.LEVELS)}")
     info = check_model(req.model)
@@ -197,7 +187,7 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
     backend = req.backend
     if backend is None:
         backend, why = backends.detect()
-        echo(f"backend: {backend} ({why}; --backend overrides)")
+        echo(f"backend: {backend.name} ({why}; --backend overrides)")
     build_of = req.build_of or backend
     timings: dict = {}
     record = ensure_build(backend, build_of, req.build_dir, echo)
@@ -215,8 +205,6 @@ def prepare(req: Request, echo: Callable[[str], None] = _echo) -> Plan:
 
 def render_table(p: Plan) -> str:
     """What was measured: configuration, bits per value, probe KLD, coherent, KV MiB."""
-    from ..plan import MIB, kv_bytes
-
     lines = [f"{'configuration':<22} {'bits/value':>10} {'probe KLD':>10} {'coherent':>9} "
              f"{'KV MiB @ ' + str(p.ctx):>14}"]
     for r in quality.order(p.rows):
@@ -229,8 +217,6 @@ def render_table(p: Plan) -> str:
 
 
 def describe(p: Plan) -> list[str]:
-    import shlex
-
     k, v = p.choice.pair
     out = [f"quality {p.choice.level}: {quality.LEVELS[p.choice.level]}",
            f"chosen: {k}/{v}{' with the calibration' if p.choice.calibrated else ''}: "
@@ -242,8 +228,6 @@ def describe(p: Plan) -> list[str]:
 
 def run(req: Request, echo: Callable[[str], None] = _echo) -> int:
     """prepare(), print it, run the server in the foreground; the exit status."""
-    from . import launch
-
     started = time.monotonic()
     p = prepare(req, echo)
     echo("")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__, formats, fsutil, paths
+from ..backends.base import Backend
 from ..errors import TqpatchError
 
 if TYPE_CHECKING:
@@ -92,10 +93,10 @@ def calib_path(model_sha: str, build_record: dict) -> Path:
     return model_dir(model_sha, build_record) / CALIB_NAME
 
 
-def probe_path(model_sha: str, build_record: dict, backend: str, calibrated: bool = True) -> Path:
+def probe_path(model_sha: str, build_record: dict, backend: Backend, calibrated: bool = True) -> Path:
     build = (build_record.get("inputs") or {}).get("digest") or "unknown"
     tail = "" if calibrated else "-nocal"
-    return model_dir(model_sha, build_record) / f"probe-{backend}-{build}{tail}.json"
+    return model_dir(model_sha, build_record) / f"probe-{backend.name}-{build}{tail}.json"
 
 
 def load_json(path: Path) -> dict | None:

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
+from .. import apply, build_record
+from ..backends.base import Backend
 from ..errors import TqpatchError
-from ..precision import Precision
 from ..verify_io import Case
+from . import record as verified
 from .checks import (BASELINE_TYPES, HEAD_SIZES, ROW_CLASSES, TURBO_TYPES, Check,  # noqa: F401
                      expected_output, fa_pairs, make_checks, make_rows)
 from .compare import CaseReport, f16_ulp_distance, judge  # noqa: F401
@@ -45,62 +47,52 @@ from .report import Report, render_table  # noqa: F401
 from .tolerance import BOUNDARY_TOL, BOUNDARY_TOL_Q8, attention_tolerance, dot_tolerance  # noqa: F401
 
 
-def precision_for(backend: str) -> Precision:
-    """The verify precision model the backend module declares."""
-    from ..backends import get
-
-    return get(backend).precision()
-
-
-def verify(backend: str | None = None, build_dir: Path | None = None, seed: int = 0,
+def verify(backend: Backend | None = None, build_dir: Path | None = None, seed: int = 0,
            quick: bool = False, types=TURBO_TYPES,
            runner: Callable[[list[Case]], HarnessRun] | None = None,
-           binary: Path | None = None, of_build: str | None = None) -> Report:
+           binary: Path | None = None, of_build: Backend | None = None) -> Report:
     """Run the checks on one built backend (default: the last one built) and return the report.
 
-    `of_build` names the build whose harness runs them when it is another
+    `of_build` is the build whose harness runs them when it is another
     backend's: every build holds the CPU backend, so `cpu` can be verified in
     a Vulkan or CUDA build.
 
     `runner` replaces the real harness (tests); otherwise the backend's own
-    verify_runner (host emulation; called with record None when there is no
+    verify runner (host emulation; asked with record None when there is no
     build), else its built tqpatch-verify binary. A build made from other
     kernels than the current render is refused as stale.
     """
-    from .. import build as build_mod
-    from ..backends import get as get_backend
-
     if backend is None:
-        backend = build_mod.last_built(build_dir)
-    be = get_backend(backend)
+        backend = build_record.last_built(build_dir)
     built = of_build or backend
     types = tuple(types)
     checks = make_checks(types, seed=seed, quick=quick)
     record = None
     if runner is None:
         try:
-            record, not_built = build_mod.load_record(built, build_dir), None
+            record, not_built = build_record.load_record(built, build_dir), None
         except TqpatchError as exc:  # a backend may verify without a build (host emulation)
             record, not_built = None, exc
         if record is not None:
-            build_mod.check_fresh(record)
-        runner = be.verify_runner(record)
+            build_record.check_fresh(record)
+        runner = backend.make_verify_runner(record, _applied_tree, run_harness)
         if runner is None and not_built is not None:
             raise not_built
-    variants = {}
+    variants: Mapping[str, Mapping[str, str]] = {}
     if runner is None:
         if binary is None:
-            binary = build_mod.find_binary(HARNESS, built, build_dir)
+            binary = build_record.find_binary(HARNESS, built, build_dir)
         bin_path = binary
+        device = backend.ggml_backend_name
 
         def runner(cases, env=None):
-            return run_harness(bin_path, be.ggml_backend_name, cases, env=env)
-        variants = be.verify_variants if built == backend else {}
+            return run_harness(bin_path, device, cases, env=env)
+        variants = backend.verify_variants if built.name == backend.name else {}
     run = runner([c.case for c in checks])
     if len(run.results) != len(checks):
         raise TqpatchError(f"the harness answered {len(run.results)} of {len(checks)} cases")
-    prec = be.precision()
-    reports = [judge(ch, res, backend, prec) for ch, res in zip(checks, run.results)]
+    prec = backend.precision()
+    reports = [judge(ch, res, backend.name, prec) for ch, res in zip(checks, run.results)]
     crashes = list(run.crashes)
     for name, env in variants.items():  # the decode attention checks again, in each forced layout
         decode = [dataclasses.replace(ch, shape=f"{ch.shape} [{name}]") for ch in checks
@@ -108,15 +100,18 @@ def verify(backend: str | None = None, build_dir: Path | None = None, seed: int 
         vrun = runner([c.case for c in decode], env)
         if len(vrun.results) != len(decode):
             raise TqpatchError(f"the harness ({name}) answered {len(vrun.results)} of {len(decode)} cases")
-        reports += [judge(ch, res, backend, prec) for ch, res in zip(decode, vrun.results)]
+        reports += [judge(ch, res, backend.name, prec) for ch, res in zip(decode, vrun.results)]
         crashes += [f"{name}: {c}" for c in vrun.crashes]
-    report = Report(backend=backend, ggml_backend=run.backend_name or be.ggml_backend_name,
+    report = Report(backend=backend.name, ggml_backend=run.backend_name or backend.ggml_backend_name,
                     device_name=run.device_name, device_description=run.device_description,
                     binary=str(binary) if binary else "(backend runner)", seed=seed, quick=quick,
                     types=list(types), precision=prec.name, cases=reports, crashes=crashes,
-                    label=be.verify_label)
+                    label=backend.verify_label)
     if record is not None:  # a real build: `tqpatch serve` asks whether it passed
-        from . import record as verified
-
         verified.write(report, record)
     return report
+
+
+def _applied_tree() -> Path:
+    """The applied llama.cpp tree (made when missing), for runners that read its sources."""
+    return Path(apply.ensure_applied())

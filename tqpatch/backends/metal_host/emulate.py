@@ -36,9 +36,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ... import paths
+import click
+
+from ... import formats, paths
 from ...errors import TqpatchError
+from .. import metal_kernels
 
 HOST_DIR = Path(__file__).resolve().parent
 METAL = "ggml/src/ggml-metal"
@@ -69,9 +73,7 @@ def tree_files(tree: Path) -> list[str]:
 
 
 def turbo_libs() -> list[str]:
-    from .. import metal
-
-    return [lib for _, lib in metal.libraries()]
+    return [lib for _, lib in metal_kernels.libraries()]
 
 
 def all_libs() -> list[str]:
@@ -99,10 +101,9 @@ def dispatched(name: str) -> bool:
     baseline vector configuration."""
     if not DISPATCHED.search(name) or NOT_DISPATCHED.search(name):
         return False
-    from .. import metal
-
     m = _HEADS.search(name)
-    return m is None or (int(m.group(1)) == int(m.group(2)) in metal.fa_head_sizes() and not m.group(3))
+    return m is None or (int(m.group(1)) == int(m.group(2)) in metal_kernels.fa_head_sizes()
+                         and not m.group(3))
 
 
 def rewrite(text: str, register: bool = True) -> str:
@@ -204,8 +205,6 @@ static void tq_emu_set_fc(const ::tq_emu::fc_values & cv) {{
 
 def types_header() -> str:
     """tq_types.h: the ggml facts of every type the emulator meets, from tqpatch.formats."""
-    from ... import formats
-
     rows = [(f"GGML_TYPE_{t.name.upper()}", t.name, t.block_size, t.block_bytes, t.ggml_id)
             for t in formats.ALL_TYPES.values()]
     rows += [("GGML_TYPE_I32", "i32", 1, 4, None), ("GGML_TYPE_I64", "i64", 1, 8, None)]
@@ -294,12 +293,10 @@ def _compile(cxx: str, source: Path, obj: Path, includes: list[Path], log: Path)
                            f"log: {log}\n{tail}")
 
 
-def build(tree: Path | None = None, libs: list[str] | None = None, work: Path | None = None,
+def build(tree: Path, libs: list[str] | None = None, work: Path | None = None,
           echo=None) -> Path:
     """Compile the emulator for the applied tree; reuses an identical earlier build."""
-    from ... import apply
-
-    tree = Path(tree) if tree else Path(apply.ensure_applied())
+    tree = Path(tree)
     cxx = compiler()
     base = Path(work) if work else paths.cache_root() / "build" / "metal-emulation"
     prep = prepare(tree, base / "prepare", libs)
@@ -335,18 +332,18 @@ def build(tree: Path | None = None, libs: list[str] | None = None, work: Path | 
 
 # ---------------------------------------------------------------- the verify runner
 
-def runner(tree: Path | None = None, libs: list[str] | None = None, work: Path | None = None):
-    """A verify runner: cases -> verify.HarnessRun, from the emulator built for `tree`."""
-    from ... import verify
+def runner(tree: Callable[[], Path], run_harness: Callable, device: str,
+           libs: list[str] | None = None, work: Path | None = None):
+    """A verify runner: cases -> a harness run, from the emulator built for the applied tree.
 
+    tree() gives that tree and run_harness(binary, device, cases) runs the emulator as
+    the harness of ggml device `device` (verify hands both in: it sits above this package)."""
     def run(cases):
-        binary = build(tree, libs, work, echo=_echo)
-        return verify.run_harness(binary, "MTL0", cases)
+        binary = build(tree(), libs, work, echo=_echo)
+        return run_harness(binary, device, cases)
 
     return run
 
 
 def _echo(msg: str) -> None:
-    import click
-
     click.echo(msg, err=True)

@@ -1,4 +1,4 @@
-"""A Debian sid root with ROCm, for HIP builds where ROCm >= 6.1 is not installed.
+"""A Debian sid root with ROCm >= 6.1 (hipcc, hipBLAS, rocBLAS) that tqpatch makes for HIP builds and the HIP compile check (`--toolchain debian-sid`).
 
 The pinned llama.cpp needs ROCm >= 6.1. Debian bookworm ships 5.2; sid ships
 ROCm 6.4 (hipcc, libamdhip64-dev, libhipblas-dev, librocblas-dev) with clang 21.

@@ -3,7 +3,8 @@
 For CI machines that have a backend's compiler but no device (nvcc, ROCm's
 clang): the patched tree is configured with the cmake invocation `tqpatch build`
 uses for that backend, then ninja builds only the object files of
-  - the backend's source files that patches/*.patch change or templates render,
+  - the backend's source files that the patches change or the render places (the
+    tree manifest's files, handed in by the caller),
   - at most MAX_INSTANCES FlashAttention vector instances with a turbo type
     (PREFERRED_INSTANCES first).
 Backends declare their check (`compile_check` in their module) with this.
@@ -17,30 +18,15 @@ import shutil
 import time
 from pathlib import Path
 
-from . import formats, paths
-from .errors import TqpatchError
+from .. import formats, paths
+from ..errors import TqpatchError
+from ..ui import run
+from .base import Backend
+from .cmake import configure_args
 
 INSTANCE_RE = re.compile(r"^template-instances/fattn-vec-instance-([a-z0-9_]+)-([a-z0-9_]+)\.cu$")
 PREFERRED_INSTANCES = ("turbo3-turbo3", "q8_0-turbo3", "turbo4-f16")
 MAX_INSTANCES = 3
-
-
-def patched_files(prefix: str) -> set[str]:
-    """Paths under `prefix` (relative to it) that the patches in the series touch."""
-    from . import patchset
-
-    out = set()
-    for patch in patchset.load_series():
-        for fp in patch.files:
-            if fp.path.startswith(prefix):
-                out.add(fp.path[len(prefix):])
-    return out
-
-
-def rendered_files(prefix: str) -> set[str]:
-    from . import render
-
-    return {rel[len(prefix):] for rel in render.render_all().files if rel.startswith(prefix)}
 
 
 def turbo_instances(tree: Path, prefix: str) -> list[str]:
@@ -64,9 +50,10 @@ def pick_instances(instances: list[str], limit: int = MAX_INSTANCES) -> list[str
     return chosen[:limit]
 
 
-def touched_sources(tree: Path, prefix: str) -> tuple[list[str], list[str]]:
-    """(translation units other than FA instances, chosen turbo FA instances), relative to prefix."""
-    files = patched_files(prefix) | rendered_files(prefix)
+def touched_sources(tree: Path, touched: frozenset[str], prefix: str) -> tuple[list[str], list[str]]:
+    """(translation units other than FA instances, chosen turbo FA instances), relative to
+    prefix; `touched`: the tree-relative paths the patches and the render placed."""
+    files = {rel[len(prefix):] for rel in touched if rel.startswith(prefix)}
     units = sorted(f for f in files if f.endswith(".cu") and not INSTANCE_RE.match(f))
     return units, pick_instances(turbo_instances(tree, prefix))
 
@@ -83,23 +70,20 @@ def object_targets(ninja_targets: str, sources: list[str], library: str) -> dict
     return out
 
 
-def compile_objects(tree: Path, backend: str, arch: str, library: str, prefix: str,
-                    extra: list[str], work_dir: Path | None = None, echo=print,
+def compile_objects(tree: Path, touched: frozenset[str], backend: Backend, arch: str, library: str,
+                    prefix: str, extra: list[str], work_dir: Path | None = None, echo=print,
                     options: dict | None = None, wrap=None) -> dict:
     """Configure `tree` for `backend` and compile the touched objects; a report dict.
 
     options: the backend's build options; wrap(argv, binds): where cmake and ninja
     run when not here (a backend's BuildEnvironment.wrap), None: on this machine.
     """
-    from . import build
-    from .ui import run
-
     if wrap is None and not (shutil.which("cmake") and shutil.which("ninja")):
         raise TqpatchError("the compile check needs cmake and ninja on PATH")
-    units, instances = touched_sources(tree, prefix)
-    args = build.cmake_args(backend, arch, options=options,
-                            ccache=wrap is None and bool(shutil.which("ccache")))
-    bdir = Path(work_dir or paths.cache_root() / "build" / f"{backend}-compile-check")
+    units, instances = touched_sources(tree, touched, prefix)
+    args = configure_args(backend, arch, options=options,
+                          ccache=wrap is None and bool(shutil.which("ccache")))
+    bdir = Path(work_dir or paths.cache_root() / "build" / f"{backend.name}-compile-check")
     bdir.mkdir(parents=True, exist_ok=True)
     here = (lambda argv: [str(a) for a in argv]) if wrap is None else \
         (lambda argv: wrap([str(a) for a in argv], [tree, bdir]))
@@ -128,7 +112,7 @@ def compile_objects(tree: Path, backend: str, arch: str, library: str, prefix: s
     text = log.read_text(errors="replace")
     warnings = sorted({ln.strip() for ln in text.splitlines()
                        if re.search(r"\bwarning\b", ln, re.I) and prefix.rstrip("/") in ln})
-    echo(f"{backend} compile check: {len(targets)} objects in {t_build:.0f} s "
+    echo(f"{backend.name} compile check: {len(targets)} objects in {t_build:.0f} s "
          f"(configure {t_conf:.0f} s, {os.cpu_count()} jobs): {', '.join(units + built_instances)}")
     return {"units": units, "instances": built_instances, "configure_s": round(t_conf, 1),
             "compile_s": round(t_build, 1), "jobs": os.cpu_count(), "warnings": warnings,

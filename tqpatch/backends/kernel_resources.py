@@ -23,7 +23,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 
-from . import formats, ui
+from .. import formats, ui
 
 _REMARK = re.compile(r"remark:\s+(.*?)\s*\[-Rpass-analysis=kernel-resource-usage\]\s*$")
 _OBJECT = re.compile(r"^\[\d+/\d+\] Building \w+ object (\S+)")
