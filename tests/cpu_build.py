@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from tqpatch.backends import BACKENDS
+from tqpatch import backends, build_record
 
 BUILD = os.environ.get("TQPATCH_TEST_CPU_BUILD", "cpu")
 TOOL_ARGS = tuple(BACKENDS["cpu"].e2e.tool_args)  # llama-cli, llama-server, llama-perplexity
@@ -23,7 +24,7 @@ def find(name: str) -> Path:
     """A binary of that build (TqpatchError saying how to build it when it is missing)."""
     from tqpatch import build
 
-    return build.find_binary(name, BUILD)
+    return build_record.find_binary(name, backends.get(BUILD))
 
 
 def build_dir() -> Path:

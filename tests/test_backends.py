@@ -11,6 +11,7 @@ import pytest
 from tqpatch import backends, formats, paths
 from tqpatch.backends import cpu, cuda, hip, metal, vulkan
 from tqpatch.errors import TqpatchError
+from tqpatch.backends import cmake
 
 
 def _fake_capture(outputs: dict[str, str | None]):
@@ -63,11 +64,11 @@ def test_get_unknown_backend_lists_choices():
 
 
 def test_ggml_backend_names_match_pinned_tree():
-    assert cpu.ggml_backend_name == "CPU"
-    assert cuda.ggml_backend_name == "CUDA0"
-    assert hip.ggml_backend_name == "ROCm0"  # GGML_CUDA_NAME under GGML_USE_HIP
-    assert vulkan.ggml_backend_name == "Vulkan0"
-    assert metal.ggml_backend_name == "MTL0"
+    assert cpu.BACKEND.ggml_backend_name == "CPU"
+    assert cuda.BACKEND.ggml_backend_name == "CUDA0"
+    assert hip.BACKEND.ggml_backend_name == "ROCm0"  # GGML_CUDA_NAME under GGML_USE_HIP
+    assert vulkan.BACKEND.ggml_backend_name == "Vulkan0"
+    assert metal.BACKEND.ggml_backend_name == "MTL0"
 
 
 # ---------------------------------------------------------------- cmake args
@@ -532,7 +533,7 @@ def test_option_names_exist_in_pinned_tree():
     names = set()
     for b in backends.BACKENDS.values():
         arch = {"cuda": "90", "hip": "gfx1100"}.get(b.name)
-        for arg in build.cmake_args(b.name, arch, options={"fa-quants": "all"}, ccache=True):
+        for arg in cmake.configure_args(backends.get(b.name), arch, options={"fa-quants": "all"}, ccache=True):
             m = re.match(r"-D([A-Z_]+)=", arg)
             if m:
                 names.add(m.group(1))

@@ -27,6 +27,8 @@ from tqpatch import eval as ev
 from tqpatch import plan
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
+from tqpatch import backends
+from tqpatch.backends import cmake
 
 ROOT = Path(__file__).resolve().parent.parent
 _USER_CACHE = os.environ.get("TQPATCH_CACHE")  # the slow tests use the real cache
@@ -132,10 +134,10 @@ def test_cli_plan_bad_boundary(gemma3, value):
 def test_build_cmake_args_carry_the_default():
     from tqpatch import build
 
-    args = build.cmake_args("cpu", boundary_k=1, boundary_v=2)
+    args = cmake.configure_args(backends.get("cpu"), boundary_k=1, boundary_v=2)
     assert "-DLLAMA_TURBO_BOUNDARY_K=1" in args and "-DLLAMA_TURBO_BOUNDARY_V=2" in args
     # always passed, so that a rebuild without the option resets a cached value
-    assert "-DLLAMA_TURBO_BOUNDARY_V=0" in build.cmake_args("cpu")
+    assert "-DLLAMA_TURBO_BOUNDARY_V=0" in cmake.configure_args(backends.get("cpu"))
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])

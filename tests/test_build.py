@@ -10,11 +10,16 @@ import types
 from pathlib import Path
 
 import pytest
+
+import backend_params
 from click.testing import CliRunner
 
 from tqpatch import build, paths, toolchain
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
+from tqpatch import backends
+from tqpatch.backends import cmake
+from tqpatch import build_record
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +35,7 @@ COMMON = ["-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_EXA
 
 
 def test_cmake_args_cpu():
-    args = build.cmake_args("cpu")
+    args = cmake.configure_args(backends.get("cpu"))
     assert args[:3] == ["-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release"]
     for a in COMMON:
         assert a in args
@@ -40,7 +45,7 @@ def test_cmake_args_cpu():
 
 
 def test_cmake_args_ccache_debug_and_extra_last():
-    args = build.cmake_args("cuda", "sm_90", build_type="Debug", ccache=True, options={"fa-quants": "all"},
+    args = cmake.configure_args(backends.get("cuda"), "sm_90", build_type="Debug", ccache=True, options={"fa-quants": "all"},
                             extra=["-DGGML_CUDA_GRAPHS=OFF"])
     assert "-DCMAKE_BUILD_TYPE=Debug" in args
     assert "-DGGML_CCACHE=ON" in args
@@ -51,12 +56,12 @@ def test_cmake_args_ccache_debug_and_extra_last():
 @pytest.mark.parametrize("backend, flag", [
     ("vulkan", "-DGGML_VULKAN=ON"), ("metal", "-DGGML_METAL=ON"), ("hip", "-DGGML_HIP=ON")])
 def test_cmake_args_other_backends(backend, flag):
-    assert flag in build.cmake_args(backend, "gfx1100" if backend == "hip" else None)
+    assert flag in cmake.configure_args(backends.get(backend), "gfx1100" if backend == "hip" else None)
 
 
 def test_cmake_args_bad_build_type():
     with pytest.raises(TqpatchError, match="Release or Debug"):
-        build.cmake_args("cpu", build_type="Fast")
+        cmake.configure_args(backends.get("cpu"), build_type="Fast")
 
 
 # ---------------------------------------------------------------- reconfigure
@@ -71,13 +76,13 @@ def _configured(build_dir: Path):
 def test_needs_configure_only_when_args_change(tmp_path):
     tree, bdir = tmp_path / "tree", tmp_path / "b"
     tree.mkdir()
-    args = build.cmake_args("cpu")
+    args = cmake.configure_args(backends.get("cpu"))
     assert build.needs_configure(bdir, tree, args)  # nothing there yet
     _configured(bdir)
     assert build.needs_configure(bdir, tree, args)  # configured, but not by us
     build.remember_configure(bdir, tree, args)
     assert not build.needs_configure(bdir, tree, args)
-    assert build.needs_configure(bdir, tree, build.cmake_args("cpu", build_type="Debug"))
+    assert build.needs_configure(bdir, tree, cmake.configure_args(backends.get("cpu"), build_type="Debug"))
     assert build.needs_configure(bdir, tree, args + ["-DX=1"])
     other = tmp_path / "tree2"
     other.mkdir()
@@ -179,13 +184,10 @@ def test_backend_requirement_missing_message():
 
 
 def _fake_apply(monkeypatch, ensure_applied):
-    """Stand in for tqpatch.apply (another stage; it may not exist yet)."""
-    import tqpatch
-
+    """Stand in for the apply stage as the build sees it."""
     fake_module = types.SimpleNamespace(ensure_applied=ensure_applied,
                                         tree_inputs=lambda tree: {"digest": "d", "render": {}})
-    monkeypatch.setitem(sys.modules, "tqpatch.apply", fake_module)
-    monkeypatch.setattr(tqpatch, "apply", fake_module, raising=False)
+    monkeypatch.setattr(build, "apply", fake_module)
 
 
 def _probe(name, path, version="1.0"):
@@ -256,6 +258,7 @@ def fake(monkeypatch, tmp_path):
 
 
 def _run(**kw):
+    kw["backend"] = backends.get(kw["backend"])
     out: list[str] = []
     record = build.build(build.BuildRequest(**kw), echo=lambda m="", **k: out.append(str(m)))
     return record, "\n".join(out)
@@ -331,7 +334,7 @@ def test_build_failure_prints_tail_and_log(fake, capsys):
     fake.fail_build = True
     out: list[str] = []
     with pytest.raises(TqpatchError) as exc:
-        build.build(build.BuildRequest(backend="cpu"), echo=lambda m="", **k: out.append(str(m)))
+        build.build(build.BuildRequest(backend=backends.get("cpu")), echo=lambda m="", **k: out.append(str(m)))
     log = paths.default_build_dir("cpu").resolve() / build.LOG_NAME
     assert str(log) in str(exc.value)
     text = "\n".join(out)
@@ -360,7 +363,7 @@ def test_build_cli_invokes_build(fake, monkeypatch):
                                        "--cmake-arg", "-DGGML_CUDA_GRAPHS=OFF", "--fa-quants", "all"])
     assert result.exit_code == 0, result.output
     req = seen["req"]
-    assert (req.backend, req.arch, req.targets, req.jobs, req.build_type) == (
+    assert (req.backend.name, req.arch, req.targets, req.jobs, req.build_type) == (
         "cuda", "sm_90", ["llama-cli", "llama-bench"], 2, "Debug")
     assert req.extra_cmake_args == ("-DGGML_CUDA_GRAPHS=OFF",) and req.options == {"fa-quants": "all"}
 
@@ -385,15 +388,13 @@ def test_build_cli_backend_option_for_another_backend_is_clean_error(fake):
 
 
 def test_build_cli_without_backend_says_what_it_chose(fake, monkeypatch):
-    from tqpatch import backends
-
     seen = {}
     monkeypatch.setattr(build, "build", lambda req: seen.setdefault("req", req))
-    monkeypatch.setattr(backends, "detect", lambda: ("cuda", "NVIDIA H100 with nvcc 13.0"))
+    monkeypatch.setattr(backends, "detect", lambda: (backends.get("cuda"), "NVIDIA H100 with nvcc 13.0"))
     result = CliRunner().invoke(main, ["build"])
     assert result.exit_code == 0, result.output
     assert "backend: cuda (NVIDIA H100 with nvcc 13.0; --backend overrides)" in result.output
-    assert seen["req"].backend == "cuda" and seen["req"].options == {"fa-quants": "default"}
+    assert seen["req"].backend.name == "cuda" and seen["req"].options == {"fa-quants": "default"}
 
 
 def test_build_cli_fa_quants_bad_pair_is_clean_error(fake):
@@ -439,8 +440,8 @@ def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkey
 def test_build_cmake_invocation_hip(fake, monkeypatch):
     from tqpatch.backends import hip
 
-    monkeypatch.setattr(hip, "unsupported_reason", lambda: None)  # as if ROCm >= 6.1 were here
-    monkeypatch.setattr(hip, "requirements", lambda: [])
+    # as if ROCm >= 6.1 were here
+    backend_params.patch(monkeypatch, "hip", unsupported_reason=lambda: None, requirements=lambda: [])
     monkeypatch.setattr(hip, "hip_compiler", lambda: "/opt/rocm/llvm/bin/clang")
     record, out = _run(backend="hip", arch="gfx1100,gfx90a", options={"fa-quants": "all"})
     conf = _configures(fake)[0]
@@ -498,15 +499,15 @@ def test_build_cli_bad_arch_is_clean_error(fake):
 
 def test_find_binary_without_build():
     with pytest.raises(TqpatchError, match=r"tqpatch build --backend cuda"):
-        build.find_binary("llama-cli", "cuda")
+        build_record.find_binary("llama-cli", backends.get("cuda"))
 
 
 def test_find_binary_after_build(fake):
     _run(backend="cpu", targets=["llama-cli"])
-    path = build.find_binary("llama-cli", "cpu")
+    path = build_record.find_binary("llama-cli", backends.get("cpu"))
     assert path == paths.default_build_dir("cpu").resolve() / "bin" / "llama-cli"
     with pytest.raises(TqpatchError, match=r"--targets llama-bench") as exc:
-        build.find_binary("llama-bench", "cpu")
+        build_record.find_binary("llama-bench", backends.get("cpu"))
     assert "built: llama-cli" in str(exc.value)
 
 
@@ -514,16 +515,16 @@ def test_find_binary_skipped_target_and_custom_dir(fake, tmp_path):
     bdir = tmp_path / "b"
     _run(backend="cpu", build_dir=bdir)
     with pytest.raises(TqpatchError) as exc:
-        build.find_binary("tqpatch-verify", "cpu", bdir)
+        build_record.find_binary("tqpatch-verify", backends.get("cpu"), bdir)
     assert "no tqpatch-verify target" in str(exc.value)
     assert f"--build-dir {bdir.resolve()}" in str(exc.value)
     with pytest.raises(TqpatchError, match="holds a 'cpu' build"):
-        build.find_binary("llama-cli", "cuda", bdir)
+        build_record.find_binary("llama-cli", backends.get("cuda"), bdir)
 
 
-def test_find_binary_unknown_backend():
+def test_unknown_backend():
     with pytest.raises(TqpatchError, match="unknown backend"):
-        build.find_binary("llama-cli", "opencl")
+        backends.get("opencl")
 
 
 # ---------------------------------------------------------------- a real tiny cmake project
@@ -543,15 +544,15 @@ def test_real_cmake_on_tiny_tree(tmp_path, monkeypatch):
     _fake_apply(monkeypatch, lambda t: t)
     bdir = tmp_path / "build"
     out: list[str] = []
-    record = build.build(build.BuildRequest(backend="cpu", tree=tree, build_dir=bdir, jobs=2,
+    record = build.build(build.BuildRequest(backend=backends.get("cpu"), tree=tree, build_dir=bdir, jobs=2,
                                             targets=["llama-cli", "llama-bench", "tqpatch-verify"]),
                          echo=lambda m="", **k: out.append(str(m)))
     assert (bdir / "bin" / "llama-cli").is_file()
     assert record["skipped_targets"] == ["tqpatch-verify"]
-    assert build.find_binary("llama-bench", "cpu", bdir).is_file()
+    assert build_record.find_binary("llama-bench", backends.get("cpu"), bdir).is_file()
     log = (bdir / build.LOG_NAME).read_text()
     assert "[2/2]" in log or "[1/" in log
-    build.build(build.BuildRequest(backend="cpu", tree=tree, build_dir=bdir, jobs=2,
+    build.build(build.BuildRequest(backend=backends.get("cpu"), tree=tree, build_dir=bdir, jobs=2,
                                    targets=["llama-cli"]), echo=lambda m="", **k: out.append(str(m)))
     assert sum("up to date" in line for line in out) == 1
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tqpatch import formats, reference, render, verify
+from tqpatch import backends
 
 SHIM = Path(__file__).resolve().parent / "c_shim"
 CLASSES = ("gaussian", "outliers", "zeros", "constant", "tiny", "huge", "alternating",
@@ -29,7 +30,7 @@ def driver(tmp_path_factory) -> Path:
     if cc is None:
         pytest.fail("no C compiler (cc/gcc) on PATH: the fast suite needs one")
     out = tmp_path_factory.mktemp("cref")
-    for rel, data in render.render_all().files.items():  # what the templates render now
+    for rel, data in render.render_all(backends.all_backends()).files.items():  # what the templates render now
         if rel.startswith(("ggml/src/ggml-turbo", "ggml/include/ggml-turbo")):
             (out / Path(rel).name).write_bytes(data)
     exe = out / "turbo-ref"

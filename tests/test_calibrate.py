@@ -11,6 +11,7 @@ import pytest
 
 from tqpatch import calibrate, capture, codebook, codebook_fit, formats, reference, render
 from tqpatch.errors import TqpatchError
+from tqpatch import backends
 
 
 def write_capture(path, records, ropes=(), rotations=()):
@@ -172,16 +173,16 @@ def test_override_folder_reaches_reference_and_render(tmp_path, monkeypatch):
     r = codebook_fit.fit(rng.uniform(-1, 1, (2000, 64)).astype(np.float32), "turbo3")
     (tmp_path / "turbo3.json").write_text(codebook.to_json(r.book))
     shipped = reference.codebook_arrays("turbo3")[0].copy()
-    plain = render.render_all()
+    plain = render.render_all(backends.all_backends())
     monkeypatch.setenv(codebook.OVERRIDE_ENV, str(tmp_path))
     np.testing.assert_array_equal(reference.codebook_arrays("turbo3")[0], np.float32(r.book.centroids))
     assert not np.array_equal(reference.codebook_arrays("turbo3")[0], shipped)
-    fitted = render.render_all()
+    fitted = render.render_all(backends.all_backends())
     assert fitted.versions != plain.versions               # the digest records the books used
     changed = [rel for rel in plain.files if plain.files[rel] != fitted.files[rel]]
     assert "ggml/src/ggml-turbo-common.h" in changed
     # apply places the fitted render: the templates are the committed ones
-    assert render.load_rendered().files == fitted.files
+    assert render.load_rendered(backends.all_backends()).files == fitted.files
     # a codebook for another block is refused
     (tmp_path / "turbo4.json").write_text(codebook.to_json(r.book))
     with pytest.raises(TqpatchError, match="blocks of 64 with 3 bits"):

@@ -11,18 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from tqpatch import compile_check as cc
+from tqpatch import apply, backends, paths, patchset, render
 from tqpatch.backends import BACKENDS
+from tqpatch.backends import compile_check as cc
 
 CHECKED = [name for name, b in BACKENDS.items() if b.compile_check is not None]
 
 
-def test_touched_cuda_sources_come_from_the_patch_set_and_the_render():
-    units = sorted(f for f in cc.patched_files("ggml/src/ggml-cuda/") | cc.rendered_files("ggml/src/ggml-cuda/")
-                   if f.endswith(".cu"))
+def test_touched_cuda_sources_are_the_placed_files_under_the_backend(tmp_path):
+    """The units checked: the .cu files the patches and the render place (what an applied
+    tree's manifest lists, apply.placed_files), under the backend's source folder."""
+    placed = frozenset({fp.path for patch in patchset.load_series() for fp in patch.files}
+                       | set(render.render_all(backends.all_backends()).files))
+    units, instances = cc.touched_sources(tmp_path, placed, "ggml/src/ggml-cuda/")
     for f in ("convert.cu", "cpy.cu", "getrows.cu", "set-rows.cu", "fattn.cu", "ggml-cuda.cu"):
         assert f in units
-    assert "turbo.cuh" in cc.rendered_files("ggml/src/ggml-cuda/")
+    assert all(u.endswith(".cu") and "template-instances/" not in u for u in units)
+    assert instances == []  # the tree has no instance files: none picked
 
 
 def test_pick_instances_prefers_the_common_pairs_and_caps():
@@ -54,8 +59,6 @@ def test_object_targets_cuda_and_hip_layouts():
 
 @pytest.fixture(scope="module")
 def tree() -> Path:
-    from tqpatch import apply
-
     return Path(apply.ensure_applied(None))
 
 
@@ -66,9 +69,7 @@ def test_turbo_sources_compile(tree, backend, tmp_path_factory):
     why = check.unavailable()
     if why:
         pytest.skip(why)
-    from tqpatch import paths
-
-    report = check.run(tree, paths.cache_root() / "build" / f"{backend}-compile-check")
+    report = check.run(tree, apply.placed_files(tree), paths.cache_root() / "build" / f"{backend}-compile-check")
     assert report["units"], report
     assert report["instances"], f"no turbo FA instance compiled: {report}"
     print(f"\n{backend}: {len(report['units']) + len(report['instances'])} objects in "

@@ -331,7 +331,7 @@ def fake(tmp_path, monkeypatch):
 
     server = make_fake_server(tmp_path, calls, garbage="turbo2,turbo4")
 
-    import tqpatch.build as build_mod
+    import tqpatch.build_record as build_mod
 
     def find_binary(name, backend, build_dir=None):
         return {"llama-perplexity": binary, "llama-server": server}[name]
@@ -540,7 +540,7 @@ def test_cli_coherence_column_and_switch(fake):
 
 
 def test_cli_coherence_needs_a_built_server(fake, monkeypatch):
-    import tqpatch.build as build_mod
+    import tqpatch.build_record as build_mod
 
     def find_binary(name, backend, build_dir=None):
         if name == "llama-server":

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tqpatch import build, kernel_resources as kr
-from tqpatch.backends import hip
+from tqpatch import backends, build
+from tqpatch.backends import debian_sid, hip
+from tqpatch.backends import kernel_resources as kr
 from tqpatch.errors import TqpatchError
-from tqpatch.toolchains import debian_sid
 
 DATA = Path(__file__).parent / "data"
 
@@ -181,7 +181,6 @@ def test_build_runs_cmake_and_ninja_in_the_root(cache, tmp_path, monkeypatch):
     through the environment's wrap with the tree and build dir bound; no host ROCm check."""
     tree = tmp_path / "llama.cpp"
     tree.mkdir()
-    monkeypatch.setattr(build, "_ensure_applied", lambda t: tree)
     monkeypatch.setattr(hip, "rocm_problem", lambda: pytest.fail("host ROCm checked"))
     prepared, wrapped = [], []
 
@@ -206,14 +205,12 @@ def test_build_runs_cmake_and_ninja_in_the_root(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(build, "_stream", stream)
     monkeypatch.setattr(build, "_capture", lambda cmd: (0, "llama-cli: phony\n")
                         if cmd[0] == "IN-ROOT" else pytest.fail(f"ran here: {cmd}"))
-    import tqpatch
-
     fake_apply = type(sys)("fake_apply")
     fake_apply.tree_inputs = lambda t: {"digest": "d", "render": {}}
-    monkeypatch.setitem(sys.modules, "tqpatch.apply", fake_apply)
-    monkeypatch.setattr(tqpatch, "apply", fake_apply, raising=False)
+    fake_apply.ensure_applied = lambda t: tree
+    monkeypatch.setattr(build, "apply", fake_apply)
     record = build.build(build.BuildRequest(
-        backend="hip", arch="gfx1100", targets=["llama-cli"],
+        backend=backends.get("hip"), arch="gfx1100", targets=["llama-cli"],
         options={"toolchain": "debian-sid", "fa-quants": None}), echo=lambda *a, **k: None)
     assert prepared == [1]
     assert all(c[0] == "IN-ROOT" for c in streamed) and len(streamed) == 2
@@ -330,9 +327,9 @@ def test_kernel_labels_without_and_with_cxxfilt():
 
 
 def test_verify_refuses_a_build_from_the_root():
-    assert hip.verify_runner({"tools": {"cmake": {}}}) is None
+    assert hip.verify_runner({"tools": {"cmake": {}}}, None, None) is None
     with pytest.raises(TqpatchError, match="toolchain debian-sid.*ROCm >= 6.1"):
-        hip.verify_runner({"tools": {"debian-sid": {"path": None, "version": "root"}}})
+        hip.verify_runner({"tools": {"debian-sid": {"path": None, "version": "root"}}}, None, None)
 
 
 @pytest.mark.slow
@@ -342,7 +339,7 @@ def test_stopping_tqpatch_stops_the_command_in_the_root(tmp_path, sig):
     kills the command (unshare itself ignores both while it waits)."""
     _root_or_skip()
     marker = f"298.{int(sig)}"
-    script = ("import sys; from tqpatch import cli, ui; from tqpatch.toolchains import debian_sid; "
+    script = ("import sys; from tqpatch import cli, ui; from tqpatch.backends import debian_sid; "
               "cli._install_signal_handlers(); "
               f"ui.run(debian_sid.inside(['sleep', '{marker}'], [sys.argv[1]]))")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
@@ -363,5 +360,5 @@ def test_sid_build_without_targets_fails_before_making_the_root(cache, monkeypat
     monkeypatch.setattr(hip, "run_capture", lambda cmd, timeout=15: None)  # no rocminfo
     monkeypatch.setattr(debian_sid, "make_root", lambda echo=print: pytest.fail("root made"))
     with pytest.raises(TqpatchError, match="needs the GPU targets"):
-        build.build(build.BuildRequest(backend="hip", options={"toolchain": "debian-sid"}),
+        build.build(build.BuildRequest(backend=backends.get("hip"), options={"toolchain": "debian-sid"}),
                     echo=lambda *a, **k: None)

@@ -28,6 +28,7 @@ from test_apply import PRISTINE, Env
 from tqpatch import apply, build, cli, fetch, fsutil, paths, patchset, render, txn
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
+from tqpatch import backends, build_record
 
 
 @pytest.fixture
@@ -447,8 +448,8 @@ def test_an_unreadable_build_record_is_one_line(tmp_path, monkeypatch):
         return real_is_file(self)
 
     monkeypatch.setattr(Path, "is_file", denied)
-    for call in (lambda: build.load_record("cpu"), lambda: build.built_backends(),
-                 lambda: build.last_built(), lambda: build.last_built(bdir)):
+    for call in (lambda: build_record.load_record(backends.get("cpu")), lambda: build_record.built_backends(),
+                 lambda: build_record.last_built(), lambda: build_record.last_built(bdir)):
         with pytest.raises(TqpatchError) as exc:
             call()
         msg = one_line(exc.value.message)
@@ -459,7 +460,7 @@ def test_an_unreadable_build_record_is_one_line(tmp_path, monkeypatch):
         PermissionError(errno.EACCES, "Permission denied", str(self)))
         if self.name == build.RECORD_NAME else real_read(self, *a, **k))
     with pytest.raises(TqpatchError, match="cannot read .*Permission denied"):
-        build.load_record("cpu")
+        build_record.load_record(backends.get("cpu"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -481,8 +482,8 @@ def test_verify_as_a_user_who_cannot_read_the_cache_is_one_line(tmp_path):
     if subprocess.run([*as_nobody, "-c", "import click"], env=dict(os.environ, PYTHONPATH=root),
                       capture_output=True).returncode != 0:
         pytest.skip("this Python's packages are not readable by another user")
-    code = ("import sys; from tqpatch import build; from tqpatch.errors import TqpatchError\n"
-            "try:\n    build.load_record('cpu')\nexcept TqpatchError as e:\n"
+    code = ("import sys; from tqpatch import backends, build_record; from tqpatch.errors import TqpatchError\n"
+            "try:\n    build_record.load_record(backends.get('cpu'))\nexcept TqpatchError as e:\n"
             "    print(e.message); sys.exit(1)\n")
     r = subprocess.run([*as_nobody, "-c", code],
                        env=dict(os.environ, TQPATCH_CACHE=str(cache), PYTHONPATH=root,

@@ -30,7 +30,8 @@ import pytest
 import cpu_build as cpu
 from test_integration_cpu import check_coherence_claims, coherence_run, run  # one check for all
 from tqpatch import backends
-from tqpatch.backends._base import EndToEnd
+from tqpatch.backends.base import EndToEnd
+from tqpatch import build_record
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ class Target:
     def bin(self, name: str):
         from tqpatch import build
 
-        return build.find_binary(name, self.backend)
+        return build_record.find_binary(name, backends.get(self.backend))
 
     def run(self, cmd, timeout=3600, **kw):
         return run(cmd, timeout=timeout, env={**os.environ, **self.e2e.env}, **kw)
@@ -63,7 +64,7 @@ def gpu(request) -> Target:
     if why:
         pytest.skip(f"{be.name}: {why}")
     try:
-        build.load_record(be.name)
+        build_record.load_record(be)
     except TqpatchError as e:
         pytest.skip(f"no {be.name} build: {e}")
     return Target(be.name, be.ggml_backend_name, be.e2e)

@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from test_integration_cpu import check_coherence_claims, coherence_run, gemma, run  # noqa: F401  (one check and model for every backend)
+from tqpatch import backends, build_record
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -32,10 +33,10 @@ def metal_build():
     if sys.platform != "darwin":
         pytest.skip("no Metal here: the Metal end-to-end tests run on macOS (ci/tqpatch-metal.yml)")
     try:
-        build.load_record(BACKEND)
+        build_record.load_record(backends.get(BACKEND))
     except TqpatchError as e:
         pytest.skip(f"no Metal build: {e}")
-    return lambda name: build.find_binary(name, BACKEND)
+    return lambda name: build_record.find_binary(name, backends.get(BACKEND))
 
 
 # what Metal leaves to the CPU on purpose: SET_ROWS from f16 rows and turbo -> turbo copies

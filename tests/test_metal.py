@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import backend_params
+
 from tqpatch import formats, paths, reference, verify, verify_io
 from tqpatch.verify import checks as vchecks
-from tqpatch.backends import metal
+from tqpatch import backends
+from tqpatch.backends import metal, metal_kernels
 from tqpatch.backends.metal_host import emulate
 from tqpatch.errors import TqpatchError
 
@@ -43,17 +46,17 @@ def test_every_flash_attention_case_has_both_kernels():
     for p in GEN.glob("kernels/fa_*turbo_*.metal"):
         names |= _host_names(p.read_text())
     want = set()
-    for d, k, v in metal.fa_instances():
+    for d, k, v in metal_kernels.fa_instances():
         want.add(f"kernel_flash_attn_ext_{_kv_name(k, v)}_dk{d}_dv{d}")
         want.add(f"kernel_flash_attn_ext_vec_{_kv_name(k, v)}_dk{d}_dv{d}")
     assert names == want
     # every case verify and test-backend-ops check has its kernels, and at each of their
     # head sizes every pair that head produces (turbo4 at 32 and 96 too: Metal instantiates
     # per head size)
-    assert set(formats.fa_cases()) <= set(metal.fa_instances())
-    for d in metal.fa_head_sizes():
-        assert {(k, v) for h, k, v in metal.fa_instances() if h == d} == set(formats.served_pairs(d))
-    assert {32, 96} <= set(metal.fa_head_sizes())
+    assert set(formats.fa_cases()) <= set(metal_kernels.fa_instances())
+    for d in metal_kernels.fa_head_sizes():
+        assert {(k, v) for h, k, v in metal_kernels.fa_instances() if h == d} == set(formats.served_pairs(d))
+    assert {32, 96} <= set(metal_kernels.fa_head_sizes())
     # the recommended asymmetric pairs are there (the pin's Metal FA needs K and V of one type)
     assert "kernel_flash_attn_ext_vec_q8_0_turbo3_dk128_dv128" in names
     assert "kernel_flash_attn_ext_q8_0_turbo3_dk256_dv256" in names
@@ -73,14 +76,14 @@ def test_turbo_library_has_the_kernels_the_host_asks_for_by_name():
 def test_vector_kernels_use_the_baseline_elements_per_thread():
     for p in GEN.glob("kernels/fa_vec_turbo_*.metal"):
         for d, ne in re.findall(r"_dk(\d+)_dv\d+\"\)\]\].*, \d+, \d+, (\d+)>;", p.read_text()):
-            assert metal.FA_VEC_BASELINE_NE[int(d)] == int(ne), p.name
-    assert set(metal.FA_VEC_BASELINE_NE) >= set(metal.fa_head_sizes())
+            assert metal_kernels.FA_VEC_BASELINE_NE[int(d)] == int(ne), p.name
+    assert set(metal_kernels.FA_VEC_BASELINE_NE) >= set(metal_kernels.fa_head_sizes())
 
 
 def test_library_list_and_cmake_sources_agree():
     header = (GEN / "ggml-metal-turbo.h").read_text()
     libs = re.findall(r"X\((\w+), (\w+)\)", header)
-    assert libs == metal.libraries()
+    assert libs == metal_kernels.libraries()
     cmake = (GEN / "turbo-kernels.cmake").read_text()
     assert re.findall(r"kernels/(\w+)\.metal", cmake) == [lib for _, lib in libs]
     for _, lib in libs:
@@ -94,12 +97,12 @@ def test_host_header_lists_types_and_flash_attention_instances_from_formats():
     # supports_op answers yes exactly for the instantiated (head, K, V) triples
     table = re.search(r"ggml_metal_turbo_fa_instances\[\] = \{(.*?)\n\};", header, re.S).group(1)
     rows = re.findall(r"\{ (\d+), GGML_TYPE_(\w+), GGML_TYPE_(\w+) \}", table)
-    assert [(int(d), k.lower(), v.lower()) for d, k, v in rows] == list(metal.fa_instances())
+    assert [(int(d), k.lower(), v.lower()) for d, k, v in rows] == list(metal_kernels.fa_instances())
 
 
 def test_head_sizes_without_turbo_flash_attention_are_named():
     """Heads a turbo family serves but Metal has no turbo FA kernel for (the CPU runs them)."""
-    missing = [h for h in formats.SERVED_HEAD_SIZES if h not in metal.fa_head_sizes()]
+    missing = [h for h in formats.SERVED_HEAD_SIZES if h not in metal_kernels.fa_head_sizes()]
     assert missing  # 192 and 512 at least: if this fails, drop the notes and docs below
     text = " ".join(metal.notes())
     for h in missing:
@@ -109,7 +112,7 @@ def test_head_sizes_without_turbo_flash_attention_are_named():
 
 
 def test_kv_types_cover_the_cache_types():
-    kv = metal.kv_types()
+    kv = metal_kernels.kv_types()
     assert tuple(kv) == formats.CACHE_TYPES
     for name, t in kv.items():
         assert t.block_size == formats.type_info(name).block_size
@@ -137,11 +140,11 @@ def test_build_options_embed_the_library():
 def test_off_macos_verify_is_host_emulated(monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
     assert metal.emulated()
-    assert callable(metal.verify_runner(None))
+    assert callable(metal.verify_runner(None, None, None))
     assert "host emulation" in metal.unsupported_reason()
     monkeypatch.setattr(sys, "platform", "darwin")
     assert not metal.emulated()
-    assert metal.verify_runner({"backend": "metal"}) is None  # the built harness runs on the GPU
+    assert metal.verify_runner({"backend": "metal"}, None, None) is None  # the built harness runs on the GPU
     assert metal.unsupported_reason() is None
 
 
@@ -150,7 +153,7 @@ def test_verify_without_a_build_runs_the_backend_runner_and_labels_the_report(tm
     monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path))  # nothing built here
     seen = {}
 
-    def fake_runner(record):
+    def fake_runner(record, tree, run_harness):
         seen["record"] = record
 
         def run(cases):
@@ -158,14 +161,14 @@ def test_verify_without_a_build_runs_the_backend_runner_and_labels_the_report(tm
                 verify_io.Result(i, 1, "unsupported", b"") for i in range(len(cases))], [])
         return run
 
-    monkeypatch.setattr(metal, "verify_runner", fake_runner)
-    rep = verify.verify("metal", quick=True, types=("turbo3",))
+    backend_params.patch(monkeypatch, "metal", make_verify_runner=fake_runner)
+    rep = verify.verify(backends.get("metal"), quick=True, types=("turbo3",))
     assert seen["record"] is None
     assert rep.label == metal.HOST_EMULATED == "host-emulated, not run on Apple hardware"
     assert "host-emulated" in verify.render_table(rep)
     # the CPU still needs its build
     with pytest.raises(TqpatchError, match="not built"):
-        verify.verify("cpu", quick=True, types=("turbo3",))
+        verify.verify(backends.get("cpu"), quick=True, types=("turbo3",))
 
 
 # ---------------------------------------------------------------- emulator source handling
@@ -229,7 +232,7 @@ def emulator(tree) -> Path:
 @pytest.mark.slow
 @needs_cxx
 def test_emulated_metal_passes_the_verification_contract(emulator):
-    rep = verify.verify("metal", quick=True,
+    rep = verify.verify(backends.get("metal"), quick=True,
                         runner=lambda cases: verify.run_harness(emulator, "MTL0", cases))
     print(verify.render_table(rep))
     assert rep.passed, verify.render_table(rep)
@@ -356,7 +359,7 @@ def test_vector_baseline_matches_the_pins_tuning(tree):
     body = body[:body.index("\n}\n")]
     pin = {int(dk): int(ne) for dk, dv, ne in
            re.findall(r"if \(dk == (\d+) && dv == (\d+)\) \{\s*return (\d+);", body) if dk == dv}
-    for d, ne in metal.FA_VEC_BASELINE_NE.items():
+    for d, ne in metal_kernels.FA_VEC_BASELINE_NE.items():
         assert pin[d] == ne, d
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tqpatch import build, fetch, pin
+from tqpatch import backends
+from tqpatch.backends import cmake
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,7 +35,7 @@ def _restricted_copy(src: Path, dest: Path, scope) -> Path:
 
 def _configure(tree: Path, build_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["cmake", "-S", str(tree), "-B", str(build_dir),
-                           *build.cmake_args("cpu", None, ccache=False)],
+                           *cmake.configure_args(backends.get("cpu"), None, ccache=False)],
                           capture_output=True, text=True)
 
 

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import gguf
 
+from tqpatch import backends
 from tqpatch import formats
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
@@ -749,7 +750,8 @@ def write_probe(model, probed=PROBED, backend="cuda", calibrated=True, calib=Tru
     from tqpatch.quality import ProbeRow
 
     record = {"inputs": {"digest": build, "render": {"codebooks": "test"}}}
-    path = store.probe_path(store.model_sha256(model), record, backend, calibrated=calibrated)
+    path = store.probe_path(store.model_sha256(model), record, backends.get(backend),
+                            calibrated=calibrated)
     rows = [ProbeRow(k, v, cal, kld=kld, ppl=20.0, coherent=coh,
                      coherence="3/3" if coh else "1/3").to_dict()
             for (k, v, cal), (kld, coh) in probed.items()]

@@ -17,6 +17,9 @@ from tqpatch.plan import MIB, read_model
 from tqpatch import quality
 from tqpatch.serve import candidates, memory, store
 from tqpatch.quality import ProbeRow
+from tqpatch import backends, build_record
+
+CPU = backends.get("cpu")
 
 from test_plan import write_gguf
 
@@ -136,10 +139,10 @@ def test_cache_keys(tmp_path, monkeypatch):
     other_build = {"inputs": {"digest": "bbbb", "render": {"codebooks": "c1"}}}
     assert store.calib_path(sha, rec) != store.calib_path(sha, other_codebooks)
     assert store.calib_path(sha, rec) == store.calib_path(sha, other_build)   # kernels aside
-    assert store.probe_path(sha, rec, "cpu") != store.probe_path(sha, other_build, "cpu")
-    assert store.probe_path(sha, rec, "cpu") != store.probe_path(sha, rec, "cuda")
-    assert store.probe_path(sha, rec, "cpu") != store.probe_path(sha, rec, "cpu", calibrated=False)
-    store.save_json(store.probe_path(sha, rec, "cpu"), {"rows": []})
+    assert store.probe_path(sha, rec, backends.get("cpu")) != store.probe_path(sha, other_build, backends.get("cpu"))
+    assert store.probe_path(sha, rec, backends.get("cpu")) != store.probe_path(sha, rec, backends.get("cuda"))
+    assert store.probe_path(sha, rec, backends.get("cpu")) != store.probe_path(sha, rec, backends.get("cpu"), calibrated=False)
+    store.save_json(store.probe_path(sha, rec, backends.get("cpu")), {"rows": []})
     assert store.latest_probe(sha)[1] == {"rows": []}
     assert store.latest_probe(sha, calibrated=False) is None
 
@@ -184,11 +187,11 @@ def test_unbuilt_backend_is_built_first(tmp_path, monkeypatch):
     from tqpatch.serve import session
 
     calls = []
-    monkeypatch.setattr("tqpatch.build.build", lambda req, echo=None: calls.append(req.backend)
+    monkeypatch.setattr("tqpatch.build.build", lambda req, echo=None: calls.append(req.backend.name)
                         or (_ for _ in ()).throw(TqpatchError("no compiler")))
     monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path / "cache"))
     with pytest.raises(TqpatchError, match="no compiler"):
-        session.ensure_build("cpu", "cpu", None, echo=lambda m: None)
+        session.ensure_build(CPU, CPU, None, echo=lambda m: None)
     assert calls == ["cpu"]
 
 
@@ -202,22 +205,22 @@ def test_failed_verify_is_refused(tmp_path, monkeypatch):
         (bdir / "bin" / t).write_text("")
     rec = {"backend": "cpu", "build_dir": str(bdir), "bin_dir": str(bdir / "bin"),
            "inputs": {"digest": "x"}, "finished": "now"}
-    monkeypatch.setattr("tqpatch.build.load_record", lambda b, d=None: rec)
-    monkeypatch.setattr("tqpatch.build.check_fresh", lambda r: None)
+    monkeypatch.setattr("tqpatch.build_record.load_record", lambda b, d=None: rec)
+    monkeypatch.setattr("tqpatch.build_record.check_fresh", lambda r: None)
 
     class Rep:
         backend, passed, quick, types, label = "cpu", False, False, list(formats.TURBO_FORMATS), ""
         counts = {"FAIL": 3, "PASS": 1}
     monkeypatch.setattr("tqpatch.verify.verify", lambda *a, **k: Rep)
     with pytest.raises(TqpatchError, match="tqpatch verify --backend cpu` fails"):
-        session.ensure_build("cpu", "cpu", bdir, echo=lambda m: None)
+        session.ensure_build(CPU, CPU, bdir, echo=lambda m: None)
     verified.write(Rep, rec)
     assert verified.status("cpu", rec) == "failed"
     with pytest.raises(TqpatchError, match="failed on this build"):
-        session.ensure_build("cpu", "cpu", bdir, echo=lambda m: None)
+        session.ensure_build(CPU, CPU, bdir, echo=lambda m: None)
     Rep.passed = True
     verified.write(Rep, rec)
-    assert session.ensure_build("cpu", "cpu", bdir, echo=lambda m: None) is rec
+    assert session.ensure_build(CPU, CPU, bdir, echo=lambda m: None) is rec
     assert verified.status("cpu", {**rec, "finished": "later"}) == "none"   # a rebuild
 
 

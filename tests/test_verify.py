@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from tqpatch import reference as R
 from tqpatch import formats
+from tqpatch import backends, build_record
 from tqpatch import verify as V
 from tqpatch.verify import checks as VC
 from tqpatch.verify import compare as VCMP
@@ -19,7 +20,7 @@ from tqpatch import verify_io as io
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 
-CPU = V.precision_for("cpu")
+CPU = backends.get("cpu").precision()
 
 
 # ---------------------------------------------------------------- helpers
@@ -380,8 +381,8 @@ def test_unsupported_and_crash_statuses():
     mm = VC._mul_mat_check(rng, "turbo3", 128, 4, 1)
     sr16 = quantize_check("f16")
     unsup = io.Result(0, 1, "not supported", b"")
-    assert V.judge(fa, unsup, "cuda", V.precision_for("cuda")).result == "FAIL"
-    assert V.judge(mm, unsup, "cuda", V.precision_for("cuda")).result == "UNSUPPORTED"
+    assert V.judge(fa, unsup, "cuda", backends.get("cuda").precision()).result == "FAIL"
+    assert V.judge(mm, unsup, "cuda", backends.get("cuda").precision()).result == "UNSUPPORTED"
     assert V.judge(mm, unsup, "cpu", CPU).result == "FAIL"
     assert V.judge(sr16, unsup, "cpu", CPU).result == "UNSUPPORTED"
     assert V.judge(mm, io.Result(0, 2, "graph compute failed", b""), "cpu", CPU).result == "FAIL"
@@ -441,7 +442,7 @@ def run_verify(monkeypatch, runner, **kw):
     checks = V.make_checks(seed=0, quick=True, types=("turbo4",))
     runner.checks = checks
     monkeypatch.setattr(V, "make_checks", lambda *a, **k: checks)
-    return V.verify("cpu", runner=runner, **kw)
+    return V.verify(backends.get("cpu"), runner=runner, **kw)
 
 
 def test_report_table_and_json(monkeypatch):
@@ -490,7 +491,7 @@ def test_cli_exit_codes(monkeypatch):
 def test_missing_harness_says_what_to_build(tmp_path, monkeypatch):
     monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path))
     with pytest.raises(TqpatchError, match="tqpatch build --backend cpu"):
-        V.verify("cpu", quick=True, types=("turbo2",))
+        V.verify(backends.get("cpu"), quick=True, types=("turbo2",))
     res = CliRunner().invoke(main, ["verify", "--backend", "cpu", "--build-dir", str(tmp_path / "b")])
     assert res.exit_code == 1 and "tqpatch build --backend cpu" in res.output
     assert "Traceback" not in res.output
@@ -498,23 +499,22 @@ def test_missing_harness_says_what_to_build(tmp_path, monkeypatch):
 
 def test_of_build_runs_the_backend_in_another_build(tmp_path, monkeypatch):
     """--of-build vulkan: the CPU checks run by the Vulkan build's harness on its CPU device."""
-    from tqpatch import build as build_mod
 
     monkeypatch.setenv("TQPATCH_CACHE", str(tmp_path))
     with pytest.raises(TqpatchError, match="tqpatch build --backend vulkan"):
-        V.verify("cpu", quick=True, types=("turbo2",), of_build="vulkan")
+        V.verify(backends.get("cpu"), quick=True, types=("turbo2",), of_build=backends.get("vulkan"))
     seen = {}
-    monkeypatch.setattr(build_mod, "load_record", lambda backend, build_dir=None: {"backend": backend})
-    monkeypatch.setattr(build_mod, "check_fresh", lambda record: None)
-    monkeypatch.setattr(build_mod, "find_binary", lambda name, backend, build_dir=None:
-                        seen.setdefault("bin", (name, backend)) and tmp_path / name)
+    monkeypatch.setattr(build_record, "load_record", lambda backend, build_dir=None: {"backend": backend.name})
+    monkeypatch.setattr(build_record, "check_fresh", lambda record: None)
+    monkeypatch.setattr(build_record, "find_binary", lambda name, backend, build_dir=None:
+                        seen.setdefault("bin", (name, backend.name)) and tmp_path / name)
 
     def fake_harness(binary, device, cases, env=None):
         seen["device"] = device
         raise TqpatchError("stop here")
     monkeypatch.setattr(V, "run_harness", fake_harness)
     with pytest.raises(TqpatchError, match="stop here"):
-        V.verify("cpu", quick=True, types=("turbo2",), of_build="vulkan")
+        V.verify(backends.get("cpu"), quick=True, types=("turbo2",), of_build=backends.get("vulkan"))
     assert seen == {"bin": (V.HARNESS, "vulkan"), "device": "CPU"}
     res = CliRunner().invoke(main, ["verify", "--of-build", "vulkan"])
     assert res.exit_code == 2 and "--of-build needs --backend" in res.output
@@ -601,14 +601,13 @@ def test_real_cpu_harness():
 def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, monkeypatch):
     """CUDA declares two more decode kernels: verify runs the decode FA checks again with each
     one's env, reports them apart, and a wrong answer in one of them alone fails the run."""
-    from tqpatch import build as build_mod
     from tqpatch.backends import cuda
 
     checks = V.make_checks(seed=0, quick=True, types=("turbo3",))
     monkeypatch.setattr(V, "make_checks", lambda *a, **k: checks)
-    monkeypatch.setattr(build_mod, "load_record", lambda backend, build_dir=None: {"backend": backend})
-    monkeypatch.setattr(build_mod, "check_fresh", lambda record: None)
-    monkeypatch.setattr(build_mod, "find_binary", lambda name, backend, build_dir=None: tmp_path / name)
+    monkeypatch.setattr(build_record, "load_record", lambda backend, build_dir=None: {"backend": backend.name})
+    monkeypatch.setattr(build_record, "check_fresh", lambda record: None)
+    monkeypatch.setattr(build_record, "find_binary", lambda name, backend, build_dir=None: tmp_path / name)
     calls = []
 
     def fake_harness(binary, device, cases, env=None, break_variant=False):
@@ -623,7 +622,7 @@ def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, mon
         return V.HarnessRun("CUDA0", "CUDA0", "Fake GPU", results, [])
 
     monkeypatch.setattr(V, "run_harness", fake_harness)
-    rep = V.verify("cuda", quick=True, types=("turbo3",))
+    rep = V.verify(backends.get("cuda"), quick=True, types=("turbo3",))
     decode = [ch for ch in checks if ch.kind == "attention" and ch.label == "decode"]
     assert decode and len(calls) == 1 + len(cuda.verify_variants)
     assert calls[0][0] is None
@@ -634,6 +633,6 @@ def test_backend_layout_variants_rerun_the_decode_attention_checks(tmp_path, mon
     assert len(rep.cases) == len(checks) + 2 * len(decode)
     assert rep.passed
     monkeypatch.setattr(V, "run_harness", lambda *a, **k: fake_harness(*a, **k, break_variant=True))
-    rep = V.verify("cuda", quick=True, types=("turbo3",))
+    rep = V.verify(backends.get("cuda"), quick=True, types=("turbo3",))
     failed = sorted(c.shape.rsplit("[", 1)[1] for c in rep.cases if c.result == "FAIL")
     assert not rep.passed and failed == ["GQA kernel]", "tensor-core kernel]"]

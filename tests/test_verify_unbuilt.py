@@ -10,7 +10,7 @@ from tqpatch.cli import main
 
 
 def test_hip_runner_with_no_build():
-    assert hip.verify_runner(None) is None  # was AttributeError: 'NoneType' ... 'get'
+    assert hip.verify_runner(None, None, None) is None  # was AttributeError: 'NoneType' ... 'get'
 
 
 @pytest.mark.parametrize("backend", ["hip", "cpu"])
