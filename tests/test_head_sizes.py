@@ -14,7 +14,10 @@ import subprocess
 
 import pytest
 
-from tqpatch import formats
+import backend_params
+import cpu_build as cpu
+from tqpatch import backends, build_record, formats
+from tqpatch.errors import TqpatchError
 from tqpatch.plan import MIB, kv_caches, parse_kv_sizes, read_model
 from tqpatch.synth import SynthShape, synth_model
 
@@ -57,10 +60,9 @@ def test_plan_sizes_use_the_variant(tmp_path, head):
 
 # ---------------------------------------------------------------- slow: llama.cpp itself
 
-# The CPU (the tests' CPU build) and each GPU backend whose build and device are here
-# (cuda: marker gpu, on the H100; vulkan: marker vulkan, lavapipe in CI).
-BACKENDS = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.gpu),
-            pytest.param("vulkan", marks=pytest.mark.vulkan)]
+# The CPU (the tests' CPU build) and every other registered backend, under its e2e marker
+# (cuda, hip, metal: gpu; vulkan: vulkan, lavapipe in CI), skipped where not built or no device.
+BACKENDS = backend_params.params()
 
 
 # Vulkan end to end at the heads only a block variant serves (the flash-attention shaders at
@@ -69,11 +71,6 @@ VULKAN_HEADS = (32, 96)
 
 
 def _llama_cli(backend: str = "cpu"):
-    import cpu_build as cpu
-    from tqpatch import backends
-    from tqpatch.build import find_binary
-    from tqpatch.errors import TqpatchError
-
     if backend == "cpu":
         return str(cpu.find("llama-cli")), cpu.TOOL_ARGS, {}
     be = backends.get(backend)
@@ -81,7 +78,7 @@ def _llama_cli(backend: str = "cpu"):
     if why:
         pytest.skip(f"{backend}: {why}")
     try:
-        return str(find_binary("llama-cli", backend)), be.e2e.tool_args, dict(be.e2e.env)
+        return str(build_record.find_binary("llama-cli", be)), be.e2e.tool_args, dict(be.e2e.env)
     except TqpatchError as exc:
         pytest.skip(f"llama-cli has not been built for {backend}: {exc}")
 

@@ -259,11 +259,11 @@ def test_a_calibration_without_its_inverse_is_caught(calib_ppl):
 def test_calibrate_end_to_end_lowers_symmetric_turbo3_ppl(cpu_build, gemma, tmp_path):
     """tqpatch-capture on the model, the fit, the file, and llama.cpp applying it: on Gemma 3
     the calibration takes turbo3/turbo3 from about +90% PPL to about +10% (docs/quality.md)."""
-    from tqpatch import calibrate, capture, plan
+    from tqpatch import backends, calibrate, capture, plan
 
     run([sys.executable, "-m", "tqpatch.cli", "build", "--backend", cpu.BUILD, "--targets", "tqpatch-capture"],
         timeout=3000)
-    rows = capture.run(gemma, tmp_path / "rows.bin", chunks=2, backend=cpu.BUILD, threads=int(THREADS))
+    rows = capture.run(gemma, tmp_path / "rows.bin", chunks=2, backend=backends.get(cpu.BUILD), threads=int(THREADS))
     cal = calibrate.fit(capture.read(rows))
     info = plan.read_model(gemma)
     for c in cal.layers:   # V's scales for every layer, in the shapes llama.cpp checks

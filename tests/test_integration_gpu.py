@@ -1,17 +1,20 @@
 """End to end on a GPU backend build: llama.cpp's tests, tqpatch verify, the real model.
 
 Parametrised by backend. What differs between backends comes from the backend
-module's `e2e` (tqpatch.backends._base.EndToEnd): the tool arguments that put
+Backend's `e2e` (tqpatch.backends.base.EndToEnd): the tool arguments that put
 llama.cpp on the device, the environment the binaries need, the
 test-backend-ops case filter per op, the verify and PPL case sets, and whether
 a device is here at all.
 
+Every registered backend with an e2e marker takes part (backend_params), e.g.
   cuda    marked `gpu`: CI has no GPU, so `make test` deselects it; it runs on
           the H100 with `python3 -m pytest -m gpu tests/test_integration_gpu.py`
           after `tqpatch build --backend cuda` (docs/cuda.md, "On the H100").
   vulkan  marked `vulkan`: any Vulkan device will do, lavapipe (Mesa's CPU
           Vulkan driver) included, so CI runs it (`make test BUILD=vulkan`,
           docs/vulkan.md); on the H100 through NVIDIA's Vulkan driver.
+  hip, metal marked `gpu`: skipped where they are not built (the Metal
+          checks without a Mac are test_integration_metal's host emulation).
 
 Without a build of that backend or a device for it, a case is skipped with
 that reason, never passed.
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import pytest
 
+import backend_params
 import cpu_build as cpu
 from test_integration_cpu import check_coherence_claims, coherence_run, run  # one check for all
 from tqpatch import backends
@@ -35,8 +39,7 @@ from tqpatch import build_record
 
 pytestmark = pytest.mark.slow
 
-GPU_BACKENDS = [pytest.param("cuda", marks=pytest.mark.gpu),
-                pytest.param("vulkan", marks=pytest.mark.vulkan)]
+GPU_BACKENDS = backend_params.params(marked=True)
 
 
 @dataclass(frozen=True)
