@@ -9,13 +9,13 @@ and the Metal host emulator's generated header (backends/metal_host/emulate.py)
 are rendered from `render_context()`.
 
 Case file (tqpatch -> harness)
-    char[4] magic = "TQVC"; u32 version = 1; u32 n_cases
+    char[4] magic = CASES_MAGIC; u32 version = VERSION; u32 n_cases
     n_cases x case:
-        u32 op            1 SET_ROWS, 2 GET_ROWS, 3 CPY, 4 MUL_MAT, 5 FLASH_ATTN_EXT
-        i32 type_k        ggml type id (f32 0, f16 1, q4_0 2, q8_0 8, turbo2 43, turbo3 44, turbo4 45)
+        u32 op            OPS[name]
+        i32 type_k        ggml type id (the type's ggml_id in tqpatch.formats)
         i32 type_v        ggml type id (FLASH_ATTN_EXT; copies type_k otherwise)
         f32 scale         FLASH_ATTN_EXT's KQ scale (1.0 otherwise)
-        i64 dims[8]       op-specific, unused ones 0 (below)
+        i64 dims[N_DIMS]  op-specific, unused ones 0 (below)
         u32 n_buffers     at most MAX_BUFFERS
         n_buffers x { u64 nbytes; u8 data[nbytes] }   (the harnesses refuse
                           nbytes >= 2**MAX_BUFFER_BITS: a corrupt length)
@@ -36,11 +36,11 @@ Case file (tqpatch -> harness)
     the mask [nkv, nq, 1, 1] and the result [d, nh, nq, 1].)
 
 Results file (harness -> tqpatch)
-    char[4] magic = "TQVR"; u32 version = 1; u32 n_cases
+    char[4] magic = RESULTS_MAGIC; u32 version = VERSION; u32 n_cases
     str backend_name; str device_name; str device_description
     up to n_cases x record, written and flushed one at a time (a crash leaves
     the earlier ones readable):
-        u32 case_index; u32 status (0 ok, 1 unsupported, 2 error); str message;
+        u32 case_index; u32 status (STATUS_NAMES); str message;
         u64 nbytes; u8 data[nbytes]
 """
 
