@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tqpatch import paths, render, verify_io as io
+from tqpatch import backends, paths, render, verify_io as io
 from tqpatch.backends.metal_host import emulate
 
 HARNESS = "tests/tqpatch-verify.cpp"
@@ -13,7 +13,7 @@ EMULATOR = emulate.HOST_DIR / "emulator.cpp"
 
 
 def harness_text() -> str:
-    return render.render_all().files[HARNESS].decode()
+    return render.render_all(backends.all_backends()).files[HARNESS].decode()
 
 
 def enumerators(text: str, prefix: str) -> dict[str, int]:
