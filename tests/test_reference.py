@@ -251,3 +251,51 @@ def test_type_info_within_bit_budgets():
     assert R.type_info("turbo3").block_bytes == 25 and R.type_info("turbo3").block_size == 64
     assert R.type_info("turbo4").block_bytes == 17 and R.type_info("turbo4").block_size == 32
     assert R.type_info("q8_0").bits_per_value == 8.5
+
+
+# ---------------------------------------------------------------- the types' table
+
+def test_the_table_covers_every_type_the_checks_use():
+    """verify's types (and f32, its float reference), the anchor and every turbo type
+    have a codec; every codec is a type formats knows."""
+    assert {*formats.CACHE_TYPES, formats.ANCHOR_TYPE, "f32", *formats.TURBO_TYPES} <= set(R.CODECS)
+    assert set(R.CODECS) <= set(formats.ALL_TYPES)
+
+
+@pytest.mark.parametrize("name", list(R.CODECS))
+def test_every_codec_writes_its_layout_and_round_trips_within_its_bits(name):
+    info = R.type_info(name)
+    k = 4 * max(info.block_size, 32)
+    x = np.random.default_rng(6).standard_normal((16, k)).astype(np.float32)
+    data = R.quantize_rows(x, name)
+    assert data.dtype == np.uint8 and data.shape == (16, k // info.block_size * info.block_bytes)
+    y = R.dequantize_rows(data, name, k)
+    rel = float(((x - y) ** 2).sum() / (x ** 2).sum())
+    # a b-bit code's relative error falls as 4^-b (an f16 holds an 11-bit significand)
+    assert rel <= 8 * 4.0 ** -min(info.bits_per_value, 11), rel
+    assert R.boundary_margin(x, name).shape == x.shape
+
+
+UNHANDLED = [t for t in formats.UPSTREAM_TYPES if t not in R.CODECS]
+
+
+@pytest.mark.parametrize("name", UNHANDLED)
+def test_a_type_the_reference_does_not_handle_is_a_clear_error(name):
+    info = R.type_info(name)
+    k = 2 * info.block_size
+    for call in (lambda: R.quantize_rows(np.ones((1, k), np.float32), name),
+                 lambda: R.dequantize_rows(np.zeros((1, 2 * info.block_bytes), np.uint8), name, k),
+                 lambda: R.roundtrip(np.ones((1, k), np.float32), name),
+                 lambda: R.boundary_margin(np.ones((1, k), np.float32), name)):
+        with pytest.raises(TqpatchError, match=f"does not handle {name}; it handles") as e:
+            call()
+        assert all(t in e.value.message for t in ("f16", "q8_0", "q4_0", "turbo3"))
+
+
+def test_q5_0_is_refused_not_misread():
+    """Once a bare AssertionError (quantize) and a (1, 11) array (dequantize)."""
+    assert "q5_0" in UNHANDLED
+    with pytest.raises(TqpatchError, match="does not handle q5_0"):
+        R.dequantize_rows(np.zeros((1, 44), np.uint8), "q5_0", 64)
+    with pytest.raises(TqpatchError, match="does not handle q5_0"):
+        R.quantize_rows(np.ones((1, 64), np.float32), "q5_0")

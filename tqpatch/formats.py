@@ -262,7 +262,8 @@ class TypeInfo:
 
 
 # Upstream types a KV cache can use at the pin (common/arg.cpp kv_cache_types),
-# with ggml's layouts and enum ids (ggml/include/ggml.h).
+# with ggml's layouts and enum ids (ggml/include/ggml.h). The NumPy reference
+# handles those tqpatch checks or compares with (reference.CODECS), not all of them.
 UPSTREAM_TYPES: dict[str, TypeInfo] = {t.name: t for t in (
     TypeInfo("f32", 1, 4, 0),
     TypeInfo("f16", 1, 2, 1),

@@ -3,6 +3,7 @@
 Public API
 ----------
 type_info(name)                     block size, bytes per block, bits per value
+CODECS, codec(name)                 the types the reference handles and each one's functions
 quantize_rows(x, name)              float32 (n, k) -> uint8 (n, row_bytes): the C block structs
 dequantize_rows(data, name, k)      uint8 (n, row_bytes) -> float32 (n, k)
 roundtrip(x, name)                  dequantize_rows(quantize_rows(x)) in one call
@@ -28,6 +29,9 @@ bytes here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -223,6 +227,21 @@ def _turbo_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
     return y.reshape(data.shape[0], k).astype(np.float32)
 
 
+def _turbo_margin(x: np.ndarray, name: str) -> np.ndarray:
+    # u = x/max|x| (fp16 scale) or x * inverse[e] for the stored log-scale code e
+    fmt = formats.TURBO_FORMATS[name]
+    _, bounds = codebook_arrays(name)
+    xb = x.reshape(-1, fmt.block)
+    if fmt.scale.is_log:
+        codes = turbo_fields(_turbo_quantize(np.nan_to_num(x), name, "poison"), name)[0]
+        inv = scale_arrays(fmt.scale)[1][codes.astype(np.int64)]
+        u = xb * inv[:, None]
+    else:
+        u, _ = _turbo_indices(xb, bounds)
+    m = np.abs(u[..., None].astype(np.float64) - bounds.astype(np.float64)).min(axis=-1)
+    return m.reshape(x.shape)
+
+
 # ---------------------------------------------------------------- upstream types
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -231,29 +250,50 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
     return np.sign(v64) * np.floor(np.abs(v64) + 0.5)
 
 
-def _q8_0_quantize(x: np.ndarray, nonfinite: str) -> np.ndarray:
-    xb = x.reshape(-1, 32)
-    _nonfinite_blocks(xb, nonfinite if nonfinite == "error" else "poison", "q8_0")
+def _blocks(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+    """x as blocks of an upstream type; non-finite input an error unless `nonfinite` says
+    otherwise (upstream's quantizers have no poison: the values go through as they are)."""
+    xb = x.reshape(-1, type_info(name).block_size)
+    _nonfinite_blocks(xb, nonfinite if nonfinite == "error" else "poison", name)
+    return xb
+
+
+def _fp16_bytes(d: np.ndarray) -> np.ndarray:
+    """(nb, 2): each float32 scale as the bytes of its IEEE half."""
+    return d.astype(np.float16).astype("<f2").view(np.uint8).reshape(-1, 2)
+
+
+def _q8_0_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+    xb = _blocks(x, name, nonfinite)
     amax = np.abs(xb).max(axis=1)
     d = (amax / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     q = _round_half_away(xb * inv[:, None]).astype(np.int8)
-    dh = d.astype(np.float16).astype("<f2").view(np.uint8).reshape(-1, 2)
-    return np.concatenate([dh, q.view(np.uint8)], axis=1).reshape(x.shape[0], -1)
+    return np.concatenate([_fp16_bytes(d), q.view(np.uint8)], axis=1).reshape(x.shape[0], -1)
 
 
-def _q8_0_dequantize(data: np.ndarray, k: int) -> np.ndarray:
-    blocks = data.reshape(-1, 34)
+def _q8_0_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
+    blocks = data.reshape(-1, type_info(name).block_bytes)
     d = blocks[:, :2].copy().view("<f2").astype(np.float32)
     q = blocks[:, 2:].view(np.int8).astype(np.float32)
     return (d * q).reshape(data.shape[0], k)
 
 
-def _q4_0_quantize(x: np.ndarray, nonfinite: str) -> np.ndarray:
-    # upstream quantize_row_q4_0_ref: d = max/-8 (signed max), q = trunc(x/d + 8.5) clipped
-    xb = x.reshape(-1, 32)
-    _nonfinite_blocks(xb, nonfinite if nonfinite == "error" else "poison", "q4_0")
+def _q8_0_margin(x: np.ndarray, name: str) -> np.ndarray:
+    # x/d, whose boundaries are the half-integers
+    xb = x.reshape(-1, type_info(name).block_size)
+    d = np.abs(xb).max(axis=1) / np.float32(127)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(d[:, None] > 0, xb / d[:, None], 0).astype(np.float64)
+    return np.abs(np.abs(v) - np.floor(np.abs(v)) - 0.5).reshape(x.shape)
+
+
+def _q4_0_quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+    # upstream quantize_row_q4_0_ref: d = max/-8 (signed max), q = trunc(x/d + 8.5) clipped;
+    # value j of a block in the low nibble of byte j, value j + block/2 in its high nibble
+    xb = _blocks(x, name, nonfinite)
+    half = xb.shape[1] // 2
     pos = np.abs(xb).argmax(axis=1)
     mx = xb[np.arange(xb.shape[0]), pos]
     d = (mx / np.float32(-8)).astype(np.float32)
@@ -261,40 +301,81 @@ def _q4_0_quantize(x: np.ndarray, nonfinite: str) -> np.ndarray:
         inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
     v = (xb * inv[:, None]).astype(np.float32) + np.float32(8.5)
     q = np.minimum(np.trunc(v), 15).astype(np.uint8)
-    packed = q[:, :16] | (q[:, 16:] << 4)
-    dh = d.astype(np.float16).astype("<f2").view(np.uint8).reshape(-1, 2)
-    return np.concatenate([dh, packed.astype(np.uint8)], axis=1).reshape(x.shape[0], -1)
+    packed = q[:, :half] | (q[:, half:] << 4)
+    return np.concatenate([_fp16_bytes(d), packed.astype(np.uint8)], axis=1).reshape(x.shape[0], -1)
 
 
-def _q4_0_dequantize(data: np.ndarray, k: int) -> np.ndarray:
-    blocks = data.reshape(-1, 18)
+def _q4_0_dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
+    blocks = data.reshape(-1, type_info(name).block_bytes)
     d = blocks[:, :2].copy().view("<f2").astype(np.float32)
     qs = blocks[:, 2:]
     q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.float32) - 8
     return (d * q).reshape(data.shape[0], k)
 
 
+# ---------------------------------------------------------------- the types' table
+
+@dataclass(frozen=True)
+class Codec:
+    """The reference of one type. Every function gets the type's name (a layout's
+    sizes come from formats) and rows already checked against its block."""
+
+    quantize: Callable[[np.ndarray, str, str], np.ndarray]    # float32 (n, k), name, nonfinite -> uint8
+    dequantize: Callable[[np.ndarray, str, int], np.ndarray]  # uint8 (n, row_bytes), name, k -> float32
+    margin: Callable[[np.ndarray, str], np.ndarray] | None = None  # None: no boundaries tracked (inf)
+
+
+def _float_codec(dtype: str) -> Codec:
+    """One IEEE value per element (an f16 rounds to nearest even); no decision boundaries."""
+
+    def quantize(x: np.ndarray, name: str, nonfinite: str) -> np.ndarray:
+        if nonfinite == "error":
+            _nonfinite_blocks(x, "error", name)
+        return np.ascontiguousarray(x.astype(dtype)).view(np.uint8)
+
+    def dequantize(data: np.ndarray, name: str, k: int) -> np.ndarray:
+        return np.ascontiguousarray(data).view(dtype).astype(np.float32)
+
+    return Codec(quantize, dequantize)
+
+
+_TURBO = Codec(_turbo_quantize, _turbo_dequantize, _turbo_margin)
+
+# Every type the reference handles, by formats' type name: the turbo types and the
+# upstream ones tqpatch checks or compares with (the baselines of verify, f32 for its
+# float reference, the anchor). formats.UPSTREAM_TYPES lists more (what llama.cpp
+# takes as a cache type): asking for one of those is a TqpatchError naming these.
+CODECS: dict[str, Codec] = {
+    "f32": _float_codec("<f4"),
+    "f16": _float_codec("<f2"),
+    "q8_0": Codec(_q8_0_quantize, _q8_0_dequantize, _q8_0_margin),
+    "q4_0": Codec(_q4_0_quantize, _q4_0_dequantize),
+    **{name: _TURBO for name in formats.TURBO_FORMATS},
+}
+
+
+def codec(name: str) -> Codec:
+    """The reference of a type; TqpatchError for a name formats does not know or one the
+    reference does not handle (naming those it does)."""
+    type_info(name)  # an unknown name: its error lists every known type
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise TqpatchError(f"the NumPy reference does not handle {name}; it handles "
+                           f"{', '.join(CODECS)}") from None
+
+
 # ---------------------------------------------------------------- public API
 
 def quantize_rows(x, name: str, nonfinite: str = "error") -> np.ndarray:
     """Quantize float32 rows (n, k) into the exact bytes of the C block structs."""
-    x = _check_rows(x, name)
-    if name in formats.TURBO_FORMATS:
-        return _turbo_quantize(x, name, nonfinite)
-    if name == "q8_0":
-        return _q8_0_quantize(x, nonfinite)
-    if name == "q4_0":
-        return _q4_0_quantize(x, nonfinite)
-    if name in ("f16", "f32"):
-        if nonfinite == "error":
-            _nonfinite_blocks(x, "error", name)
-        dtype = "<f2" if name == "f16" else "<f4"
-        return np.ascontiguousarray(x.astype(dtype)).view(np.uint8)
-    raise AssertionError(name)  # type_info() already rejected unknown names
+    c = codec(name)
+    return c.quantize(_check_rows(x, name), name, nonfinite)
 
 
 def dequantize_rows(data, name: str, k: int) -> np.ndarray:
     """Decode rows of block structs back to float32 (n, k)."""
+    c = codec(name)
     info = type_info(name)
     data = np.asarray(data, dtype=np.uint8)
     if data.ndim == 1:
@@ -306,14 +387,7 @@ def dequantize_rows(data, name: str, k: int) -> np.ndarray:
         raise QuantInputError(
             f"{name} rows of {k} values take {row_bytes} bytes; got array of shape {data.shape}"
         )
-    if name in formats.TURBO_FORMATS:
-        return _turbo_dequantize(data, name, k)
-    if name == "q8_0":
-        return _q8_0_dequantize(data, k)
-    if name == "q4_0":
-        return _q4_0_dequantize(data, k)
-    dtype = "<f2" if name == "f16" else "<f4"
-    return np.ascontiguousarray(data).view(dtype).astype(np.float32)
+    return c.dequantize(data, name, k)
 
 
 def roundtrip(x, name: str) -> np.ndarray:
@@ -326,28 +400,12 @@ def boundary_margin(x, name: str) -> np.ndarray:
 
     In the units the decision is taken in (u = x/max|x| for turbo types with an
     fp16 scale, u = x * inverse[e] for a log scale's stored code e, x/d for q8_0
-    (boundaries at half-integers)); f16 has none (inf).
+    (boundaries at half-integers)); inf for a type whose codec tracks none (f16,
+    f32, q4_0).
     """
+    c = codec(name)
     x = _check_rows(x, name)
-    if name in formats.TURBO_FORMATS:
-        fmt = formats.TURBO_FORMATS[name]
-        _, bounds = codebook_arrays(name)
-        xb = x.reshape(-1, fmt.block)
-        if fmt.scale.is_log:
-            codes = turbo_fields(_turbo_quantize(np.nan_to_num(x), name, "poison"), name)[0]
-            inv = scale_arrays(fmt.scale)[1][codes.astype(np.int64)]
-            u = xb * inv[:, None]
-        else:
-            u, _ = _turbo_indices(xb, bounds)
-        m = np.abs(u[..., None].astype(np.float64) - bounds.astype(np.float64)).min(axis=-1)
-        return m.reshape(x.shape)
-    if name == "q8_0":
-        xb = x.reshape(-1, 32)
-        d = np.abs(xb).max(axis=1) / np.float32(127)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            v = np.where(d[:, None] > 0, xb / d[:, None], 0).astype(np.float64)
-        return np.abs(np.abs(v) - np.floor(np.abs(v)) - 0.5).reshape(x.shape)
-    return np.full(x.shape, np.inf)
+    return c.margin(x, name) if c.margin is not None else np.full(x.shape, np.inf)
 
 
 def dot_rows(q, k, type_k: str) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import jinja2
 import numpy as np
 
-from . import __version__, codebook, formats, fsutil, paths
+from . import __version__, codebook, formats, fsutil, paths, verify_io
 from .backends.base import Backend
 from .errors import TqpatchError
 
@@ -61,9 +61,9 @@ def render_context(backends: Sequence[Backend]) -> dict:
     """What every template sees.
 
     turbo: [{fmt: formats.TurboFormat, cb: its codebook}], formats (the module:
-    CACHE_TYPES, HEAD_SIZES, ...), f32 (float literal filter), and per backend
-    `<name>`: what that backend's render_context() adds (e.g. cuda.fa_pairs).
-    The caller names the backends (the registry's, or a test's).
+    CACHE_TYPES, HEAD_SIZES, ...), f32 (float literal filter), verify_io (the verify wire
+    format's constants), and per backend `<name>`: what that backend's render_context()
+    adds (e.g. cuda.fa_pairs). The caller names the backends (the registry's, or a test's).
     """
     turbo = []
     books = {}
@@ -73,7 +73,8 @@ def render_context(backends: Sequence[Backend]) -> dict:
         books[fmt.name] = codebook.to_json(cb).encode()
         turbo.append({"fmt": fmt, "cb": cb})
     ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
-           "tool_version": __version__, "f32": float32_literal}
+           "tool_version": __version__, "f32": float32_literal,
+           "verify_io": verify_io.render_context()}
     for backend in backends:
         ctx[backend.name] = backend.render_context()
     return ctx

@@ -4,16 +4,21 @@ Both are little-endian, packed (no padding), and start with a magic and a
 version; the harness (templates/tests/tqpatch-verify.cpp.j2) refuses any other
 version. `str` below is a u32 byte length followed by UTF-8 bytes.
 
+This module is the one source of the format's constants: the harness template
+and the Metal host emulator's generated header (backends/metal_host/emulate.py)
+are rendered from `render_context()`.
+
 Case file (tqpatch -> harness)
-    char[4] magic = "TQVC"; u32 version = 1; u32 n_cases
+    char[4] magic = CASES_MAGIC; u32 version = VERSION; u32 n_cases
     n_cases x case:
-        u32 op            1 SET_ROWS, 2 GET_ROWS, 3 CPY, 4 MUL_MAT, 5 FLASH_ATTN_EXT
-        i32 type_k        ggml type id (f32 0, f16 1, q4_0 2, q8_0 8, turbo2 43, turbo3 44, turbo4 45)
+        u32 op            OPS[name]
+        i32 type_k        ggml type id (the type's ggml_id in tqpatch.formats)
         i32 type_v        ggml type id (FLASH_ATTN_EXT; copies type_k otherwise)
         f32 scale         FLASH_ATTN_EXT's KQ scale (1.0 otherwise)
-        i64 dims[8]       op-specific, unused ones 0 (below)
-        u32 n_buffers
-        n_buffers x { u64 nbytes; u8 data[nbytes] }
+        i64 dims[N_DIMS]  op-specific, unused ones 0 (below)
+        u32 n_buffers     at most MAX_BUFFERS
+        n_buffers x { u64 nbytes; u8 data[nbytes] }   (the harnesses refuse
+                          nbytes >= 2**MAX_BUFFER_BITS: a corrupt length)
 
     Per op (arrays row-major, last index fastest):
       SET_ROWS        dims k, n.   buffers: f32 src (n, k); i64 idx (n).
@@ -31,11 +36,11 @@ Case file (tqpatch -> harness)
     the mask [nkv, nq, 1, 1] and the result [d, nh, nq, 1].)
 
 Results file (harness -> tqpatch)
-    char[4] magic = "TQVR"; u32 version = 1; u32 n_cases
+    char[4] magic = RESULTS_MAGIC; u32 version = VERSION; u32 n_cases
     str backend_name; str device_name; str device_description
     up to n_cases x record, written and flushed one at a time (a crash leaves
     the earlier ones readable):
-        u32 case_index; u32 status (0 ok, 1 unsupported, 2 error); str message;
+        u32 case_index; u32 status (STATUS_NAMES); str message;
         u64 nbytes; u8 data[nbytes]
 """
 
@@ -48,6 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import formats
 from .errors import TqpatchError
 
 CASES_MAGIC = b"TQVC"
@@ -55,6 +61,7 @@ RESULTS_MAGIC = b"TQVR"
 VERSION = 1
 N_DIMS = 8
 MAX_BUFFERS = 16
+MAX_BUFFER_BITS = 34  # a buffer of 16 GiB or more is a corrupt length, not a case
 
 OPS = {"SET_ROWS": 1, "GET_ROWS": 2, "CPY": 3, "MUL_MAT": 4, "FLASH_ATTN_EXT": 5}
 OP_NAMES = {v: k for k, v in OPS.items()}
@@ -62,15 +69,28 @@ OP_NAMES = {v: k for k, v in OPS.items()}
 STATUS_OK, STATUS_UNSUPPORTED, STATUS_ERROR = 0, 1, 2
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_UNSUPPORTED: "unsupported", STATUS_ERROR: "error"}
 
-def type_id(name: str) -> int:
-    from . import formats
 
+def render_context() -> dict:
+    """The wire facts the C++ sides are rendered from: the harness template's
+    `verify_io` and the Metal host emulator's tq_wire.h. Op and status names are
+    the C enumerators without their OP_ / STATUS_ prefix, in code order."""
+    return {
+        "cases_magic": CASES_MAGIC.decode("ascii"),
+        "results_magic": RESULTS_MAGIC.decode("ascii"),
+        "version": VERSION,
+        "n_dims": N_DIMS,
+        "max_buffers": MAX_BUFFERS,
+        "max_buffer_bits": MAX_BUFFER_BITS,
+        "ops": dict(sorted(OPS.items(), key=lambda kv: kv[1])),
+        "statuses": {STATUS_NAMES[code].upper(): code for code in sorted(STATUS_NAMES)},
+    }
+
+
+def type_id(name: str) -> int:
     return formats.type_info(name).ggml_id
 
 
 def type_name(tid: int) -> str:
-    from . import formats
-
     return formats.type_name(tid)
 
 

@@ -40,7 +40,7 @@ from typing import Callable
 
 import click
 
-from ... import formats, paths
+from ... import formats, paths, verify_io
 from ...errors import TqpatchError
 from .. import metal_kernels
 
@@ -222,6 +222,29 @@ def types_header() -> str:
     return "\n".join(lines) + "\n"
 
 
+def wire_header() -> str:
+    """tq_wire.h: verify's case and results file constants, from tqpatch.verify_io."""
+    w = verify_io.render_context()
+
+    def chars(text: str) -> str:  # a C char array's initializer
+        return ", ".join(f"'{c}'" for c in text)
+
+    lines = ["// tqpatch: the verify wire format for the Metal host emulation (generated from "
+             "tqpatch.verify_io)", "#pragma once", "", "#include <cstdint>", "",
+             f"static constexpr char CASES_MAGIC[4] = {{{chars(w['cases_magic'])}}};",
+             f"static constexpr char RESULTS_MAGIC[4] = {{{chars(w['results_magic'])}}};",
+             f"static constexpr uint32_t FORMAT_VERSION = {w['version']};",
+             f"static constexpr int N_DIMS = {w['n_dims']};",
+             f"static constexpr uint32_t MAX_BUFFERS = {w['max_buffers']};",
+             f"static constexpr int MAX_BUFFER_BITS = {w['max_buffer_bits']};", "",
+             "enum : uint32_t { " + ", ".join(f"OP_{n} = {c}" for n, c in w["ops"].items()) + " };",
+             "enum : uint32_t { " + ", ".join(f"STATUS_{n} = {c}" for n, c in w["statuses"].items()) + " };",
+             "", "static inline const char * op_label(uint32_t op) {", "    switch (op) {"]
+    lines += [f'        case OP_{n}: return "{n}";' for n in w["ops"]]
+    lines += ['        default: return "?";', "    }", "}"]
+    return "\n".join(lines) + "\n"
+
+
 def prepare(tree: Path, work: Path, libs: list[str] | None = None) -> Prepared:
     """Rewritten sources and one translation unit per library under work/."""
     libs = list(libs or all_libs())
@@ -234,8 +257,9 @@ def prepare(tree: Path, work: Path, libs: list[str] | None = None) -> Prepared:
         text = _read(tree, rel)
         (src / Path(rel).name).write_text(text)
         h.update(rel.encode() + text.encode())
-    (src / "tq_types.h").write_text(types_header())
-    h.update(types_header().encode())
+    for name, text in (("tq_types.h", types_header()), ("tq_wire.h", wire_header())):
+        (src / name).write_text(text)
+        h.update(text.encode())
     kernel_files: dict[str, str] = {}
     units: dict[str, Path] = {}
     for lib in libs:

@@ -38,6 +38,7 @@
 #include "ggml-metal-turbo.h"
 #include "tq_emu.h"
 #include "tq_types.h"
+#include "tq_wire.h"
 
 // ------------------------------------------------------------------ the ggml facts the glue asks for
 
@@ -522,15 +523,9 @@ static void op_flash_attn_ext(const ggml_tensor & op, float scale, const bytes &
 
 // ------------------------------------------------------------------ verify's cases and results
 
+// the wire format's constants (magics, version, op and status codes) are tq_wire.h's,
+// generated from tqpatch/verify_io.py
 namespace {
-
-constexpr char     CASES_MAGIC[4]   = {'T', 'Q', 'V', 'C'};
-constexpr char     RESULTS_MAGIC[4] = {'T', 'Q', 'V', 'R'};
-constexpr uint32_t FORMAT_VERSION   = 1;
-constexpr int      N_DIMS           = 8;
-
-enum : uint32_t { OP_SET_ROWS = 1, OP_GET_ROWS = 2, OP_CPY = 3, OP_MUL_MAT = 4, OP_FLASH_ATTN_EXT = 5 };
-enum : uint32_t { STATUS_OK = 0, STATUS_UNSUPPORTED = 1, STATUS_ERROR = 2 };
 
 struct test_case {
     uint32_t op = 0;
@@ -569,7 +564,8 @@ bool read_cases(const char * path, std::vector<test_case> & cases, std::string &
     const uint32_t version = r.get<uint32_t>();
     const uint32_t n = r.get<uint32_t>();
     if (!r.ok || version != FORMAT_VERSION) {
-        err = std::string(path) + " is not a version-1 tqpatch-verify case file";
+        err = std::string(path) + " is not a version-" + std::to_string(FORMAT_VERSION) +
+              " tqpatch-verify case file";
         fclose(f);
         return false;
     }
@@ -584,10 +580,10 @@ bool read_cases(const char * path, std::vector<test_case> & cases, std::string &
             d = r.get<int64_t>();
         }
         const uint32_t nb = r.get<uint32_t>();
-        r.ok = r.ok && nb <= 16;
+        r.ok = r.ok && nb <= MAX_BUFFERS;
         for (uint32_t b = 0; b < nb && r.ok; ++b) {
             const uint64_t size = r.get<uint64_t>();
-            r.ok = r.ok && size < (uint64_t(1) << 34);
+            r.ok = r.ok && size < (uint64_t(1) << MAX_BUFFER_BITS);
             if (r.ok) {
                 c.bufs.emplace_back(size);
                 r.ok = size == 0 || fread(c.bufs.back().data(), 1, size, f) == size;
@@ -628,20 +624,19 @@ result run_case(const test_case & c) {
     const ggml_type tk = (ggml_type) c.type_k;
     const ggml_type tv = (ggml_type) c.type_v;
     // the row ops: their buffers, and only turbo kernels are emulated
-    static const struct { uint32_t op; const char * name; size_t n_bufs; } row_ops[] = {
-        {OP_SET_ROWS, "SET_ROWS", 2}, {OP_GET_ROWS, "GET_ROWS", 2}, {OP_CPY, "CPY", 1}};
+    static const struct { uint32_t op; size_t n_bufs; } row_ops[] = {{OP_SET_ROWS, 2}, {OP_GET_ROWS, 2}, {OP_CPY, 1}};
     for (const auto & r : row_ops) {
         if (c.op != r.op) {
             continue;
         }
         if (c.bufs.size() != r.n_bufs || d[0] % ggml_blck_size(tk) != 0) {
-            res.message = std::string(r.name) + " needs " + std::to_string(r.n_bufs) +
+            res.message = std::string(op_label(r.op)) + " needs " + std::to_string(r.n_bufs) +
                           " buffer(s) and k a multiple of the block";
             return res;
         }
         if (!ggml_metal_type_is_turbo(tk)) {
             res.status = STATUS_UNSUPPORTED;
-            res.message = not_emulated(r.name, tk);
+            res.message = not_emulated(op_label(r.op), tk);
             return res;
         }
     }
@@ -675,7 +670,7 @@ result run_case(const test_case & c) {
                 // cache attends through flash attention
                 res.status = STATUS_UNSUPPORTED;
                 res.message = ggml_metal_type_is_turbo(tk) ? "MUL_MAT not supported by MTL0 for turbo types"
-                                                           : not_emulated("MUL_MAT", tk);
+                                                           : not_emulated(op_label(c.op), tk);
                 return res;
             }
             case OP_FLASH_ATTN_EXT: {
@@ -696,7 +691,7 @@ result run_case(const test_case & c) {
                 // supports_op, FLASH_ATTN_EXT (the glue): turbo pairs answer from ggml-metal-turbo.h
                 if (!ggml_metal_turbo_fa(&op)) {
                     res.status = STATUS_UNSUPPORTED;
-                    res.message = not_emulated("FLASH_ATTN_EXT", tk);
+                    res.message = not_emulated(op_label(c.op), tk);
                     return res;
                 }
                 if (!ggml_metal_turbo_supports_fa(&op)) {
