@@ -255,7 +255,7 @@ def _fa_checks(cases, nqs):
 
 def _judge(checks, binary):
     run = verify.run_harness(binary, "MTL0", [c.case for c in checks])
-    prec = metal.precision()
+    prec = metal.BACKEND.precision()
     return [verify.judge(c, r, "metal", prec) for c, r in zip(checks, run.results)]
 
 
