@@ -31,4 +31,7 @@ elif [ "$CH" != q8_0/q8_0 ] && [ "$CH" != q8_0/turbo4 ]; then CFG="$CFG,$CH"; fi
 echo "eval configs $CFG $(date -u +%T)" >> $D/progress
 timeout 500 python3 -m tqpatch.cli eval --backend cuda --model "$M" --configs "$CFG" --markdown $D/eval-$N.md > $D/eval-$N.log 2>&1
 echo "eval rc=$? $(date -u +%T)" >> $D/progress
+T2=$(ls -d /tmp/tqc/src/llama.cpp-*/ | head -1)tools/completion/README.md
+timeout 500 python3 -m tqpatch.cli eval --backend cuda --model "$M" -f "$T2" --configs "$CFG" --markdown $D/eval2-$N.md > $D/eval2-$N.log 2>&1
+echo "eval2 (tools/completion/README.md) rc=$? $(date -u +%T)" >> $D/progress
 touch $D/done
