@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -549,8 +550,6 @@ def load_shipped(cid: str) -> Codebook:
 
 def override_dir() -> Path | None:
     """The folder of fitted codebooks named by $TQPATCH_CODEBOOKS (None when unset)."""
-    import os
-
     val = os.environ.get(OVERRIDE_ENV, "").strip()
     if not val:
         return None
@@ -565,14 +564,10 @@ class shipped_only:
     """Context: load_for ignores $TQPATCH_CODEBOOKS (the shipped codebooks only)."""
 
     def __enter__(self):
-        import os
-
         self._saved = os.environ.pop(OVERRIDE_ENV, None)
         return self
 
     def __exit__(self, *exc):
-        import os
-
         if self._saved is not None:
             os.environ[OVERRIDE_ENV] = self._saved
         return False

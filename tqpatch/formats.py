@@ -50,6 +50,7 @@ import math
 import struct
 from dataclasses import dataclass
 from functools import cached_property
+from math import lcm
 
 from .errors import TqpatchError
 
@@ -184,8 +185,6 @@ class TurboFormat:
     @property
     def group(self) -> int:
         """Values whose indices fill whole bytes of every plane (lcm of per_byte)."""
-        from math import lcm
-
         return lcm(*(p.per_byte for p in self.planes))
 
     @cached_property

@@ -10,6 +10,7 @@ of a live one, and sweep only the former.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -194,8 +195,6 @@ def free_space(folder: Path) -> str:
 
 def write_failure(e: OSError, folder: Path) -> str:
     """A failed write said in one line: why, the first path it failed on, the free space."""
-    import errno
-
     name = getattr(e, "filename", None)
     where = f" ({name})" if name else ""
     space = f"; {free_space(folder)} in {folder}" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import fsutil
+from . import fsutil, paths
 from .errors import TqpatchError
 
 SERIES = "series"
@@ -289,8 +289,6 @@ def series_path(patches_dir: Path) -> Path:
 def read_series(patches_dir: Path | None = None) -> list[str]:
     """Names of the patches in order (comments, blank lines and `-p1` ignored)."""
     if patches_dir is None:
-        from . import paths
-
         patches_dir = paths.patches_dir()
     series = series_path(patches_dir)
     if not series.is_file():
@@ -317,8 +315,6 @@ def read_series(patches_dir: Path | None = None) -> list[str]:
 def load_series(patches_dir: Path | None = None) -> list[Patch]:
     """Read and parse every patch listed in patches/series, in order."""
     if patches_dir is None:
-        from . import paths
-
         patches_dir = paths.patches_dir()
     patches = []
     for name in read_series(patches_dir):

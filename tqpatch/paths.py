@@ -20,6 +20,8 @@ import importlib.resources
 import os
 from pathlib import Path
 
+import platformdirs
+
 from . import pin
 from .errors import TqpatchError
 
@@ -32,7 +34,6 @@ def cache_root() -> Path:
     env = os.environ.get("TQPATCH_CACHE")
     if env:
         return Path(env).expanduser()
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("tqpatch", appauthor=False))
 

@@ -1,5 +1,7 @@
 """The pinned llama.cpp: one commit, and the verified sources that carry it."""
 
+from importlib import resources
+
 LLAMA_CPP_COMMIT = "0c1e57098"
 
 # The Python package index sdist whose vendor/llama.cpp is exactly that commit.
@@ -51,6 +53,4 @@ TREE_INDEX_FILE = "pin_tree_index.txt"
 
 def tree_index_text() -> str:
     """The encoded per-file table of the pinned tree (see fetch.decode_index)."""
-    from importlib import resources
-
     return resources.files(__package__).joinpath(TREE_INDEX_FILE).read_text(encoding="ascii").strip()

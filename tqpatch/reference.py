@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import formats
+from . import codebook, formats
 from .errors import TqpatchError
 from .formats import type_info  # noqa: F401  (public API)
 
@@ -53,8 +53,6 @@ class QuantInputError(TqpatchError):
 
 
 def _codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
-    from . import codebook
-
     cb = codebook.load_for(formats.TURBO_FORMATS[name])
     return (np.asarray(cb.centroids, dtype=np.float32),
             np.asarray(cb.boundaries, dtype=np.float32))
@@ -66,8 +64,6 @@ _CODEBOOK_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
 def codebook_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(centroids, boundaries) as float32 for a turbo type; exactly the kernel constants
     (the shipped codebook, or its override from $TQPATCH_CODEBOOKS: codebook.load_for)."""
-    from . import codebook
-
     key = (name, codebook.override_dir_key())
     if key not in _CODEBOOK_CACHE:
         _CODEBOOK_CACHE[key] = _codebook_arrays(name)

@@ -24,7 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
 import numpy as np
+from gguf import TokenType
 
 from .errors import TqpatchError
 
@@ -63,8 +65,6 @@ class SynthShape:
 
 def tokenizer_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     """A SentencePiece-style vocabulary llama.cpp's "llama" tokenizer accepts."""
-    from gguf import TokenType
-
     tokens = ["<unk>", "<s>", "</s>"]
     types = [int(TokenType.UNKNOWN), int(TokenType.CONTROL), int(TokenType.CONTROL)]
     tokens += [f"<0x{b:02X}>" for b in range(256)]
@@ -118,8 +118,6 @@ def _tensor_plan(s: SynthShape) -> list[tuple[str, tuple[int, ...], bool]]:
 
 def _quantizer(wtype: str):
     """(ggml type or None for f16, function float32 array -> stored array)."""
-    import gguf
-
     if wtype == "f16":
         return None, lambda a: a.astype(np.float16)
     quants = getattr(gguf, "quants", None)
@@ -132,8 +130,6 @@ def _quantizer(wtype: str):
 def synth_model(out, shape: SynthShape | None = None, *, seed: int = 0,
                 wtype: str = "f16", name: str | None = None) -> dict:
     """Write the GGUF; return a summary (path, bytes, shape, weight type)."""
-    import gguf
-
     s = shape or SynthShape()
     s.check()
     if wtype not in WEIGHT_TYPES:

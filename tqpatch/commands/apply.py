@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .. import apply
+
 
 @click.command("apply")
 @click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -20,6 +22,4 @@ def command(tree, create, force):
     Idempotent: a second run with the same patches and rendered files writes
     nothing. All or nothing: if any step fails, the tree is left as it was.
     """
-    from .. import apply
-
     apply.apply(tree=tree, force=force, create=create)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import click
 
+from .. import calibrate, capture, codebook_fit, fsutil, paths
 from .. import codebook as cbmod
-from .. import paths
-from .. import fsutil
 from ..errors import TqpatchError
+from ..plan.gguf_file import require_gguf
 
 HELP = f"""Generate or check Lloyd-Max codebooks.
 
@@ -145,11 +146,6 @@ def _run_all() -> None:
 
 
 def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
-    import tempfile
-
-    from .. import calibrate, capture, codebook_fit
-    from ..plan.gguf_file import require_gguf
-
     if src.suffix == ".gguf":  # a wrong model file is named before "not built" can be
         require_gguf(src)
     try:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .. import fetch, pin
+
 
 @click.command("fetch")
 @click.option("--source", type=click.Choice(["auto", "pypi", "git"]), default="auto", show_default=True,
@@ -15,8 +17,6 @@ import click
 @click.option("--force", is_flag=True, help="Fetch again even if a verified tree is there.")
 def command(source, from_path, force):
     """Download and verify the pinned llama.cpp source (the pristine tree)."""
-    from .. import fetch, pin
-
     target = fetch.fetch(source=source, from_path=from_path, force=force)
     click.echo(f"pristine tree: {target} (llama.cpp {pin.LLAMA_CPP_COMMIT})")
     click.echo("next: tqpatch apply")

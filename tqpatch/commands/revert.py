@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .. import apply
+
 
 @click.command("revert")
 @click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -13,6 +15,4 @@ import click
 @click.option("--force", is_flag=True, help="Discard hand edits to files tqpatch placed.")
 def command(tree, force):
     """Restore pristine contents, remove the files apply created and its manifest."""
-    from .. import apply
-
     apply.revert(tree=tree, force=force)

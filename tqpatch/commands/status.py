@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .. import apply
+
 
 @click.command("status")
 @click.option("--tree", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -19,8 +21,6 @@ def command(tree, as_json):
     Exit status 0 for pristine or applied trees, 1 for drifted, modified,
     missing or unreadable ones.
     """
-    from .. import apply
-
     st = apply.status(tree)
     if as_json:
         click.echo(json.dumps(st.to_dict(), indent=2))

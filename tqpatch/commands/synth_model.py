@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+from .. import fsutil
+from ..errors import TqpatchError
+from ..synth import SynthShape, synth_model
+
 
 @click.command("synth-model")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
@@ -37,10 +41,6 @@ def command(out, layers, ff, vocab, ctx_train, embd, heads, kv_heads, head_dim, 
     small feed-forward and vocabulary, so that KV-cache bandwidth dominates
     decode at depth. Output text is meaningless; the numbers are real.
     """
-    from .. import fsutil
-    from ..errors import TqpatchError
-    from ..synth import SynthShape, synth_model
-
     # GGUFWriter opens OUT itself: it would write through a link, into a device or FIFO
     fsutil.refuse_special(out)
 

@@ -8,7 +8,9 @@ import platform
 from pathlib import Path
 from typing import Sequence
 
+from ..coherence import N_PREDICT, PROMPTS
 from ..errors import TqpatchError
+from ..model import sha256_file
 from .config import Config
 from .result import Result, command_line
 
@@ -91,8 +93,6 @@ def machine_meta() -> dict:
 def make_meta(*, model: Path, text: Path, binary: Path | None, backend: str, chunks: int,
               ctx: int, threads: int, kld: bool) -> dict:
     """Everything a report needs to be reproduced: inputs with sha256, settings, machine."""
-    from ..model import sha256_file
-
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
         "model": str(model), "model_sha256": sha256_file(Path(model)),
@@ -127,8 +127,6 @@ def render_markdown(results: Sequence[Result], meta: dict) -> str:
                   "f16/f16 run (mean, 99th percentile)",
                   "top-1 %: how often the most likely token equals f16/f16's (\"Same top p\")"]
     if any(r.coherence for r in results):
-        from ..coherence import N_PREDICT, PROMPTS
-
         notes.append(f"coherent: of {len(PROMPTS)} prompts, how many greedy continuations "
                      f"({N_PREDICT} tokens, llama-server) contain the expected answer: "
                      + "; ".join(f"{p.text!r} -> /{p.expect}/" for p in PROMPTS)

@@ -21,6 +21,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from gguf import GGUFValueType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
 from ..errors import TqpatchError
 
 # magic, version (uint32), tensor count, metadata key count (uint64 since GGUF v2)
@@ -188,7 +191,6 @@ class _Parser:
         self.array_head = struct.Struct(head.order + "IQ")  # item type, length
         self.strings_left = MAX_STRINGS
         self.built_left, self.text_left = MAX_BUILT, MAX_BUILT_TEXT
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
         self.quant_sizes, self.quant_type = GGML_QUANT_SIZES, GGMLQuantizationType
 
@@ -404,7 +406,6 @@ def field_value(f):
     tqpatch wrote with the stock reader)."""
     if isinstance(f, Field):
         return f.value
-    from gguf import GGUFValueType
 
     if not f.types:
         return None

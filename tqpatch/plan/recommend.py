@@ -25,10 +25,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import coherence, formats
+from .. import coherence, formats, quality
 from ..errors import TqpatchError
-from .kv import (DEFAULT_OVERHEAD_MIB, GIB, boundary_env, budget_for_kv, fmt_bytes, is_turbo,
-                 kv_bytes, max_ctx, support)
+from .kv import (
+    DEFAULT_OVERHEAD_MIB,
+    GIB,
+    boundary_env,
+    budget_for_kv,
+    fmt_bytes,
+    is_turbo,
+    kv_bytes,
+    max_ctx,
+    support,
+)
 from .modelinfo import ModelInfo, weight_class
 
 SAFE_K = "q8_0"
@@ -167,8 +176,6 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
                   dict(boundary_k=boundary_k, boundary_v=boundary_v))
     unusable = None
     if probe is not None:
-        from .. import quality
-
         try:
             return _from_probe(mem, probe, level or quality.DEFAULT_LEVEL)
         except TqpatchError as exc:  # the probe lacks the level's anchor
@@ -184,8 +191,6 @@ def recommend(info: ModelInfo, ctx: int | None = None, parallel: int = 1,
 def _from_probe(mem: _Memory, probe: Probe, level: str) -> Recommendation:
     """serve's rule (tqpatch.quality) on the probe's rows, memory permitting: the most
     compressed that meets the level and fits."""
-    from .. import quality
-
     choice = quality.choose(probe.rows, level)
     meeting = [r for r in quality.order(probe.rows)
                if quality.meets(r, choice.threshold) and support(mem.info, r.k, r.v) is None]

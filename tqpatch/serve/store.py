@@ -21,9 +21,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import __version__, formats, fsutil, paths
+from .. import __version__, calibrate, formats, fsutil, paths, quality
 from ..backends.base import Backend
 from ..errors import TqpatchError
+from ..model import sha256_file
+from ..plan.recommend import Probe
 
 if TYPE_CHECKING:
     from ..plan.recommend import Probe
@@ -43,8 +45,6 @@ def _stat_key(path: Path) -> dict:
 
 def model_sha256(model: Path, on_hash=None) -> str:
     """The model file's sha256, from the index when its size and mtime are unchanged."""
-    from ..model import sha256_file
-
     model = Path(model).resolve()
     index_path = root() / SHA_INDEX
     try:
@@ -78,8 +78,6 @@ def _digest(obj) -> str:
 
 
 def calib_key(build_record: dict) -> str:
-    from .. import calibrate
-
     codebooks = ((build_record.get("inputs") or {}).get("render") or {}).get("codebooks")
     return _digest({"codebooks": codebooks, "format": calibrate.FORMAT_VERSION,
                     "tqpatch": __version__})
@@ -138,9 +136,6 @@ def cached_probe(model) -> Probe | None:
     """The newest probe `tqpatch serve` cached for this model file (with the calibration
     if there is one, else without), or None; an unreadable one counts as none, as serve
     itself would probe again."""
-    from .. import quality
-    from ..plan.recommend import Probe
-
     # hashing a large model costs seconds: only when the cache holds any probe at all
     if next(root().glob("*/probe-*.json"), None) is None:
         return None

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .. import fsutil
+from ..formats import TURBO_FORMATS
 
 RECORD_NAME = "tqpatch-verified.json"
 
@@ -55,7 +56,6 @@ def status(backend: str, build_record: dict) -> str:
         return "none"
     if not entry.get("passed"):
         return "failed"
-    from ..formats import TURBO_FORMATS
 
     if entry.get("quick") or set(entry.get("types") or ()) != set(TURBO_FORMATS):
         return "quick"
