@@ -173,9 +173,9 @@ class Backend:
     e2e: EndToEnd = EndToEnd()
 
 
-def reject_arch(backend: str, arch: str | None, why: str) -> None:
-    """For backends that build for no particular device arch: accept no --arch or
-    'native'; anything else is a clear error saying why."""
+def reject_arch(backend: str, arch: str | None, why: str) -> str | None:
+    """normalize_arch of backends that build for no particular device arch: no --arch
+    or 'native' normalise to None; anything else is a clear error saying why."""
     if arch is None or arch.strip().lower() in ("", "native"):
         return None
     raise TqpatchError(

@@ -30,6 +30,14 @@ ACCEPTED = ("a compute capability number or list: 90, 89;86, 86,89, sm_90, 90a, 
             "or one of native, all, all-major")
 
 
+def _arch_number(arch: str) -> int:
+    """The compute capability of a normalised --arch entry ('90a', '90-real' -> 90)."""
+    m = re.match(r"\d+", arch)
+    if m is None:  # normalize_arch lets none through
+        raise TqpatchError(f"--arch entry {arch!r} names no compute capability")
+    return int(m.group())
+
+
 def normalize_arch(arch: str | None) -> str | None:
     """'sm_90' -> '90'; '89,86' / '89;86' / '89 86' -> '86;89'; native/all/all-major kept."""
     if arch is None:
@@ -49,7 +57,7 @@ def normalize_arch(arch: str | None) -> str | None:
             out.append(norm)
     if not out:
         raise TqpatchError(f"empty --arch {arch!r}; accepted: {ACCEPTED}")
-    out.sort(key=lambda a: (int(re.match(r"\d+", a).group()), a))
+    out.sort(key=lambda a: (_arch_number(a), a))
     return ";".join(out)
 
 
@@ -238,14 +246,14 @@ def check_arch(arch: str | None) -> None:
                                "(H100), 89 (RTX 40xx/L4), 86 (RTX 30xx/A10), 80 (A100)")
         return
     path = NVCC.find()
-    supported = nvcc_gpu_archs(path)
-    if not supported:
+    supported = nvcc_gpu_archs(path) if path else None
+    if path is None or not supported:
         return  # no nvcc (the requirement check says so) or it cannot list: cmake will tell
-    bad = [a for a in arch.split(";") if int(re.match(r"\d+", a).group()) not in supported]
+    bad = [a for a in arch.split(";") if _arch_number(a) not in supported]
     if bad:
         version = NVCC.version(path) or "?"
         lo, hi = supported[0], supported[-1]
-        nums = [int(re.match(r"\d+", a).group()) for a in bad]
+        nums = [_arch_number(a) for a in bad]
         if any(n < lo for n in nums):
             hint = (f"a GPU older than compute capability {lo} needs an older CUDA toolkit "
                     "(CUDA 12.x builds 50 and up, 11.x 35 and up)")

@@ -37,7 +37,6 @@ from typing import Callable, Mapping
 from .. import apply, build_record
 from ..backends.base import Backend
 from ..errors import TqpatchError
-from ..verify_io import Case
 from . import record as verified
 from .checks import (BASELINE_TYPES, HEAD_SIZES, ROW_CLASSES, TURBO_TYPES, Check,  # noqa: F401
                      expected_output, fa_pairs, make_checks, make_rows)
@@ -49,7 +48,7 @@ from .tolerance import BOUNDARY_TOL, BOUNDARY_TOL_Q8, attention_tolerance, dot_t
 
 def verify(backend: Backend | None = None, build_dir: Path | None = None, seed: int = 0,
            quick: bool = False, types=TURBO_TYPES,
-           runner: Callable[[list[Case]], HarnessRun] | None = None,
+           runner: Callable[..., HarnessRun] | None = None,  # (cases, env=None)
            binary: Path | None = None, of_build: Backend | None = None) -> Report:
     """Run the checks on one built backend (default: the last one built) and return the report.
 
