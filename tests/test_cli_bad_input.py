@@ -211,6 +211,10 @@ ROWS = [
     R("eval-text-first", "eval", "-m", TXT, expect="not a GGUF file"),
     R("calibrate-text-first", "calibrate", TXT, expect="not a GGUF file"),
     R("codebook-fit-text-first", "codebook", "--fit", TXT, "--out", "{d}/cb", expect="not a GGUF file"),
+    # a sane model reaches the capture tool of a build there is none of
+    R("codebook-fit-unbuilt", "codebook", "--fit", M, "--out", "{d}/cb", expect="nothing built yet"),
+    R("codebook-fit-hip-unbuilt", "codebook", "--fit", M, "--out", "{d}/cb", "--backend", "hip",
+      expect="hip not built"),
     # missing files, folders given as files
     R("plan-missing", "plan", "{d}/missing.gguf", "--ctx", "4096"),
     R("plan-dir", "plan", "{d}/adir.gguf", "--ctx", "4096"),

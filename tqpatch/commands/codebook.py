@@ -8,10 +8,12 @@ from pathlib import Path
 
 import click
 
-from .. import calibrate, capture, codebook_fit, fsutil, paths
+from .. import build_record, calibrate, capture, codebook_fit, fsutil, paths
 from .. import codebook as cbmod
+from ..backends.base import Backend
 from ..errors import TqpatchError
 from ..plan.gguf_file import require_gguf
+from .options import backend_option
 
 HELP = f"""Generate or check Lloyd-Max codebooks.
 
@@ -145,7 +147,7 @@ def _run_all() -> None:
     click.echo(f"wrote {len(books)} codebooks into {folder}")
 
 
-def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
+def _run_fit(src: Path, folder: Path, calib: Path | None, backend: Backend | None) -> None:
     if src.suffix == ".gguf":  # a wrong model file is named before "not built" can be
         require_gguf(src)
     try:
@@ -155,8 +157,10 @@ def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="tqpatch-fit-") as tmp:
         rows_path = src
         if src.suffix == ".gguf":
-            click.echo(f"running {src.name} on {capture.DEFAULT_TEXT_REL} to record its K/V rows")
-            rows_path = capture.run(src, Path(tmp) / "rows.bin", queries=False)
+            backend = backend or build_record.last_built()
+            click.echo(f"running {src.name} on {capture.DEFAULT_TEXT_REL} through the {backend.name} "
+                       "build's tqpatch-capture to record its K/V rows")
+            rows_path = capture.run(src, Path(tmp) / "rows.bin", queries=False, backend=backend)
         rows = capture.read(rows_path)
         results = codebook_fit.fit_all(rows, calibrate.read(calib) if calib else None,
                                        source=f"{src.name}" + (f" through {calib.name}" if calib else ""))
@@ -185,7 +189,10 @@ def _run_fit(src: Path, folder: Path, calib: Path | None) -> None:
                    "a .bin is a tqpatch-capture file); needs --out FOLDER.")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --fit: a calibration file (tqpatch calibrate): fit K and V as a calibrated cache stores them.")
-def command(bits, dim, dist, out, all_, check, fit_src, calib):
+@backend_option(help="With --fit MODEL.gguf: whose build's tqpatch-capture runs the model "
+                    "(default: the backend built last; any build works, the capture runs on "
+                    "the CPU backend every build holds).")
+def command(bits, dim, dist, out, all_, check, fit_src, calib, backend):
     if fit_src is not None:
         given = [name for name, v in (("--bits", bits), ("--dim", dim), ("--dist", dist)) if v is not None]
         if given or all_ or check:
@@ -193,7 +200,7 @@ def command(bits, dim, dist, out, all_, check, fit_src, calib):
         if out is None:
             raise TqpatchError("--fit needs --out FOLDER (then TQPATCH_CODEBOOKS=FOLDER for render, "
                                "build and verify)")
-        _run_fit(fit_src, Path(out).expanduser(), calib)
+        _run_fit(fit_src, Path(out).expanduser(), calib, backend)
         return
     if calib is not None:
         raise TqpatchError("--calib goes with --fit")
