@@ -96,16 +96,20 @@ def meta_info(opts: Options, command: str) -> dict:
 
 def run_all(opts: Options, command: str) -> dict:
     """Every part of opts.parts, in order; results saved to OUT/results.json after each run."""
-    # find everything first: a missing binary or model fails before anything runs
+    # the output folder and everything to run first: a missing binary or model fails
+    # before anything runs
+    out_dir = None
+    if opts.out:
+        out_dir = Path(opts.out).expanduser()
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TqpatchError(f"cannot make --out {out_dir}: {e.strerror or e}") from None
     bins = {part: find_bin(BINARIES[part], opts) for part in PARTS if part in opts.parts}
     models = []
     if {"bench", "kv"} & set(opts.parts):
         models = resolve_models(opts.models, default_model=opts.default_model, synth=opts.synth,
                                 synth_path=opts.synth_path)
-    out_dir = None
-    if opts.out:
-        out_dir = Path(opts.out).expanduser()
-        out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {"schema": SCHEMA, "meta": meta_info(opts, command)}
     results["meta"]["models"] = models
     results["meta"]["binaries"] = {k: str(v) for k, v in bins.items()}

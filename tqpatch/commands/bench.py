@@ -9,12 +9,14 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from .. import fsutil
 from ..backends.base import Backend
 from ..bench import report, suite
 from ..bench.common import log, pair
 from ..bench.fa_perf import FA_TYPES
 from ..bench.kv_size import KV_CTX
 from ..bench.llama_bench import BENCH_CONFIGS, BENCH_DEPTHS, BENCH_PP, BENCH_REPS, BENCH_TG
+from ..errors import TqpatchError
 from ..perf_cases import FA_DECODE
 from .options import backend_option
 
@@ -34,6 +36,23 @@ def _given(ctx: click.Context) -> list[str]:
         for v in value if p.multiple else [value]:
             out += [flag, v.name if isinstance(v, Backend) else str(v)]
     return out
+
+
+def _check_writable(path: Path | None) -> None:
+    """A --json / --markdown path refused before anything runs (not after a long measurement)."""
+    if path is None:
+        return
+    fsutil.refuse_special(path)
+    if not path.parent.is_dir():
+        raise TqpatchError(f"cannot write {path}: {path.parent} is not a folder")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        fsutil.write_atomic(path, text.encode())
+    except OSError as e:
+        raise TqpatchError(f"cannot write {path}: {fsutil.write_failure(e, path.parent)}") from None
+    log(f"wrote {path}")
 
 
 @click.command("bench")
@@ -100,6 +119,10 @@ def command(ctx, backend, no_default_model, json_path, markdown, load, **opts):
       tqpatch bench --backend cuda --synth --out OUT --json OUT/r.json --markdown OUT/r.md
       tqpatch bench --load fa.json --load bench.json --markdown all.md
     """
+    json_path = json_path.expanduser() if json_path else None
+    markdown = markdown.expanduser() if markdown else None
+    for path in (json_path, markdown):
+        _check_writable(path)
     if load:
         results = report.merge(load)
     else:
@@ -107,10 +130,8 @@ def command(ctx, backend, no_default_model, json_path, markdown, load, **opts):
         results = suite.run_all(opts, " ".join([ctx.command_path, *map(shlex.quote, _given(ctx))]))
     click.echo(report.render(results), nl=False)
     if json_path:
-        json_path.expanduser().write_text(json.dumps(results, indent=1) + "\n")
-        log(f"wrote {json_path}")
+        _write(json_path, json.dumps(results, indent=1) + "\n")
     if markdown:
-        markdown.expanduser().write_text(report.render(results, md=True))
-        log(f"wrote {markdown}")
+        _write(markdown, report.render(results, md=True))
     if report.failed(results):
         ctx.exit(EXIT_RUN_FAILED)
