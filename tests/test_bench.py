@@ -492,3 +492,35 @@ def test_end_to_end_cpu(tmp_path):
     assert "[bench 3/3]" in proc.stderr
     assert (out / "results.json").is_file() and (out / "fa_test-backend-ops.log").is_file()
     assert "| K/V |" in (tmp_path / "r.md").read_text()
+
+
+def _fake_tbo(tmp_path: Path, body: str) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "test-backend-ops"
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return bin_dir
+
+
+def test_fa_part_on_a_fake_binary_records_its_command(tmp_path):
+    sql = DATA / "tbo_perf_fa_cpu_sql.txt"
+    bin_dir = _fake_tbo(tmp_path, f"echo 'loading CPU backend' >&2\ncat '{sql}'")
+    out = tmp_path / "out"
+    code, text, err = main(["-b", "cpu", "--bin-dir", str(bin_dir), "--parts", "fa", "--fa-heads", "128",
+                            "--out", str(out), "--json", str(tmp_path / "r.json")])
+    assert code == 0, err
+    assert "head size 128" in text and "q8_0/turbo4" in text
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert len(res["fa"]["cases"]) == 9 and res["fa"]["device_name"] == "CPU"
+    assert res["meta"]["commands"][0].endswith(f"--backend cpu --bin-dir {bin_dir} --parts fa "
+                                                f"--fa-heads 128 --out {out} --json {tmp_path / 'r.json'}")
+    assert "loading CPU backend" in (out / "fa_test-backend-ops.log").read_text()
+    assert json.loads((out / "results.json").read_text())["fa"]["cases"]
+
+
+def test_a_failed_run_is_a_table_row_and_exit_3(tmp_path):
+    bin_dir = _fake_tbo(tmp_path, "echo 'ggml: no device CUDA7' >&2\nexit 1")
+    code, text, err = main(["-b", "cpu", "--bin-dir", str(bin_dir), "--parts", "fa", "--device", "CUDA7"])
+    assert code == 3 and "Traceback" not in err
+    assert "FAILED: exit code 1: ggml: no device CUDA7" in text
