@@ -274,6 +274,17 @@ ROWS = [
     R("plan-configs-empty", "plan", M, "--ctx", "4096", "--configs", ","),
     R("eval-configs-garbage", "eval", "-m", M, "--configs", "q8_0/turbo4:cal=/nonexistent/x"),
     R("eval-ctx-tiny", "eval", "-m", M, "--ctx", "1"),
+    # bench: bad parts, nothing built, saved results that are not, outputs that are not files
+    R("bench-parts-bad", "bench", "-b", "cpu", "--parts", "fa,xx", expect="--parts"),
+    R("bench-configs-garbage", "bench", "-b", "cpu", "--configs", "turbo9/../x"),
+    R("bench-bin-dir-empty", "bench", "-b", "cpu", "--bin-dir", "{d}/adir", "--parts", "fa",
+      expect="test-backend-ops is missing"),
+    R("bench-load-missing", "bench", "--load", "{d}/missing.json"),
+    R("bench-load-text", "bench", "--load", "{d}/victim.txt", expect="cannot read results"),
+    R("bench-json-fifo", "bench", "--load", "{d}/victim.txt", "--json", "{d}/fifo", expect="FIFO"),
+    R("bench-markdown-no-parent", "bench", "-b", "cpu", "--markdown", "{d}/no/such/r.md"),
+    R("bench-out-file", "bench", "-b", "cpu", "--parts", "fa", "--out", "{d}/victim.txt",
+      expect="is a file"),
     # item 4: verify with nothing built (hip's AttributeError once)
     *[R(f"verify-{b}-unbuilt", "verify", "--backend", b, expect=f"{b} not built") for b in ("hip", "cpu")],
     R("verify-build-dir-file", "verify", "--backend", "cpu", "--build-dir", "{d}/victim.txt"),

@@ -33,6 +33,7 @@ COMMANDS = {
     "synth-model": "Write a random-weight GGUF with a chosen attention shape.",
     "calibrate": "Fit a turbo cache's calibration to a model (--turbo-calib FILE).",
     "serve": "Serve a model with the most compressed KV cache that keeps its quality.",
+    "bench": "Speed and KV size of the turbo cache types on a build (tables, PASS / MISS).",
 }
 
 

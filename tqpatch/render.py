@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import jinja2
 import numpy as np
 
-from . import __version__, codebook, formats, fsutil, paths, verify_io
+from . import __version__, codebook, formats, fsutil, paths, perf_cases, verify_io
 from .backends.base import Backend
 from .errors import TqpatchError
 
@@ -62,7 +62,8 @@ def render_context(backends: Sequence[Backend]) -> dict:
 
     turbo: [{fmt: formats.TurboFormat, cb: its codebook}], formats (the module:
     CACHE_TYPES, HEAD_SIZES, ...), f32 (float literal filter), verify_io (the verify wire
-    format's constants), and per backend `<name>`: what that backend's render_context()
+    format's constants), perf_cases (the module: FA_DECODE, the test-backend-ops decode
+    perf cases' shape, which the bench reads too), and per backend `<name>`: what that backend's render_context()
     adds (e.g. cuda.fa_pairs). The caller names the backends (the registry's, or a test's).
     """
     turbo = []
@@ -74,7 +75,7 @@ def render_context(backends: Sequence[Backend]) -> dict:
         turbo.append({"fmt": fmt, "cb": cb})
     ctx = {"turbo": turbo, "formats": formats, "codebook_digest": _digest(books),
            "tool_version": __version__, "f32": float32_literal,
-           "verify_io": verify_io.render_context()}
+           "verify_io": verify_io.render_context(), "perf_cases": perf_cases}
     for backend in backends:
         ctx[backend.name] = backend.render_context()
     return ctx
