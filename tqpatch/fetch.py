@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -50,7 +49,7 @@ from typing import Callable
 
 import click
 
-from . import __version__, fsutil, lock, paths, pin, testhook
+from . import __version__, fsutil, lock, paths, pin, testhook, ui
 from .errors import TqpatchError
 
 Echo = Callable[[str], None]
@@ -314,8 +313,8 @@ def download_sdist(echo: Echo = _echo) -> Path:
             resp = _urlopen(url)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise TqpatchError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
-        with resp, open(part, "wb") as out, click.progressbar(
-                length=pin.SDIST_SIZE, label=pin.SDIST_NAME, file=sys.stderr) as bar:
+        with resp, open(part, "wb") as out, ui.Progress(
+                pin.SDIST_NAME, pin.SDIST_SIZE, err=True, count=False) as bar:
             while True:
                 try:
                     chunk = resp.read(CHUNK)
@@ -529,9 +528,9 @@ def _from_pypi(tmp: Path, echo: Echo) -> tuple[Path, str]:
     return tmp / "tree", f"pypi:{pin.SDIST_NAME}"
 
 
-def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+def _git(args: list[str], cwd: Path | None = None) -> ui.Result:
+    return ui.run(["git", *args], cwd=cwd, env={"GIT_TERMINAL_PROMPT": "0"}, check=False,
+                  merge=False)
 
 
 def _from_git(tmp: Path, echo: Echo) -> tuple[Path, str]:
@@ -545,8 +544,8 @@ def _from_git(tmp: Path, echo: Echo) -> tuple[Path, str]:
     def run(args, what):
         r = _git(args, cwd=dest)
         if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            raise TqpatchError(f"git {what} failed: " + " | ".join(tail))
+            raise TqpatchError(f"git {what} failed: "
+                               + ui.tail((r.stderr or r.stdout).strip(), 3).replace("\n", " | "))
         return r
 
     dest.mkdir(parents=True)
