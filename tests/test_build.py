@@ -18,7 +18,7 @@ from tqpatch import build, paths, toolchain, ui
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch import backends
-from tqpatch.backends import cmake
+from tqpatch.backends import cmake, cuda, hip
 from tqpatch import build_record
 
 
@@ -404,7 +404,6 @@ def test_build_cli_fa_quants_bad_pair_is_clean_error(fake):
 
 def test_build_cmake_invocation_cuda(fake, monkeypatch):
     """The configure argv for CUDA: one element per -D option, semicolons and commas kept inside."""
-    from tqpatch.backends import cuda
 
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
     record, out = _run(backend="cuda", arch="89;86", options={"fa-quants": "q8_0-turbo3;turbo3-turbo3"})
@@ -425,7 +424,6 @@ def test_build_cmake_invocation_cuda(fake, monkeypatch):
 
 
 def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkeypatch):
-    from tqpatch.backends import cuda
 
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
     monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/cuda/bin/nvcc")
@@ -435,7 +433,6 @@ def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkey
 
 
 def test_build_cmake_invocation_hip(fake, monkeypatch):
-    from tqpatch.backends import hip
 
     # as if ROCm >= 6.1 were here
     backend_params.patch(monkeypatch, "hip", unsupported_reason=lambda: None, requirements=lambda: [])
@@ -451,7 +448,6 @@ def test_build_cmake_invocation_hip(fake, monkeypatch):
 
 
 def test_build_hip_without_rocm_says_not_built(fake, monkeypatch):
-    from tqpatch.backends import hip
 
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(hip.HIPCONFIG.__class__, "find", lambda self: None)

@@ -99,6 +99,9 @@ def test_a_failing_callback_stops_the_program():
         raise KeyError(line)
     with pytest.raises(KeyError):
         ui.run(_py("print('x', flush=True); import time; time.sleep(30)"), on_line=boom, timeout=20)
+    with pytest.raises(KeyError):
+        ui.run(_py("import sys, time; print('x', file=sys.stderr, flush=True); time.sleep(30)"),
+               merge=False, on_err_line=boom, timeout=20)
 
 
 def test_tail():

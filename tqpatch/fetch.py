@@ -44,6 +44,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
@@ -127,8 +128,6 @@ def encode_index(index: dict[str, str]) -> str:
     Only used to *name* the first differing file; acceptance rests on the full
     TREE_FINGERPRINT.
     """
-    import zlib
-
     names = sorted(index)
     blob = "\n".join(names).encode("utf-8") + b"\0" + b"".join(bytes.fromhex(index[n][:8]) for n in names)
     return base64.b85encode(zlib.compress(blob, 9)).decode("ascii")
@@ -137,8 +136,6 @@ def encode_index(index: dict[str, str]) -> str:
 @functools.lru_cache(maxsize=4)
 def decode_index(encoded: str) -> dict[str, str]:
     """Inverse of encode_index: {path: first 8 hex digits of sha256}."""
-    import zlib
-
     if not encoded:
         return {}
     blob = zlib.decompress(base64.b85decode(encoded))
@@ -160,8 +157,6 @@ def pin_values(root: Path) -> tuple[str, str]:
 
 def write_pin_values(root: Path) -> str:
     """Write the index data file into the package; returns the pin.py lines to paste."""
-    from importlib import resources
-
     lines, index_text = pin_values(root)
     target = Path(str(resources.files(pin.__package__).joinpath(pin.TREE_INDEX_FILE)))
     fsutil.write_atomic(target, index_text.encode("ascii"))

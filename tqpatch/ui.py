@@ -103,6 +103,22 @@ def _read(stream, into: list[str], log: _Log, on_line: LineCallback | None) -> N
             on_line(line)
 
 
+def _kill_after(proc: subprocess.Popen, timeout: float | None
+                ) -> tuple[threading.Event, threading.Timer | None]:
+    """A running timer that kills proc after timeout seconds, and the event it sets then."""
+    expired = threading.Event()
+    if timeout is None:
+        return expired, None
+
+    def expire() -> None:
+        expired.set()
+        proc.kill()
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    return expired, timer
+
+
 def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None = None,
         on_err_line: LineCallback | None = None, check: bool = True,
         timeout: float | None = None, env: dict | None = None, cwd: Path | None = None,
@@ -133,18 +149,16 @@ def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None 
         helpers = []
         if input is not None:
             helpers.append(threading.Thread(target=_feed, args=(input, proc.stdin), daemon=True))
+        failed: list[BaseException] = []  # a failing on_err_line, raised here once it stopped the program
         if not merge:
-            helpers.append(threading.Thread(target=_read, args=(proc.stderr, err, logf, on_err_line),
-                                            daemon=True))
-        timed_out = threading.Event()
-        timer = None
-        if timeout is not None:
-            def _expire():
-                timed_out.set()
-                proc.kill()
-            timer = threading.Timer(timeout, _expire)
-            timer.daemon = True
-            timer.start()
+            def _read_err():
+                try:
+                    _read(proc.stderr, err, logf, on_err_line)
+                except BaseException as exc:
+                    failed.append(exc)
+                    proc.kill()
+            helpers.append(threading.Thread(target=_read_err, daemon=True))
+        timed_out, timer = _kill_after(proc, timeout)
         try:
             for t in helpers:
                 t.start()
@@ -152,6 +166,8 @@ def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None 
             for t in helpers:
                 t.join()
             rc = proc.wait()
+            if failed:
+                raise failed[0]
         except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into an exception), a callback
             proc.kill()
             proc.wait()
