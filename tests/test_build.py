@@ -14,11 +14,11 @@ import pytest
 import backend_params
 from click.testing import CliRunner
 
-from tqpatch import build, paths, toolchain
+from tqpatch import build, paths, toolchain, ui
 from tqpatch.cli import main
 from tqpatch.errors import TqpatchError
 from tqpatch import backends
-from tqpatch.backends import cmake
+from tqpatch.backends import cmake, cuda, hip
 from tqpatch import build_record
 
 
@@ -108,23 +108,16 @@ def test_parse_progress(line, expected):
     assert build.parse_progress(line) == expected
 
 
-def test_progress_without_tty_prints_about_every_10_percent():
+def test_ninja_lines_move_the_progress():
     lines: list[str] = []
-    p = build.BuildProgress(tty=False, echo=lines.append)
-    for i in range(1, 201):
-        p.feed(f"[{i}/200] Building CXX object x{i}.o\n")
-        p.feed("some compiler warning\n")
-    p.close()
+    with ui.Progress("compile", tty=False, echo=lines.append) as p:
+        feed = build._progress_feed(p)
+        for i in range(1, 201):
+            feed(f"[{i}/200] Building CXX object x{i}.o\n")
+            feed("some compiler warning\n")
     assert 10 <= len(lines) <= 11
     assert lines[-1].endswith("100% (200/200)")
-
-
-def test_progress_with_tty_uses_bar(capsys):
-    p = build.BuildProgress(tty=True)
-    for i in range(1, 5):
-        p.feed(f"[{i}/4] step\n")
-    p.close()
-    assert p.done == 4 and p.total == 4
+    assert p.done == 200 and p.total == 200
 
 
 def test_parse_targets():
@@ -194,6 +187,9 @@ def _probe(name, path, version="1.0"):
     return toolchain.Probe(name, "", path, version, True)
 
 
+REAL_RUN = ui.run
+
+
 class FakeRunner:
     """Stands in for cmake/ninja: records commands, fakes their effects."""
 
@@ -202,34 +198,36 @@ class FakeRunner:
         self.commands: list[list[str]] = []
         self.fail_build = fail_build
 
-    def stream(self, cmd, log, on_line=None, env=None):
-        self.commands.append(list(cmd))
-        log.write("$ " + " ".join(cmd) + "\n")
+    def run(self, cmd, *, log=None, on_line=None, env=None, what=None, **kw):
+        """ui.run as cmake and ninja would answer it (other programs really run)."""
+        cmd = list(cmd)
+        if cmd[1:2] not in (["-S"], ["--build"]):
+            return REAL_RUN(cmd, log=log, on_line=on_line, env=env, what=what, **kw)
+        self.commands.append(cmd)
         if "-S" in cmd:
             bdir = Path(cmd[cmd.index("-B") + 1])
             _configured(bdir)
-            return 0
+            return ui.Result(0, "")
         if cmd[-1] == "build.ninja":
-            return 0
+            return ui.Result(0, "")
         bdir = Path(cmd[2])
         wanted = cmd[cmd.index("--target") + 1: cmd.index("-j")]
+        out = []
         for i, t in enumerate(wanted, 1):
-            line = f"[{i}/{len(wanted)}] Linking CXX executable bin/{t}\n"
-            log.write(line)
+            out.append(f"[{i}/{len(wanted)}] Linking CXX executable bin/{t}\n")
             if on_line:
-                on_line(line)
+                on_line(out[-1])
         if self.fail_build:
-            for i in range(60):
-                log.write(f"error line {i}\n")
-            return 1
+            out += [f"error line {i}\n" for i in range(60)]
+            raise ui.failure(what, 1, "".join(out), log)
         (bdir / "bin").mkdir(exist_ok=True)
         for t in wanted:
             (bdir / "bin" / t).write_text("#!/bin/sh\n")
-        return 0
+        return ui.Result(0, "".join(out))
 
-    def capture(self, cmd):
+    def capture(self, cmd, timeout=15, **kw):
         self.commands.append(list(cmd))
-        return 0, "".join(f"{t}: phony\nbin/{t}: CXX_EXECUTABLE_LINKER\n" for t in self.targets)
+        return "".join(f"{t}: phony\nbin/{t}: CXX_EXECUTABLE_LINKER\n" for t in self.targets)
 
 
 @pytest.fixture
@@ -250,8 +248,8 @@ def fake(monkeypatch, tmp_path):
                              toolchain.Probe("ccache", "", None, None, False, optional=True))
     monkeypatch.setattr(toolchain, "find_toolchain", lambda: tc)
     runner = FakeRunner(set(build.DEFAULT_TARGETS) - {"tqpatch-verify"})
-    monkeypatch.setattr(build, "_stream", runner.stream)
-    monkeypatch.setattr(build, "_capture", runner.capture)
+    monkeypatch.setattr(build.ui, "run", runner.run)
+    monkeypatch.setattr(build.ui, "capture", runner.capture)
     runner.tree = tree
     runner.apply_calls = calls
     return runner
@@ -330,14 +328,13 @@ def test_build_with_verify_target_present(fake):
     assert "tqpatch-verify" in fake.commands[-1] and record["skipped_targets"] == []
 
 
-def test_build_failure_prints_tail_and_log(fake, capsys):
+def test_build_failure_names_tail_and_log(fake):
     fake.fail_build = True
-    out: list[str] = []
     with pytest.raises(TqpatchError) as exc:
-        build.build(build.BuildRequest(backend=backends.get("cpu")), echo=lambda m="", **k: out.append(str(m)))
+        build.build(build.BuildRequest(backend=backends.get("cpu")), echo=lambda m="", **k: None)
     log = paths.default_build_dir("cpu").resolve() / build.LOG_NAME
-    assert str(log) in str(exc.value)
-    text = "\n".join(out)
+    text = str(exc.value)
+    assert text.startswith(f"build failed (exit 1); full log: {log}")
     assert "error line 59" in text and "error line 5\n" not in text
     assert not (log.parent / build.RECORD_NAME).exists()
 
@@ -407,7 +404,6 @@ def test_build_cli_fa_quants_bad_pair_is_clean_error(fake):
 
 def test_build_cmake_invocation_cuda(fake, monkeypatch):
     """The configure argv for CUDA: one element per -D option, semicolons and commas kept inside."""
-    from tqpatch.backends import cuda
 
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
     record, out = _run(backend="cuda", arch="89;86", options={"fa-quants": "q8_0-turbo3;turbo3-turbo3"})
@@ -428,7 +424,6 @@ def test_build_cmake_invocation_cuda(fake, monkeypatch):
 
 
 def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkeypatch):
-    from tqpatch.backends import cuda
 
     monkeypatch.setattr(cuda, "nvcc_gpu_archs", lambda path=None: (75, 80, 86, 89, 90, 120))
     monkeypatch.setattr(cuda.NVCC.__class__, "find", lambda self: "/usr/local/cuda/bin/nvcc")
@@ -438,7 +433,6 @@ def test_build_cuda_arch_nvcc_cannot_compile_fails_before_configure(fake, monkey
 
 
 def test_build_cmake_invocation_hip(fake, monkeypatch):
-    from tqpatch.backends import hip
 
     # as if ROCm >= 6.1 were here
     backend_params.patch(monkeypatch, "hip", unsupported_reason=lambda: None, requirements=lambda: [])
@@ -454,7 +448,6 @@ def test_build_cmake_invocation_hip(fake, monkeypatch):
 
 
 def test_build_hip_without_rocm_says_not_built(fake, monkeypatch):
-    from tqpatch.backends import hip
 
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(hip.HIPCONFIG.__class__, "find", lambda self: None)
@@ -479,10 +472,10 @@ def test_semicolon_lists_reach_cmake_as_one_value(tmp_path):
         'string(REPLACE "," ";" fa "${GGML_CUDA_FA_QUANTS}")\nlist(LENGTH fa m)\n'
         'message(STATUS "FA=${GGML_CUDA_FA_QUANTS} m=${m}")\n')
     log_path = tmp_path / "log"
-    with open(log_path, "w") as log:
-        rc = build._stream(["cmake", "-S", str(tree), "-B", str(tmp_path / "b"),
-                            "-DCMAKE_CUDA_ARCHITECTURES=86;89",
-                            "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3,turbo3-turbo3;f16-f16"], log)
+    rc = ui.run(["cmake", "-S", str(tree), "-B", str(tmp_path / "b"),
+                 "-DCMAKE_CUDA_ARCHITECTURES=86;89",
+                 "-DGGML_CUDA_FA_QUANTS=q8_0-turbo3,turbo3-turbo3;f16-f16"], log=log_path,
+                check=False).returncode
     text = log_path.read_text()
     assert rc == 0, text
     assert "ARCHS=86;89 n=2" in text and "FA=q8_0-turbo3,turbo3-turbo3;f16-f16 m=3" in text

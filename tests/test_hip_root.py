@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tqpatch import backends, build
+from tqpatch import backends, build, ui
 from tqpatch.backends import debian_sid, hip
 from tqpatch.backends import kernel_resources as kr
 from tqpatch.errors import TqpatchError
@@ -192,7 +192,7 @@ def test_build_runs_cmake_and_ninja_in_the_root(cache, tmp_path, monkeypatch):
         "debian-sid", prepare=lambda echo: prepared.append(1) or "a sid root", wrap=wrap))
     streamed = []
 
-    def stream(cmd, log, on_line=None, env=None):
+    def run(cmd, **kw):
         streamed.append(cmd)
         if "-S" in cmd:
             bdir = Path(cmd[cmd.index("-B") + 1])
@@ -200,10 +200,10 @@ def test_build_runs_cmake_and_ninja_in_the_root(cache, tmp_path, monkeypatch):
             (bdir / "build.ninja").write_text("")
         elif "--target" in cmd and cmd[-1] != "build.ninja":
             (Path(cmd[3]) / "bin").mkdir(exist_ok=True)
-        return 0
+        return ui.Result(0, "")
 
-    monkeypatch.setattr(build, "_stream", stream)
-    monkeypatch.setattr(build, "_capture", lambda cmd: (0, "llama-cli: phony\n")
+    monkeypatch.setattr(build.ui, "run", run)
+    monkeypatch.setattr(build.ui, "capture", lambda cmd, timeout=15: "llama-cli: phony\n"
                         if cmd[0] == "IN-ROOT" else pytest.fail(f"ran here: {cmd}"))
     fake_apply = type(sys)("fake_apply")
     fake_apply.tree_inputs = lambda t: {"digest": "d", "render": {}}

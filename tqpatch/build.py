@@ -21,16 +21,14 @@ import difflib
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import Callable, Sequence
 
 import click
 
-from . import __version__, apply, lock, toolchain
+from . import __version__, apply, lock, toolchain, ui
 from .backends.base import Backend
 from .backends.cmake import configure_args
 from .build_record import RECORD_NAME, build_dir_of, exe
@@ -46,7 +44,6 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 # Targets a tree may lack: skipped with a note instead of failing the build.
 OPTIONAL_TARGETS = frozenset({"tqpatch-verify", "tqpatch-capture"})
 
-TAIL_LINES = 40
 _PROGRESS_RE = re.compile(r"^\s*\[(\d+)/(\d+)\]")
 
 
@@ -97,110 +94,16 @@ def remember_configure(build_dir: Path, tree: Path, args: Sequence[str]) -> None
 
 
 # --------------------------------------------------------------------------
-# progress
+# running commands (tests replace ui.run and ui.capture)
 
 
-class BuildProgress:
-    """Feed it output lines; shows a click bar on a TTY, a line every ~10% otherwise."""
-
-    def __init__(self, label: str = "compile", tty: bool | None = None,
-                 echo: Callable[[str], None] = click.echo):
-        self.label = label
-        self.tty = sys.stdout.isatty() if tty is None else tty
-        self.echo = echo
-        self.done = 0
-        self.total = 0
-        self._bar = None
-        self._last_decile = -1
-
-    def feed(self, line: str) -> None:
+def _progress_feed(progress: ui.Progress) -> Callable[[str], None]:
+    """A line callback moving progress to ninja's [n/m]."""
+    def feed(line: str) -> None:
         parsed = parse_progress(line)
-        if parsed is None:
-            return
-        done, total = parsed
-        if self.tty:
-            if self._bar is None:
-                self._bar = click.progressbar(length=total, label=self.label)
-                self._bar.__enter__()
-            self._bar.length = total
-            if done > self.done:
-                self._bar.update(done - self.done)
-        else:
-            decile = 10 * done // total
-            if decile > self._last_decile:
-                self._last_decile = decile
-                self.echo(f"  {self.label}: {100 * done // total}% ({done}/{total})")
-        self.done, self.total = done, total
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
-
-
-# --------------------------------------------------------------------------
-# running commands (tests replace _stream and _capture)
-
-
-def _stream(cmd: Sequence[str], log: TextIO, on_line: Callable[[str], None] | None = None,
-            env: dict | None = None) -> int:
-    """Run cmd, copying its merged output to log line by line; the exit status."""
-    log.write("$ " + " ".join(_quote(c) for c in cmd) + "\n")
-    log.flush()
-    try:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", bufsize=1,
-                                env={**os.environ, **(env or {})})
-    except OSError as exc:
-        log.write(f"cannot run {cmd[0]}: {exc}\n")
-        return 127
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            log.write(line)
-            if on_line is not None:
-                on_line(line)
-    except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # e.g. unshare, which ignores SIGTERM
-            proc.kill()
-            proc.wait()
-        raise
-    rc = proc.wait()
-    log.write(f"[exit {rc}]\n")
-    log.flush()
-    return rc
-
-
-def _capture(cmd: Sequence[str]) -> tuple[int, str]:
-    try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, errors="replace")
-    except OSError as exc:
-        return 127, str(exc)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-def _quote(arg: str) -> str:
-    return arg if re.fullmatch(r"[\w@%+=:,./;-]+", arg) else repr(arg)
-
-
-def _tail(path: Path, n: int = TAIL_LINES) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join(lines[-n:])
-
-
-def _fail(step: str, log: TextIO, log_path: Path, rc: int,
-          echo: Callable[..., None]) -> TqpatchError:
-    log.flush()
-    echo(f"--- last {TAIL_LINES} lines of {log_path} ---", err=True)
-    echo(_tail(log_path), err=True)
-    echo("---", err=True)
-    return TqpatchError(f"{step} failed (exit {rc}); full log: {log_path}")
+        if parsed is not None:
+            progress.set(*parsed)
+    return feed
 
 
 def _cache_value(build_dir: Path, key: str) -> str | None:
@@ -216,8 +119,31 @@ def available_targets(build_dir: Path, ninja: str,
                       wrap: Callable[[list[str]], list[str]] = list) -> set[str] | None:
     """Targets of a configured build dir (None when ninja cannot list them)."""
     program = _cache_value(build_dir, "CMAKE_MAKE_PROGRAM") or ninja
-    rc, out = _capture(wrap([program, "-C", str(build_dir), "-t", "targets", "all"]))
-    return parse_targets(out) if rc == 0 else None
+    out = ui.capture(wrap([program, "-C", str(build_dir), "-t", "targets", "all"]), timeout=120)
+    return parse_targets(out) if out is not None else None
+
+
+def _known_targets(targets: list[str], known: set[str] | None, build_dir: Path,
+                   echo: Callable[..., None]) -> tuple[list[str], list[str]]:
+    """(targets to build, optional ones this tree lacks); an unknown target is an error."""
+    skipped: list[str] = []
+    if known is not None:
+        unknown = [t for t in targets if t not in known]
+        for t in unknown:
+            if t in OPTIONAL_TARGETS:
+                echo(f"  note: this tree has no {t} target; skipping it")
+                skipped.append(t)
+        bad = [t for t in unknown if t not in OPTIONAL_TARGETS]
+        if bad:
+            hints = []
+            for t in bad:
+                close = difflib.get_close_matches(t, sorted(known), n=3)
+                hints.append(f"{t}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            raise TqpatchError(f"unknown build target(s) in {build_dir}: {'; '.join(hints)}")
+        targets = [t for t in targets if t not in skipped]
+    if not targets:
+        raise TqpatchError("nothing to build: every requested target was skipped")
+    return targets, skipped
 
 
 # --------------------------------------------------------------------------
@@ -273,26 +199,27 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
     targets = list(dict.fromkeys(req.targets or DEFAULT_TARGETS))
     jobs = req.jobs or os.cpu_count() or 1
     build_dir = build_dir_of(backend, req.build_dir)
+    steps = ui.Steps(5, echo)
 
-    echo(f"[1/5] check: toolchain and {backend.name} requirements")
-    effective_arch = arch if arch is not None else backend.default_arch()
-    elsewhere = backend.build_environment(req.options)  # e.g. HIP's Debian sid root
-    if elsewhere is None:
-        tc, backend_probes = _check(backend, echo)
-        cmake, ninja, ccache = tc.cmake.path or "cmake", tc.ninja.path or "ninja", tc.ccache.ok
-        tools = {p.name: {"path": p.path, "version": p.version}
-                 for p in [*tc.all(), *backend_probes] if p.path}
-    else:
-        backend.cmake_args(effective_arch, req.options)  # a missing --arch fails before the root is made
-        offered = elsewhere.prepare(echo)
-        echo(f"  toolchain {elsewhere.name}: {offered}")
-        cmake, ninja, ccache = "cmake", "ninja", False
-        tools = {elsewhere.name: {"path": None, "version": offered}}
+    with steps.step("check", f"toolchain and {backend.name} requirements"):
+        effective_arch = arch if arch is not None else backend.default_arch()
+        elsewhere = backend.build_environment(req.options)  # e.g. HIP's Debian sid root
+        if elsewhere is None:
+            tc, backend_probes = _check(backend, echo)
+            cmake, ninja, ccache = tc.cmake.path or "cmake", tc.ninja.path or "ninja", tc.ccache.ok
+            tools = {p.name: {"path": p.path, "version": p.version}
+                     for p in [*tc.all(), *backend_probes] if p.path}
+        else:
+            backend.cmake_args(effective_arch, req.options)  # a missing --arch fails before the root is made
+            offered = elsewhere.prepare(echo)
+            echo(f"  toolchain {elsewhere.name}: {offered}")
+            cmake, ninja, ccache = "cmake", "ninja", False
+            tools = {elsewhere.name: {"path": None, "version": offered}}
 
-    echo("[2/5] apply: turbo patches on the llama.cpp tree")
-    tree = Path(apply.ensure_applied(req.tree)).resolve()
-    held.enter_context(lock.tree(tree, shared=True))
-    echo(f"  tree: {tree}")
+    with steps.step("apply", "turbo patches on the llama.cpp tree"):
+        tree = Path(apply.ensure_applied(req.tree)).resolve()
+        held.enter_context(lock.tree(tree, shared=True))
+        echo(f"  tree: {tree}")
 
     def wrap(argv: list[str], env: dict | None = None) -> list[str]:
         """argv as it runs here, or in the build environment with the tree and build dir."""
@@ -303,55 +230,31 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
                           extra=tuple(req.extra_cmake_args),
                           boundary_k=req.boundary_k, boundary_v=req.boundary_v)
     build_dir.mkdir(parents=True, exist_ok=True)
-    log_path = build_dir / LOG_NAME
-    with open(log_path, "w", errors="replace") as log:
-        log.write(f"tqpatch {__version__} build --backend {backend.name} "
-                  f"({_dt.datetime.now().isoformat(timespec='seconds')})\n")
-        if needs_configure(build_dir, tree, args):
-            echo(f"[3/5] config: cmake {' '.join(args)}")
+    log = build_dir / LOG_NAME
+    log.write_text(f"tqpatch {__version__} build --backend {backend.name} "
+                   f"({_dt.datetime.now().isoformat(timespec='seconds')})\n", errors="replace")
+    configure = needs_configure(build_dir, tree, args)
+    with steps.step("config", f"cmake {' '.join(args)}" if configure
+                    else "up to date (cmake arguments unchanged)"):
+        if configure:
             (build_dir / "CMakeCache.txt").unlink(missing_ok=True)  # changed args: start fresh
             _args_file(build_dir).unlink(missing_ok=True)
-            rc = _stream(wrap([cmake, "-S", str(tree), "-B", str(build_dir), *args]), log)
-            if rc != 0:
-                raise _fail("cmake configure", log, log_path, rc, echo)
+            ui.run(wrap([cmake, "-S", str(tree), "-B", str(build_dir), *args]), log=log,
+                   what="cmake configure")
             remember_configure(build_dir, tree, args)
         else:
-            echo("[3/5] config: up to date (cmake arguments unchanged)")
             # The tree's CMakeLists may have changed since (a new patch): let ninja
             # re-run cmake now so the target list below is current.
-            rc = _stream(wrap([cmake, "--build", str(build_dir), "--target", "build.ninja"]), log)
-            if rc != 0:
-                raise _fail("cmake regenerate", log, log_path, rc, echo)
+            ui.run(wrap([cmake, "--build", str(build_dir), "--target", "build.ninja"]), log=log,
+                   what="cmake regenerate")
+        targets, skipped = _known_targets(targets, available_targets(build_dir, ninja, wrap),
+                                          build_dir, echo)
 
-        known = available_targets(build_dir, ninja, wrap)
-        skipped: list[str] = []
-        if known is not None:
-            unknown = [t for t in targets if t not in known]
-            for t in unknown:
-                if t in OPTIONAL_TARGETS:
-                    echo(f"  note: this tree has no {t} target; skipping it")
-                    skipped.append(t)
-            bad = [t for t in unknown if t not in OPTIONAL_TARGETS]
-            if bad:
-                hints = []
-                for t in bad:
-                    close = difflib.get_close_matches(t, sorted(known), n=3)
-                    hints.append(f"{t}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-                raise TqpatchError(f"unknown build target(s) in {build_dir}: {'; '.join(hints)}")
-            targets = [t for t in targets if t not in skipped]
-        if not targets:
-            raise TqpatchError("nothing to build: every requested target was skipped")
-
-        echo(f"[4/5] compile: {', '.join(targets)} with {jobs} jobs")
-        progress = BuildProgress("compile", echo=echo)
+    with steps.step("compile", f"{', '.join(targets)} with {jobs} jobs"):
         status = {"NINJA_STATUS": "[%f/%t] "}
-        try:
-            rc = _stream(wrap([cmake, "--build", str(build_dir), "--target", *targets,
-                               "-j", str(jobs)], status), log, progress.feed, env=status)
-        finally:
-            progress.close()
-        if rc != 0:
-            raise _fail("build", log, log_path, rc, echo)
+        with ui.Progress("compile", echo=echo) as progress:
+            ui.run(wrap([cmake, "--build", str(build_dir), "--target", *targets, "-j", str(jobs)],
+                        status), log=log, on_line=_progress_feed(progress), env=status, what="build")
 
     seconds = round(time.monotonic() - started, 1)
     record = {
@@ -371,8 +274,8 @@ def _build(req: BuildRequest, echo: Callable[..., None], held: contextlib.ExitSt
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "tqpatch_version": __version__,
     }
-    echo("[5/5] record: " + str(build_dir / RECORD_NAME))
-    (build_dir / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
+    with steps.step("record", str(build_dir / RECORD_NAME)):
+        (build_dir / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
 
     bin_dir = build_dir / "bin"
     built = [t for t in targets if exe(bin_dir / t).exists()]

@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from . import ui
 from .errors import TqpatchError
 
 REFERENCE = ("f16", "f16")
@@ -156,9 +157,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: Path, n: int = 12) -> str:
+def _log_tail(path: Path) -> str:
+    """The server log's last lines on one line, for an error message."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        return ui.tail(path.read_text(errors="replace"), 12).replace("\n", " | ")
     except OSError:
         return ""
 
@@ -188,6 +190,7 @@ class Server:
 
     def _start(self) -> "Server":
         with open(self.log, "w") as log:
+            # not ui.run: a live server, asked over HTTP while it runs, then stopped
             try:
                 self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL,
@@ -198,7 +201,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TqpatchError(f"llama-server exited with status {self.proc.returncode}: "
-                                   + _tail(self.log).replace("\n", " | "))
+                                   + _log_tail(self.log))
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
                     if r.status == 200:
@@ -218,7 +221,7 @@ class Server:
                 res = json.loads(r.read())
         except (OSError, urllib.error.URLError, ValueError) as exc:
             raise TqpatchError(f"llama-server gave no completion for {prompt.text!r}: {exc}; "
-                               + _tail(self.log).replace("\n", " | ")) from None
+                               + _log_tail(self.log)) from None
         return Continuation(prompt.name, [int(t) for t in res.get("tokens", [])],
                             str(res.get("content", "")))
 

@@ -36,7 +36,6 @@ import json
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -45,12 +44,13 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import click
 
-from . import __version__, fsutil, lock, paths, pin, testhook
+from . import __version__, fsutil, lock, paths, pin, testhook, ui
 from .errors import TqpatchError
 
 Echo = Callable[[str], None]
@@ -128,8 +128,6 @@ def encode_index(index: dict[str, str]) -> str:
     Only used to *name* the first differing file; acceptance rests on the full
     TREE_FINGERPRINT.
     """
-    import zlib
-
     names = sorted(index)
     blob = "\n".join(names).encode("utf-8") + b"\0" + b"".join(bytes.fromhex(index[n][:8]) for n in names)
     return base64.b85encode(zlib.compress(blob, 9)).decode("ascii")
@@ -138,8 +136,6 @@ def encode_index(index: dict[str, str]) -> str:
 @functools.lru_cache(maxsize=4)
 def decode_index(encoded: str) -> dict[str, str]:
     """Inverse of encode_index: {path: first 8 hex digits of sha256}."""
-    import zlib
-
     if not encoded:
         return {}
     blob = zlib.decompress(base64.b85decode(encoded))
@@ -161,8 +157,6 @@ def pin_values(root: Path) -> tuple[str, str]:
 
 def write_pin_values(root: Path) -> str:
     """Write the index data file into the package; returns the pin.py lines to paste."""
-    from importlib import resources
-
     lines, index_text = pin_values(root)
     target = Path(str(resources.files(pin.__package__).joinpath(pin.TREE_INDEX_FILE)))
     fsutil.write_atomic(target, index_text.encode("ascii"))
@@ -314,8 +308,8 @@ def download_sdist(echo: Echo = _echo) -> Path:
             resp = _urlopen(url)
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise TqpatchError(f"could not download {url}: {getattr(e, 'reason', e)}") from None
-        with resp, open(part, "wb") as out, click.progressbar(
-                length=pin.SDIST_SIZE, label=pin.SDIST_NAME, file=sys.stderr) as bar:
+        with resp, open(part, "wb") as out, ui.Progress(
+                pin.SDIST_NAME, pin.SDIST_SIZE, err=True, count=False) as bar:
             while True:
                 try:
                     chunk = resp.read(CHUNK)
@@ -529,9 +523,9 @@ def _from_pypi(tmp: Path, echo: Echo) -> tuple[Path, str]:
     return tmp / "tree", f"pypi:{pin.SDIST_NAME}"
 
 
-def _git(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
+def _git(args: list[str], cwd: Path | None = None) -> ui.Result:
+    return ui.run(["git", *args], cwd=cwd, env={"GIT_TERMINAL_PROMPT": "0"}, check=False,
+                  merge=False)
 
 
 def _from_git(tmp: Path, echo: Echo) -> tuple[Path, str]:
@@ -545,8 +539,8 @@ def _from_git(tmp: Path, echo: Echo) -> tuple[Path, str]:
     def run(args, what):
         r = _git(args, cwd=dest)
         if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            raise TqpatchError(f"git {what} failed: " + " | ".join(tail))
+            raise TqpatchError(f"git {what} failed: "
+                               + ui.tail((r.stderr or r.stdout).strip(), 3).replace("\n", " | "))
         return r
 
     dest.mkdir(parents=True)

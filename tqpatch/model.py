@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -30,7 +29,7 @@ from typing import Sequence
 
 import click
 
-from . import paths
+from . import paths, ui
 from .errors import TqpatchError
 
 MODEL_FILENAME = "gemma-3-270m-Q4_K_M.gguf"
@@ -157,35 +156,14 @@ def _write_stamp(model: Path, sha256: str) -> None:
 # downloads
 
 
-class _Progress:
-    """A click progress bar on a terminal; a line every ~10% otherwise."""
-
-    def __init__(self, label: str, total: int | None, quiet: bool):
-        self.label, self.total, self.quiet = label, total, quiet
-        self.done = 0
-        self._next_pct = 10
-        self._bar = None
-        if not quiet and total and sys.stderr.isatty():
-            self._bar = click.progressbar(length=total, label=label, file=sys.stderr)
-            self._bar.__enter__()
-        elif not quiet:
-            size = f" ({total / 1e6:.0f} MB)" if total else ""
-            click.echo(f"{label}{size} ...", err=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        elif not self.quiet and self.total:
-            pct = 100 * self.done // self.total
-            if pct >= self._next_pct and pct < 100:
-                click.echo(f"  {self.label}: {pct}%", err=True)
-                self._next_pct = pct // 10 * 10 + 10
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
-            self._bar = None
+def _progress(label: str, total: int | None, quiet: bool) -> ui.Progress:
+    """The download's ui.Progress on stderr (silent when quiet)."""
+    if quiet:
+        return ui.Progress(label, total, echo=lambda message: None, tty=False)
+    progress = ui.Progress(label, total, err=True, count=False)
+    if not (progress.tty and total):  # no bar: a line says what is coming
+        click.echo(f"{label}{f' ({total / 1e6:.0f} MB)' if total else ''} ...", err=True)
+    return progress
 
 
 def _download(url: str, dest: Path, sha256: str, quiet: bool = False) -> Path:
@@ -205,7 +183,7 @@ def _download(url: str, dest: Path, sha256: str, quiet: bool = False) -> Path:
                 ) from None
             with response:
                 length = response.headers.get("Content-Length")
-                progress = _Progress(dest.name, int(length) if length else None, quiet)
+                progress = _progress(dest.name, int(length) if length else None, quiet)
                 try:
                     while block := response.read(_BLOCK):
                         out.write(block)

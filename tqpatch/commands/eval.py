@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .. import build_record
+from .. import build_record, ui
 from .. import eval as ev
 from ..coherence import PROMPTS
 from ..errors import TqpatchError
@@ -29,20 +29,9 @@ class _CliProgress(ev.Progress):
 
     def __init__(self, total: int, tty: bool):
         self.total = total
-        self.tty = tty
         self.t0 = time.monotonic()
-        self.bar = None
-        if tty:
-            self.bar = click.progressbar(length=total, label="eval", file=sys.stderr,
-                                         show_eta=False, show_pos=True)
-            self.bar.__enter__()
-
-    def _line(self, message: str) -> None:
-        if self.bar is not None:
-            click.echo("\r\033[K", nl=False, err=True)
-        click.echo(message, err=True)
-        if self.bar is not None:
-            self.bar.render_progress()
+        self.bar = ui.Progress("eval", total, tty=tty, err=True, ticks=False, show_pos=True)
+        self._line = self.bar.say
 
     @staticmethod
     def _tag(index: int, total: int) -> str:
@@ -66,8 +55,7 @@ class _CliProgress(ev.Progress):
             self._line(f"{self._tag(index, total)} {name}: done in {elapsed} ({extra})")
         else:
             self._line(f"{self._tag(index, total)} {name}: FAILED after {elapsed}: {result.error}")
-        if self.bar is not None:
-            self.bar.update(1)
+        self.bar.update(1)
 
     def warn(self, message):
         self._line(f"warning: {message}")
@@ -78,9 +66,7 @@ class _CliProgress(ev.Progress):
         self._line(f"[coherence] {label}: {result.summary} ({detail})")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.bar.close()
 
 
 HELP = f"""Measure PPL / KLD of K/V cache configurations.

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from .config import BASELINE, BASELINE_TYPE, DEFAULT_CONFIGS, Config, known_types, parse_configs
 from .perplexity import (LOG_ARGS, TAIL_LINES, build_command, delta_ppl_pct, fill_deltas, judge,
-                         parse_perplexity_output, run_logged, tail)
+                         parse_perplexity_output, run_logged)
 from .result import Result, command_line
 from .report import (HEADERS, PLOT_INSTALL_HINT, command_lines, machine_meta, make_meta, plot,
                      render_markdown, render_table, table_rows, to_json)
@@ -67,6 +67,6 @@ __all__ = [  # the names other modules, tests and benchmarks import from here
     "evaluate", "fill_deltas", "GEMMA3_VOCAB", "HEADERS", "judge", "known_types", "layer_bpvs",
     "LOG_ARGS", "machine_meta", "make_meta", "model_vocab_size", "parse_configs",
     "parse_perplexity_output", "perplexity_layout", "plot", "PLOT_INSTALL_HINT", "Progress",
-    "render_markdown", "render_table", "Result", "run_logged", "table_rows", "tail",
+    "render_markdown", "render_table", "Result", "run_logged", "table_rows",
     "TAIL_LINES", "to_json",
 ]

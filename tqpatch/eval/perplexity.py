@@ -97,11 +97,6 @@ def delta_ppl_pct(ppl: float | None, base: float | None) -> float | None:
     return (ppl / base - 1.0) * 100.0
 
 
-def tail(text: str, n: int = TAIL_LINES) -> str:
-    lines = [line for line in text.rstrip().splitlines()]
-    return "\n".join(lines[-n:])
-
-
 # --------------------------------------------------------------------------
 # results
 
@@ -138,7 +133,7 @@ def judge(result: Result, rc: int, text: str) -> Result:
             problem += f": {parsed['errors'][0]}"
         result.ok = False
         result.error = problem
-        result.log_tail = tail(text)
+        result.log_tail = ui.tail(text, TAIL_LINES)
     else:
         result.ok = True
     return result

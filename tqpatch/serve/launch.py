@@ -23,11 +23,12 @@ import urllib.error
 import urllib.request
 from typing import Callable, Mapping, Sequence
 
+from .. import ui
 from ..errors import TqpatchError
 
 START_TIMEOUT_S = 600
 STOP_TIMEOUT_S = 15
-TAIL_LINES = 30
+KEPT_LINES = 30          # of its log, for the error when it dies
 SELF_CHECK_PROMPT = "The capital of France is"
 SELF_CHECK_TOKENS = 16
 
@@ -72,13 +73,13 @@ class Server:
             self.url = f"http://[::1]:{port}"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self.tail: collections.deque[str] = collections.deque(maxlen=KEPT_LINES)
         self._echo: Callable[[str], None] | None = None   # set once the log is streamed
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
 
     def __enter__(self) -> "Server":
-        try:
+        try:  # not ui.run: a live server, streamed while it serves, signalled to stop
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          env=self.env, start_new_session=True,
@@ -108,7 +109,7 @@ class Server:
         rc = self.proc.returncode if self.proc else None
         if self._reader:
             self._reader.join(timeout=2)
-        tail = "\n".join(f"  | {line}" for line in list(self.tail)[-12:])
+        tail = "\n".join(f"  | {line}" for line in ui.tail("\n".join(self.tail), 12).splitlines())
         return TqpatchError(f"llama-server exited with status {rc}; its last lines:\n{tail}")
 
     def wait_ready(self, timeout: float = START_TIMEOUT_S) -> float:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .. import ui
 from ..errors import TqpatchError
 from ..plan import CTX_PAD, MIB, ModelInfo, kv_bytes, max_ctx
 from ..plan.kv import fmt_bytes
@@ -44,11 +44,12 @@ def parse_devices(text: str, prefix: str) -> list[tuple[str, int]]:
 
 def device_memory(server: Path, prefix: str, env: Mapping[str, str] | None = None) -> Memory:
     try:
-        proc = subprocess.run([str(server), "--list-devices"], capture_output=True, text=True,
-                              errors="replace", timeout=120, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **(env or {})})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TqpatchError(f"cannot ask {server} for its devices: {exc}") from None
+        proc = ui.run([server, "--list-devices"], timeout=120, env=dict(env or {}), merge=False,
+                      check=False)
+    except TqpatchError as exc:
+        raise TqpatchError(f"cannot ask {server} for its devices: {exc.message}") from None
+    if proc.timed_out:
+        raise TqpatchError(f"cannot ask {server} for its devices: no answer within 120 s")
     devices = parse_devices(proc.stdout, prefix)
     if not devices:
         raise TqpatchError(f"{server} --list-devices shows no {prefix} device (is the GPU "

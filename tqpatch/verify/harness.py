@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .. import ui, verify_io
 from ..errors import TqpatchError
 from ..verify_io import Case, Result
 
@@ -30,8 +29,6 @@ def run_harness(binary: Path, ggml_backend: str, cases: list[Case],
                 timeout: float = 1800, env: Mapping[str, str] | None = None) -> HarnessRun:
     """Run the harness on all cases; a crash loses only the case it happened in.
     env: variables added to the harness's environment (a backend's forced kernel layout)."""
-    from .. import verify_io
-
     results: list[Result | None] = [None] * len(cases)
     crashes: list[str] = []
     header = None
@@ -44,20 +41,16 @@ def run_harness(binary: Path, ggml_backend: str, cases: list[Case],
                 out_path.unlink()
             cmd = [str(binary), "--backend", ggml_backend, "--in", str(cases_path),
                    "--out", str(out_path)]
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                      env={**os.environ, **env} if env else None)
-            except subprocess.TimeoutExpired:
-                raise TqpatchError(f"{binary.name} did not finish within {timeout:.0f} s") from None
-            except OSError as exc:
-                raise TqpatchError(f"cannot run {binary}: {exc}") from None
+            proc = ui.run(cmd, timeout=timeout, env=dict(env or {}), merge=False, check=False)
+            if proc.timed_out:
+                raise TqpatchError(f"{binary.name} did not finish within {timeout:.0f} s")
             if proc.returncode == 2 and not out_path.exists():
                 raise TqpatchError(
                     f"{binary} has no ggml device named {ggml_backend!r} (was it built for this "
-                    f"backend, and is the device visible?):\n{_tail(proc.stderr)}")
+                    f"backend, and is the device visible?):\n{_last_messages(proc.stderr)}")
             if not out_path.exists() or out_path.stat().st_size == 0:
                 raise TqpatchError(f"{binary.name} exited with status {proc.returncode} before "
-                                   f"writing results:\n{_tail(proc.stderr)}")
+                                   f"writing results:\n{_last_messages(proc.stderr)}")
             res = verify_io.read_results(out_path)
             if header is None:
                 header = (res.backend_name, res.device_name, res.device_description)
@@ -69,17 +62,17 @@ def run_harness(binary: Path, ggml_backend: str, cases: list[Case],
                 break
             if res.complete:
                 raise TqpatchError(f"{binary.name} exited with status {proc.returncode}:\n"
-                                   f"{_tail(proc.stderr)}")
+                                   f"{_last_messages(proc.stderr)}")
             crashed = start + done
             crashes.append(f"case {crashed} ({cases[crashed].op} {cases[crashed].type_k}/"
                            f"{cases[crashed].type_v}): exit status {proc.returncode}: "
-                           f"{_tail(proc.stderr, 3)}")
+                           f"{_last_messages(proc.stderr, 3)}")
             start = crashed + 1
     assert header is not None
     return HarnessRun(*header, results, crashes)
 
 
-def _tail(text: str, n: int = 15) -> str:
-    lines = [ln for ln in (text or "").strip().splitlines()
-             if not ln.startswith("tqpatch-verify: case ")]
-    return "\n".join(lines[-n:]) or "(no output)"
+def _last_messages(text: str, n: int = 15) -> str:
+    """ui.tail of the harness's stderr without its per-case progress lines."""
+    lines = [ln for ln in (text or "").splitlines() if not ln.startswith("tqpatch-verify: case ")]
+    return ui.tail("\n".join(lines).strip(), n) or "(no output)"

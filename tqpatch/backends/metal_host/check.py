@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ... import ui
 from ...errors import TqpatchError
 from . import emulate
 
@@ -116,10 +116,10 @@ def embedded_source(tree: Path, lib: str, steps: EmbedSteps | None = None) -> st
 
 
 def _run(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    proc = ui.run(cmd, check=False)
     if proc.returncode != 0:
-        out = proc.stdout + proc.stderr
-        tail = "\n".join(out.strip().splitlines()[-25:])
+        out = proc.stdout
+        tail = ui.tail(out.strip(), 25)
         hint = ("\n(an #include the embedded library cannot resolve: the Metal runtime compiles it "
                 "from memory, with no include path)" if "No such file or directory" in out else "")
         raise TqpatchError(f"Metal compile check: {what} does not compile:\n{tail}{hint}")

@@ -31,7 +31,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Callable
 
 import click
 
-from ... import formats, paths, verify_io
+from ... import formats, paths, ui, verify_io
 from ...errors import TqpatchError
 from .. import metal_kernels
 
@@ -309,10 +308,10 @@ def c_compiler() -> str:
 
 def _compile(cxx: str, source: Path, obj: Path, includes: list[Path], log: Path) -> None:
     cmd = [cxx, *CXX_FLAGS, *[f"-I{d}" for d in includes], "-c", str(source), "-o", str(obj)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
-    log.write_text(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    log.unlink(missing_ok=True)
+    proc = ui.run(cmd, log=log, check=False)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        tail = ui.tail(proc.stdout.strip(), 25)
         raise TqpatchError(f"the Metal host emulation does not compile ({source.name}); "
                            f"log: {log}\n{tail}")
 
@@ -341,9 +340,9 @@ def build(tree: Path, libs: list[str] | None = None, work: Path | None = None,
         for f in futures:
             f.result()
     link = [cxx, *[str(out / f"{name}.o") for name in sources], "-o", str(binary) + ".tmp"]
-    proc = subprocess.run(link, capture_output=True, text=True, errors="replace")
+    proc = ui.run(link, check=False)
     if proc.returncode != 0:
-        raise TqpatchError("linking the Metal host emulation failed:\n" + (proc.stdout + proc.stderr)[-2000:])
+        raise TqpatchError("linking the Metal host emulation failed:\n" + ui.tail(proc.stdout.strip(), 25))
     os.replace(str(binary) + ".tmp", binary)
     if work is None:  # the cache keeps the emulator of the current sources only
         for old in base.iterdir():
