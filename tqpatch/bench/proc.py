@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 from .. import ui
-from ..errors import TqpatchError
 
 TAIL_LINES = 12
 
@@ -34,43 +31,25 @@ def command_line(cmd: Sequence[str]) -> str:
     return f"{env} {shlex.join(str(c) for c in cmd)}"
 
 
-def run_tool(cmd: Sequence[str], timeout: float) -> Run:
-    """cmd through ui.run (stdout and stderr merged); a run past timeout is a result, not an error.
-
-    TqpatchError only when cmd cannot start.
-    """
-    lines: list[str] = []
+def _run(cmd: Sequence[str], timeout: float, merge: bool) -> Run:
     t0 = time.monotonic()
-    try:
-        res = ui.run(cmd, check=False, timeout=timeout, env=BOUNDARY_ENV, on_line=lines.append)
-    except TqpatchError:
-        if time.monotonic() - t0 < timeout:  # it could not start
-            raise
-        return Run(-9, "".join(lines), "", True, time.monotonic() - t0)
-    return Run(res.returncode, res.stdout, "", False, time.monotonic() - t0)
+    res = ui.run(cmd, check=False, timeout=timeout, env=BOUNDARY_ENV, merge=merge)
+    rc = -9 if res.timed_out else res.returncode
+    return Run(rc, res.stdout, res.stderr, res.timed_out, time.monotonic() - t0)
+
+
+def run_tool(cmd: Sequence[str], timeout: float) -> Run:
+    """cmd through ui.run (stdout and stderr merged); a run past timeout is a result, not an
+    error. TqpatchError only when cmd cannot start."""
+    return _run(cmd, timeout, merge=True)
 
 
 def run_split(cmd: Sequence[str], timeout: float) -> Run:
     """cmd with stdout and stderr apart (llama-bench's JSON is its stdout alone)."""
-    # TODO(ui.run merge=False): ui.run merges stderr into stdout; move this onto it then
-    # (and show llama-bench's --progress lines through on_line again).
-    t0 = time.monotonic()
-    try:
-        p = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, errors="replace", timeout=timeout,
-                           env={**os.environ, **BOUNDARY_ENV})
-    except subprocess.TimeoutExpired as exc:  # POSIX: what it wrote before the kill, as bytes
-        return Run(-9, _text(exc.stdout), _text(exc.stderr), True, time.monotonic() - t0)
-    except OSError as exc:
-        raise TqpatchError(f"cannot run {cmd[0]}: {exc.strerror or exc}") from None
-    return Run(p.returncode, p.stdout, p.stderr, False, time.monotonic() - t0)
-
-
-def _text(data) -> str:
-    return data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
+    return _run(cmd, timeout, merge=False)
 
 
 def tail(text: str, n: int = TAIL_LINES) -> str:
     """The last n non-blank lines on one line (for a table's FAILED row)."""
-    lines = ui._tail("\n".join(ln for ln in (text or "").splitlines() if ln.strip()), n)
+    lines = ui.tail("\n".join(ln for ln in (text or "").splitlines() if ln.strip()), n)
     return lines.replace("\n", " | ") if lines else "(no output)"
