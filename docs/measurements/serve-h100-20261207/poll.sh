@@ -5,3 +5,4 @@ for i in $(seq 1 $W); do [ -f $F ] && break; sleep 1; done
 tail -3 /tmp/res/build.log 2>/dev/null; tail -2 /tmp/res/verify.txt 2>/dev/null
 for d in /tmp/res/*/; do [ -f $d/progress ] && { echo "== $d"; cat $d/progress; }; done
 cp -r /tmp/res $OUT/ 2>/dev/null; nvidia-smi --query-gpu=memory.used --format=csv,noheader
+tar czf $OUT/res.tgz -C /tmp res 2>/dev/null
