@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -237,7 +237,7 @@ class Progress:
         self.file = sys.stderr if err else sys.stdout
         self.tty = self.file.isatty() if tty is None else tty
         self.echo = echo or (lambda message: click.echo(message, err=err))
-        self._bar = None
+        self._bar: Any = None  # a click progress bar on a terminal, once the total is known
         self._decile = -1
         self._ensure_bar()
 

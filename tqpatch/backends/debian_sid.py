@@ -108,7 +108,7 @@ def inside(argv: Sequence, binds: Sequence[Path | str] = (), *, cwd: Path | str 
 def mounts_under(path: Path, mountinfo: str | None = None) -> list[str]:
     """Mount points at or below path in this process's mount namespace (or in `mountinfo`)."""
     base = str(Path(path).resolve())
-    found = []
+    found: list[str] = []
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
@@ -136,8 +136,11 @@ def stamp(root: Path | None = None) -> dict | None:
 
 def ready(root: Path | None = None) -> bool:
     """A finished root with today's package list."""
-    s = stamp(root)
-    return bool(s) and s.get("suite") == SUITE and s.get("packages") == list(PACKAGES)
+    return _current(stamp(root))
+
+
+def _current(s: dict | None) -> bool:
+    return s is not None and s.get("suite") == SUITE and s.get("packages") == list(PACKAGES)
 
 
 def hip_compiler(root: Path | None = None) -> str | None:
@@ -194,8 +197,9 @@ def make_root(echo: Callable[[str], None] = print) -> dict:
     """The root's stamp, after making the root if it is missing or outdated."""
     root = root_dir()
     with lock.hold(lock.lock_file("toolchain", root), f"the Debian sid root {root}", echo=echo):
-        if ready(root):
-            return stamp(root)
+        done = stamp(root)
+        if done is not None and _current(done):
+            return done
         why = problem(need_mmdebstrap=True)
         if why:
             raise TqpatchError(f"cannot make the Debian sid root for HIP: {why}")

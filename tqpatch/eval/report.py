@@ -192,7 +192,7 @@ PLOT_INSTALL_HINT = ("matplotlib is not installed: `pip install 'tqpatch[plot]'`
 
 def plot(results: Sequence[Result], out: Path | str) -> Path:
     """Mean KLD (log scale) and ΔPPL % against average bits per value; TqpatchError without matplotlib."""
-    try:
+    try:  # deferred: matplotlib is optional (the [plot] extra) and slow to import
         import matplotlib
 
         matplotlib.use("Agg")

@@ -47,6 +47,18 @@ class EmbedSteps:
     seds: list[list[tuple[str, str, str | None]]]  # per sed pass: (pattern, 'd' | 'r', file)
 
 
+_EMBED_CHANGED = ("Metal compile check: CMakeLists.txt no longer embeds the library the way this "
+                  "check reads it (GGML_METAL_EMBED_LIBRARY, HEADERS_FOR_SRC)")
+
+
+def _group(pattern: str, text: str) -> str:
+    """The first group of pattern's first match in the embedding recipe; TqpatchError if none."""
+    m = re.search(pattern, text)
+    if m is None:
+        raise TqpatchError(_EMBED_CHANGED)
+    return m.group(1)
+
+
 def embed_steps(tree: Path) -> EmbedSteps:
     metal = Path(tree) / emulate.METAL
     texts = [(metal / "CMakeLists.txt").read_text()]
@@ -64,13 +76,12 @@ def embed_steps(tree: Path) -> EmbedSteps:
     try:
         embed = text[text.index("if (GGML_METAL_EMBED_LIBRARY)"):text.index("else()", text.index(
             "if (GGML_METAL_EMBED_LIBRARY)"))]
-        first = re.search(r"set\(HEADERS_FOR_SRC \$\{(\w+)\}\)", embed).group(1)
-    except (ValueError, AttributeError):
-        raise TqpatchError("Metal compile check: CMakeLists.txt no longer embeds the library the "
-                           "way this check reads it (GGML_METAL_EMBED_LIBRARY, HEADERS_FOR_SRC)") from None
+    except ValueError:
+        raise TqpatchError(_EMBED_CHANGED) from None
+    first = _group(r"set\(HEADERS_FOR_SRC \$\{(\w+)\}\)", embed)
     optional = []
     for flag, regex in re.findall(r'file\(STRINGS \$\{SRC\} (\w+)\s+REGEX "((?:[^"\\]|\\.)*)"\)', embed):
-        var = re.search(rf"if\({flag}\)\s*list\(APPEND HEADERS_FOR_SRC \$\{{(\w+)\}}\)", embed).group(1)
+        var = _group(rf"if\({flag}\)\s*list\(APPEND HEADERS_FOR_SRC \$\{{(\w+)\}}\)", embed)
         optional.append((_unescape(regex), file_of(var)))
     seds = []
     for cmd in re.findall(r'COMMAND sed ((?:-e "(?:[^"\\]|\\.)*"\s*)+)<', embed):
@@ -96,7 +107,8 @@ def _sed(text: str, ops: list[tuple[str, str, str | None]], tree: Path) -> str:
                 if op == "d":
                     deleted = True
                     break
-                queued.append((Path(tree) / rel).read_text())
+                if rel is not None:  # an r command always names its file
+                    queued.append((Path(tree) / rel).read_text())
         if not deleted:
             out.append(line)
         out.extend(queued)

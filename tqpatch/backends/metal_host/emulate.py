@@ -204,8 +204,9 @@ static void tq_emu_set_fc(const ::tq_emu::fc_values & cv) {{
 
 def types_header() -> str:
     """tq_types.h: the ggml facts of every type the emulator meets, from tqpatch.formats."""
-    rows = [(f"GGML_TYPE_{t.name.upper()}", t.name, t.block_size, t.block_bytes, t.ggml_id)
-            for t in formats.ALL_TYPES.values()]
+    rows: list[tuple[str, str, int, int, int | None]] = [
+        (f"GGML_TYPE_{t.name.upper()}", t.name, t.block_size, t.block_bytes, t.ggml_id)
+        for t in formats.ALL_TYPES.values()]
     rows += [("GGML_TYPE_I32", "i32", 1, 4, None), ("GGML_TYPE_I64", "i64", 1, 8, None)]
     lines = ["// tqpatch: ggml type facts for the Metal host emulation (generated from tqpatch.formats)",
              "#pragma once", "",
