@@ -364,6 +364,17 @@ static void op_flash_attn_ext(const ggml_tensor & op, float scale, const bytes &
     const int32_t ns10 = (int32_t) (nb11 / nb10);
     const int32_t ns20 = (int32_t) (nb21 / nb20);
     const char * mask = (const char *) m_data.data();
+    // the function constants both flash-attention kernels read, at their own base
+    const auto set_shared_constants = [&](tq_emu::fc_values & fc, int base, bool kvpad, int32_t n_sg) {
+        fc.set(base + 0, has_mask);
+        fc.set(base + 1, has_sinks);
+        fc.set(base + 2, has_bias);
+        fc.set(base + 3, has_scap);
+        fc.set(base + 4, kvpad);
+        fc.set(base + 20, ns10);
+        fc.set(base + 21, ns20);
+        fc.set(base + 22, n_sg);
+    };
 
     char kv_name[64];
     ggml_metal_fa_kv_name(kv_name, sizeof(kv_name), &op, use_kv_f16);
@@ -439,15 +450,8 @@ static void op_flash_attn_ext(const ggml_tensor & op, float scale, const bytes &
         char name[256];
         snprintf(name, sizeof(name), "kernel_flash_attn_ext_%s_dk%d_dv%d", kv_name, ne10, ne20);
         tq_emu::fc_values cv;
-        cv.set(FC_FLASH_ATTN_EXT + 0, has_mask);
-        cv.set(FC_FLASH_ATTN_EXT + 1, has_sinks);
-        cv.set(FC_FLASH_ATTN_EXT + 2, has_bias);
-        cv.set(FC_FLASH_ATTN_EXT + 3, has_scap);
-        cv.set(FC_FLASH_ATTN_EXT + 4, has_kvpad);
+        set_shared_constants(cv, FC_FLASH_ATTN_EXT, has_kvpad, nsg);
         cv.set(FC_FLASH_ATTN_EXT + 10, bc_mask);
-        cv.set(FC_FLASH_ATTN_EXT + 20, ns10);
-        cv.set(FC_FLASH_ATTN_EXT + 21, ns20);
-        cv.set(FC_FLASH_ATTN_EXT + 22, nsg);
         const auto & k = pipeline<tq_emu::fa_fn>(name, cv);
         dispatch((ne01 + nqptg - 1) / nqptg, ne02, ne03, 32, nsg, 1, smem,
                  [&](const tq_simt::thread_pos & p, half * sh) {
@@ -487,15 +491,8 @@ static void op_flash_attn_ext(const ggml_tensor & op, float scale, const bytes &
     char name[256];
     snprintf(name, sizeof(name), "kernel_flash_attn_ext_vec_%s_dk%d_dv%d", kv_name, ne10, ne20);
     tq_emu::fc_values cv;
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 0, has_mask);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 1, has_sinks);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 2, has_bias);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 3, has_scap);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 4, has_kvpad);
+    set_shared_constants(cv, FC_FLASH_ATTN_EXT_VEC, has_kvpad, nsg);
     cv.set(FC_FLASH_ATTN_EXT_VEC + 5, false);  // no sparse index lists
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 20, ns10);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 21, ns20);
-    cv.set(FC_FLASH_ATTN_EXT_VEC + 22, nsg);
     cv.set(FC_FLASH_ATTN_EXT_VEC + 23, nwg);
     const auto & k = pipeline<tq_emu::fa_vec_fn>(name, cv);
 
