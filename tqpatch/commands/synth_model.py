@@ -11,24 +11,29 @@ from ..errors import TqpatchError
 from ..synth import SynthShape, synth_model
 
 
+# The model's shape: (option, default, minimum, help), each a whole-number option.
+_SHAPE_OPTIONS = (
+    ("--layers", 8, 1, "Transformer blocks (every one global attention)."),
+    ("--ff", 1024, 1, "Feed-forward width (small keeps the weights small)."),
+    ("--vocab", 512, 1, "Vocabulary size (at least 260: <unk>, <s>, </s>, 256 byte tokens, 1 piece)."),
+    ("--ctx-train", 65536, 1, "Trained context length written to the metadata."),
+    ("--embd", 4096, 1, "n_embd."),
+    ("--heads", 32, 1, "Query heads."),
+    ("--kv-heads", 8, 1, "KV heads (GQA)."),
+    ("--head-dim", 128, 2, "Head size of K and V."),
+)
+
+
+def _shape_options(command):
+    for name, default, low, text in reversed(_SHAPE_OPTIONS):
+        command = click.option(name, type=click.IntRange(min=low), default=default,
+                               show_default=True, help=text)(command)
+    return command
+
+
 @click.command("synth-model")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--layers", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Transformer blocks (every one global attention).")
-@click.option("--ff", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Feed-forward width (small keeps the weights small).")
-@click.option("--vocab", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Vocabulary size (at least 260: <unk>, <s>, </s>, 256 byte tokens, 1 piece).")
-@click.option("--ctx-train", type=click.IntRange(min=1), default=65536, show_default=True,
-              help="Trained context length written to the metadata.")
-@click.option("--embd", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="n_embd.")
-@click.option("--heads", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Query heads.")
-@click.option("--kv-heads", type=click.IntRange(min=1), default=8, show_default=True,
-              help="KV heads (GQA).")
-@click.option("--head-dim", type=click.IntRange(min=2), default=128, show_default=True,
-              help="Head size of K and V.")
+@_shape_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same file).")
 @click.option("--type", "wtype", type=click.Choice(["f16", "q8_0"]), default="f16",
               show_default=True, help="Weight type of the matrices (norms stay f32).")
