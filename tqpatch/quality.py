@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import formats
 from .errors import TqpatchError
@@ -68,20 +68,27 @@ class ProbeRow:
     def ok(self) -> bool:
         return self.error is None and self.kld is not None and math.isfinite(self.kld)
 
+    @property
+    def measured_kld(self) -> float:
+        """The KLD of an ok run, else inf (it sorts last and meets no bar)."""
+        return self.kld if self.error is None and self.kld is not None and math.isfinite(self.kld) \
+            else math.inf
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ProbeRow":
-        return cls(**{k: d.get(k) for k in ("k", "v", "calibrated", "kld", "ppl", "coherent",
-                                             "coherence", "error")})
+        fields: dict[str, Any] = {k: d.get(k) for k in ("k", "v", "calibrated", "kld", "ppl",
+                                                        "coherent", "coherence", "error")}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
 class Choice:
     row: ProbeRow | None        # None: f16/f16, nothing probed met the level
     level: str
-    threshold: float | None     # the KLD bar of the level, as measured
+    threshold: float            # the KLD bar of the level, as measured
     reason: str
 
     @property
@@ -111,8 +118,8 @@ def threshold(rows: Sequence[ProbeRow], level: str) -> float:
         raise TqpatchError(f"the probe has no {pair[0]}/{pair[1]} result, which the "
                            f"{level!r} level is measured against")
     if level == "lossless":
-        return a.kld * LOSSLESS_SLACK
-    return a.kld * (BALANCED_FRACTION if level == "balanced" else 1.0)
+        return a.measured_kld * LOSSLESS_SLACK
+    return a.measured_kld * (BALANCED_FRACTION if level == "balanced" else 1.0)
 
 
 def loosest_bar(rows: Sequence[ProbeRow]) -> float | None:
@@ -128,12 +135,12 @@ def loosest_bar(rows: Sequence[ProbeRow]) -> float | None:
 
 
 def meets(row: ProbeRow, bar: float) -> bool:
-    return row.ok and row.kld <= bar and row.coherent is True
+    return row.ok and row.measured_kld <= bar and row.coherent is True
 
 
 def order(rows: Sequence[ProbeRow]) -> list[ProbeRow]:
     """Most compressed first; of equal bits, lower KLD first (failed runs last)."""
-    return sorted(rows, key=lambda r: (r.bits, r.kld if r.ok else math.inf))
+    return sorted(rows, key=lambda r: (r.bits, r.measured_kld))
 
 
 def choose(rows: Sequence[ProbeRow], level: str = DEFAULT_LEVEL) -> Choice:
@@ -145,8 +152,7 @@ def choose(rows: Sequence[ProbeRow], level: str = DEFAULT_LEVEL) -> Choice:
             why = f"the most compressed configuration with {LEVELS[level]} (KLD <= {bar:.4f})"
             if better:  # the closest smaller size, its best run (calibrated or not)
                 top = max(o.bits for o in better)
-                near = min((o for o in better if o.bits == top),
-                           key=lambda o: o.kld if o.ok else math.inf)
+                near = min((o for o in better if o.bits == top), key=lambda o: o.measured_kld)
                 why += (f"; {near.label} ({near.bits:.2f} bits) is smaller but "
                         + _fails(near, bar))
             return Choice(r, level, bar, why)
@@ -156,6 +162,6 @@ def choose(rows: Sequence[ProbeRow], level: str = DEFAULT_LEVEL) -> Choice:
 def _fails(row: ProbeRow, bar: float) -> str:
     if not row.ok:
         return f"failed ({row.error or 'no KLD'})"
-    if row.kld > bar:
-        return f"its KLD {row.kld:.4f} is over the bar"
+    if row.measured_kld > bar:
+        return f"its KLD {row.measured_kld:.4f} is over the bar"
     return f"it is not coherent ({row.coherence or 'unchecked'})"

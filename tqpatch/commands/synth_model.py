@@ -10,7 +10,6 @@ from .. import fsutil
 from ..errors import TqpatchError
 from ..synth import SynthShape, synth_model
 
-
 # The model's shape: (option, default, minimum, help), each a whole-number option.
 _SHAPE_OPTIONS = (
     ("--layers", 8, 1, "Transformer blocks (every one global attention)."),
