@@ -71,8 +71,7 @@ class ProbeRow:
     @property
     def measured_kld(self) -> float:
         """The KLD of an ok run, else inf (it sorts last and meets no bar)."""
-        return self.kld if self.error is None and self.kld is not None and math.isfinite(self.kld) \
-            else math.inf
+        return self.kld if self.ok and self.kld is not None else math.inf
 
     def to_dict(self) -> dict:
         return asdict(self)

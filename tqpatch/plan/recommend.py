@@ -89,7 +89,7 @@ class Probe:
 
     @property
     def calib_exists(self) -> bool:
-        return bool(self.calib) and Path(self.calib).is_file()
+        return bool(self.calib and Path(self.calib).is_file())
 
     def row(self, k: str, v: str, calibrated: bool):
         return next((r for r in self.rows if r.pair == (k, v) and bool(r.calibrated) == calibrated),
@@ -135,8 +135,10 @@ class _Memory:
     def pick(self, ladder: list[tuple[str, str]]) -> tuple[tuple[str, str], list[str]]:
         """The first of ladder (in order of preference) that fits, and what memory did
         to the choice; the smallest, with the context that fits, when none does."""
-        choice = next((c for c in ladder if self.fits(*c)), None)
         need, budget, ctx = self.need, self.budget, self.ctx
+        if budget is None:  # no --vram: the first fits
+            return ladder[0], []
+        choice = next((c for c in ladder if self.fits(*c)), None)
         if choice is None and budget <= 0:
             return ladder[0], [
                 f"the weights ({fmt_bytes(self.info.weight_bytes)}) plus the "

@@ -69,7 +69,7 @@ def run(rows: Sequence[ProbeRow], *, model: Path, backend: Backend, build_of: Ba
     # Coherence only where a level could take the row: KLD no worse than the loosest bar
     # (quality.loosest_bar); the others are shown unchecked. It halves a cold probe.
     bar = quality.loosest_bar(out)
-    todo = [res for res, row in zip(results, out) if row.ok and (bar is None or row.kld <= bar)]
+    todo = [res for res, row in zip(results, out) if row.ok and (bar is None or row.measured_kld <= bar)]
     say(f"coherence prompts on the {len(todo)} configurations a level could take")
     check_coherence(todo, server, Path(model), threads or os.cpu_count() or 1,
                     (*backend.e2e.tool_args, *extra_args), Progress())
