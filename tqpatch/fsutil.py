@@ -246,7 +246,7 @@ def stale_tmp_file(name: str) -> bool:
 def sweep_tmp_files(folder: Path, recursive: bool = False) -> list[Path]:
     """Remove write_atomic temporaries of dead processes in `folder`; returns them."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]

@@ -89,15 +89,14 @@ def _filler_pieces(n: int) -> list[str]:
         out.append(piece)
         out.append("\u2581" + piece)
         i += 1
-    seen: set[str] = set()
-    uniq = [p for p in out if not (p in seen or seen.add(p))]
-    return uniq[:n]
+    return list(dict.fromkeys(out))[:n]  # unique, in order
 
 
 def _tensor_plan(s: SynthShape) -> list[tuple[str, tuple[int, ...], bool]]:
     """(name, NumPy shape, is_norm) in file order."""
     q, kv = s.n_head * s.head_dim, s.n_head_kv * s.head_dim
-    plan = [("token_embd.weight", (s.vocab, s.n_embd), False)]
+    plan: list[tuple[str, tuple[int, ...], bool]] = [
+        ("token_embd.weight", (s.vocab, s.n_embd), False)]
     for il in range(s.layers):
         b = f"blk.{il}."
         plan += [

@@ -222,4 +222,5 @@ def find_toolchain() -> Toolchain:
     probes = probe_all(TOOLCHAIN)
     if any(p.blocking for p in probes):
         raise TqpatchError(missing_message(probes))
-    return Toolchain(*probes)
+    cmake, ninja, cc, cxx, ccache = probes
+    return Toolchain(cmake, ninja, cc, cxx, ccache)

@@ -260,7 +260,7 @@ def decode_results(data: bytes, what: str = "results file") -> Results:
         names = (r.string(), r.string(), r.string())
     except _Truncated:
         raise FormatError(f"{what} is truncated inside its header") from None
-    records = []
+    records: list[Result] = []
     while r.pos < len(data) and len(records) < n:
         try:
             idx, status = r.unpack("II")

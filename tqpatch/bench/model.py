@@ -54,11 +54,11 @@ def ensure_synth(path: Path) -> Path:
         f"--vocab {s.vocab} --ctx-train {s.ctx_train} --type {SYNTH_WTYPE} --seed {SYNTH_SEED})")
     t0 = time.time()
     tmp = path.with_name(path.name + ".part")
-    info = synth_model(tmp, s, seed=SYNTH_SEED, wtype=SYNTH_WTYPE)
+    written = synth_model(tmp, s, seed=SYNTH_SEED, wtype=SYNTH_WTYPE)
     os.replace(tmp, path)
-    for note in info.get("notes", []):
+    for note in written.get("notes", []):
         log(f"[synth] note: {note}")
-    log(f"[synth] {info['file_bytes'] / 2**20:.0f} MiB in {time.time() - t0:.0f} s")
+    log(f"[synth] {written['file_bytes'] / 2**20:.0f} MiB in {time.time() - t0:.0f} s")
     return path
 
 

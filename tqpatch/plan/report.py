@@ -219,8 +219,8 @@ def render_text(info: ModelInfo, ctx: int, rows: list[ConfigRow], rec: Recommend
     out.append(f"recommendation: -ctk {rec.type_k} -ctv {rec.type_v}"
                + (f" --turbo-calib {rec.calib}" if rec.calibrated else "")
                + (f" (--quality {rec.level}, measured)" if rec.source == "probe" else ""))
-    for r in rec.reasons:
-        out.append(f"  - {r}")
+    for reason in rec.reasons:
+        out.append(f"  - {reason}")
     out.append(f"  {rec.flags}")
     if rec.alternatives:
         out.append("alternatives:")

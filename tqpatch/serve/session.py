@@ -17,7 +17,7 @@ import click
 from .. import backends, build, build_record, calibrate, quality, verify
 from ..backends.base import Backend
 from ..errors import TqpatchError
-from ..plan import MIB, kv_bytes, read_model
+from ..plan import MIB, ModelInfo, kv_bytes, read_model
 from ..plan.gguf_file import require_gguf
 from ..verify import record as verified
 from . import candidates as cand
@@ -50,7 +50,7 @@ class Plan:
     backend: Backend
     build_of: Backend
     record: dict
-    info: object                      # plan.ModelInfo
+    info: ModelInfo
     calib: Path | None
     rows: list[quality.ProbeRow]
     choice: quality.Choice
