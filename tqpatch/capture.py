@@ -37,8 +37,8 @@ KINDS = {0: "k", 1: "v", 2: "q"}
 ROPE_KIND = 3
 ROTATION_KIND = 4
 ROPE_TYPE_NEOX = 2  # llama.h LLAMA_ROPE_TYPE_NEOX (GGML_ROPE_TYPE_NEOX); 0 is NORM
-_HEADER = np.dtype([("kind", "<u4"), ("layer", "<u4"), ("n_embd_head", "<u4"),
-                    ("n_head", "<u4"), ("n_tokens", "<u4"), ("scale", "<f4")])
+_HEADER_INTS = ("kind", "layer", "n_embd_head", "n_head", "n_tokens")
+_HEADER = np.dtype([(name, "<u4") for name in _HEADER_INTS] + [("scale", "<f4")])
 
 
 @dataclass
@@ -130,7 +130,7 @@ def read(path, n_layer: int | None = None) -> dict:
             raise TqpatchError(f"{path}: truncated record header at byte {pos}")
         h = np.frombuffer(raw, _HEADER, 1, pos)[0]
         pos += _HEADER.itemsize
-        kind_id, layer, head, n_head, n_tokens = (int(h[f]) for f in _HEADER.names[:5])
+        kind_id, layer, head, n_head, n_tokens = (int(h[f]) for f in _HEADER_INTS)
         scale = float(h["scale"])
         if layer >= layer_limit:
             raise bad(f"layer {layer} of a model of {layer_limit} layers"

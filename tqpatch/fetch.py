@@ -416,7 +416,7 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
         rel = _strip(PurePosixPath(member.name), pre)
         if rel is None or rel == PurePosixPath(".") or ".git" in rel.parts:
             return None
-        changes = {"name": rel.as_posix()}
+        linkname = member.linkname
         if member.islnk():
             target = _strip(PurePosixPath(member.linkname), pre)
             if target is None or (target != rel and target not in extracted):
@@ -424,9 +424,10 @@ def _extract_tar(archive: Path, dest: Path, prefix: str | None) -> int:
                                    "points outside what is extracted; refusing it")
             if target == rel:
                 return None  # a file listed twice: the copy already extracted stands
-            changes["linkname"] = target.as_posix()
+            linkname = target.as_posix()
         try:
-            kept = tarfile.data_filter(member.replace(**changes, deep=False), dest_path)
+            kept = tarfile.data_filter(member.replace(name=rel.as_posix(), linkname=linkname,
+                                                      deep=False), dest_path)
         except tarfile.FilterError as e:
             raise _refusal(archive, member, e) from None
         if kept.isfile() or kept.islnk():

@@ -17,11 +17,12 @@ def diagnose() -> dict:
     """Everything doctor reports, as plain data (also the --json output)."""
     tc_probes = toolchain.probe_all(toolchain.TOOLCHAIN)
     tc_ok = not any(p.blocking for p in tc_probes)
+    per_backend: dict[str, dict] = {}
     report = {
         "platform": sys.platform,
         "toolchain": [p.to_json() for p in tc_probes],
         "toolchain_ok": tc_ok,
-        "backends": {},
+        "backends": per_backend,
     }
     for backend in backends.all_backends():
         probes = [r.probe() for r in backend.requirements()]
@@ -39,7 +40,7 @@ def diagnose() -> dict:
             notes = backend.notes()
         except Exception as exc:  # a probe must never break the report
             notes = [f"could not check: {exc}"]
-        report["backends"][backend.name] = {
+        per_backend[backend.name] = {
             "can_build": why is None,
             "why_not": why,
             "hardware": backend.hardware(),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from gguf import GGUFValueType
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -28,6 +29,8 @@ from ..errors import TqpatchError
 
 # magic, version (uint32), tensor count, metadata key count (uint64 since GGUF v2)
 HEADER_BYTES = 24
+ByteOrder = Literal["<", ">"]   # as a struct prefix
+
 # the smallest a tensor info / a key-value pair can be: a name (8-byte length,
 # at least 1 byte), then n_dims + type + offset (4 + 4 + 8) / a type and a
 # value of at least 1 byte
@@ -104,7 +107,7 @@ class GGUFFile:
     path: Path
     size: int
     version: int
-    byte_order: str         # "<" or ">"
+    byte_order: ByteOrder
     alignment: int
     fields: dict            # name -> Field, wanted keys only
     tensors: list           # TensorInfo
@@ -117,7 +120,7 @@ class _Bad(Exception):
 @dataclass(frozen=True)
 class _Header:
     size: int
-    order: str
+    order: ByteOrder
     version: int
     n_tensors: int
     n_kv: int
@@ -139,7 +142,7 @@ def _header(path: Path) -> _Header:
     if len(head) < HEADER_BYTES:
         raise TqpatchError(f"{path}: truncated GGUF: {size} bytes, shorter than its header")
     # the version's low half is never 0, so a 0 there means a big-endian file
-    order = "<" if struct.unpack_from("<I", head, 4)[0] & 0xFFFF else ">"
+    order: ByteOrder = "<" if struct.unpack_from("<I", head, 4)[0] & 0xFFFF else ">"
     version, n_tensors, n_kv = struct.unpack_from(order + "IQQ", head, 4)
     if version not in SUPPORTED_VERSIONS:
         raise TqpatchError(f"{path}: GGUF version {version} is not supported "
@@ -245,10 +248,12 @@ class _Parser:
             name = self._key(i)
             if name == "general.alignment":
                 f = self._value(name, keep=True)
-                if f.type != 4 or f.is_array or f.value == 0 or f.value & (f.value - 1):
-                    raise _Bad(f"general.alignment = {f.value!r} is not a power of 2 "
+                value = f.value if f else None
+                if (f is None or f.type != 4 or f.is_array or not isinstance(value, int)
+                        or value == 0 or value & (value - 1)):
+                    raise _Bad(f"general.alignment = {value!r} is not a power of 2 "
                                "stored as uint32 (corrupt or crafted)")
-                alignment = f.value
+                alignment = value
             else:
                 keep = name is not None and self.want(name)
                 f = self._value(name or f"metadata key {i}", keep)
