@@ -36,21 +36,18 @@ def kv_row(info, ctx: int, k: str, v: str, reported: Sequence[dict] | None) -> d
         return row
     caches = plan.kv_caches(info, ctx, k, v)
     f16 = plan.kv_caches(info, ctx, "f16", "f16")
-    row["pred_k_mib"] = sum(c.k_bytes for c in caches) / MIB
-    row["pred_v_mib"] = sum(c.v_bytes for c in caches) / MIB
-    row["pred_mib"] = row["pred_k_mib"] + row["pred_v_mib"]
+    pred_k, pred_v = sum(c.k_bytes for c in caches) / MIB, sum(c.v_bytes for c in caches) / MIB
+    row.update(pred_k_mib=pred_k, pred_v_mib=pred_v, pred_mib=pred_k + pred_v)
     if reported is None:
         return row
     # the last len(caches) size lines belong to this context (Gemma 3: global, then SWA)
     got = list(reported)[-len(caches):] if len(reported) >= len(caches) else list(reported)
-    row["caches"] = got
-    row["rep_k_mib"] = sum(g["k_mib"] for g in got)
-    row["rep_v_mib"] = sum(g["v_mib"] for g in got)
-    row["rep_mib"] = sum(g["size_mib"] for g in got)
+    rep_k, rep_v = sum(g["k_mib"] for g in got), sum(g["v_mib"] for g in got)
+    row.update(caches=got, rep_k_mib=rep_k, rep_v_mib=rep_v, rep_mib=sum(g["size_mib"] for g in got))
     k16 = sum(c.k_bytes for c in f16) / MIB
     v16 = sum(c.v_bytes for c in f16) / MIB
-    row["meas_bpv_k"] = 16.0 * row["rep_k_mib"] / k16 if k16 else None
-    row["meas_bpv_v"] = 16.0 * row["rep_v_mib"] / v16 if v16 else None
+    row["meas_bpv_k"] = 16.0 * rep_k / k16 if k16 else None
+    row["meas_bpv_v"] = 16.0 * rep_v / v16 if v16 else None
     # llama.cpp prints MiB with 2 decimals: allow half a unit per printed number
     ok = len(got) == len(caches)
     for g, c in zip(got, caches):
@@ -64,13 +61,14 @@ def run_kv(binary: Path, models: Sequence[dict], configs: Sequence[tuple[str, st
            ngl: int, threads: int | None, backend_args: Sequence[str], timeout: float,
            out_dir: Path | None, checkpoint: Callable[[dict], None] = lambda part: None) -> dict:
     """The kv part: one llama-cli run per model and supported K/V pair, as the results' "kv" entry."""
-    res = {"ctx": ctx, "ngl": ngl, "models": []}
+    entries: list[dict] = []
+    res = {"ctx": ctx, "ngl": ngl, "models": entries}
     total = len(models) * len(configs)
     idx = 0
     for m in models:
         info = plan.read_model(m["path"])
         entry = {"name": m["name"], "path": m["path"], "role": m["role"], "rows": [], "errors": []}
-        res["models"].append(entry)
+        entries.append(entry)
         for k, v in configs:
             idx += 1
             unsupported = plan.support(info, k, v)

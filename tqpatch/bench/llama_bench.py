@@ -133,14 +133,15 @@ def run_bench(binary: Path, models: Sequence[dict], configs: Sequence[tuple[str,
               backend_args: Sequence[str], timeout: float, out_dir: Path | None,
               checkpoint: Callable[[dict], None] = lambda part: None) -> dict:
     """The bench part: one llama-bench run per model and K/V pair, as the results' "bench" entry."""
-    res = {"pp": pp, "tg": tg, "depths": list(depths), "reps": reps, "ngl": ngl, "models": []}
+    entries: list[dict] = []
+    res = {"pp": pp, "tg": tg, "depths": list(depths), "reps": reps, "ngl": ngl, "models": entries}
     total = len(models) * len(configs)
     expected = len(depths) * ((pp > 0) + (tg > 0))
     idx = 0
     t_all = time.time()
     for m in models:
         entry = {"name": m["name"], "path": m["path"], "role": m["role"], "runs": []}
-        res["models"].append(entry)
+        entries.append(entry)
         for k, v in configs:
             idx += 1
             cmd = bench_command(binary, Path(m["path"]), k, v, depths, pp=pp, tg=tg, reps=reps,

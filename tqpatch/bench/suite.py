@@ -7,6 +7,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from .. import formats, pin, plan
 from ..backends.base import Backend
@@ -86,6 +87,15 @@ def find_bin(name: str, opts: Options) -> Path:
     return find_binary(name, opts.backend, Path(opts.build_dir).expanduser() if opts.build_dir else None)
 
 
+class _RunArgs(TypedDict):
+    """The arguments the bench and kv parts share."""
+
+    ngl: int
+    threads: int | None
+    timeout: float
+    out_dir: Path | None
+
+
 def meta_info(opts: Options, command: str) -> dict:
     return {
         "backend": opts.backend.name, "host": platform.node(), "platform": platform.platform(),
@@ -123,7 +133,7 @@ def run_all(opts: Options, command: str) -> dict:
         return write
 
     e2e = opts.backend.e2e
-    common = dict(ngl=opts.ngl, threads=opts.threads, timeout=opts.timeout, out_dir=out_dir)
+    common = _RunArgs(ngl=opts.ngl, threads=opts.threads, timeout=opts.timeout, out_dir=out_dir)
     if "fa" in opts.parts:
         checkpoint("fa")(run_fa(bins["fa"], opts.device or opts.backend.ggml_backend_name, opts.fa_heads,
                                 opts.fa_types, opts.timeout, out_dir))
