@@ -200,17 +200,17 @@ def plot(results: Sequence[Result], out: Path | str) -> Path:
     except ImportError:
         raise TqpatchError(PLOT_INSTALL_HINT) from None
     ok = [r for r in results if r.ok]
-    with_kld = [r for r in ok if r.kld_mean is not None and r.kld_mean > 0]
-    with_dppl = [r for r in ok if r.delta_ppl_pct is not None]
+    points = {"kld": [(r, r.kld_mean) for r in ok if r.kld_mean is not None and r.kld_mean > 0],
+              "dppl": [(r, r.delta_ppl_pct) for r in ok if r.delta_ppl_pct is not None]}
     panels = []
-    if with_kld:
+    if points["kld"]:
         panels.append(("mean KLD vs f16/f16", "kld"))
     panels.append(("ΔPPL % vs f16/f16", "dppl"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (title, kind) in zip(axes[0], panels):
-        rows = with_kld if kind == "kld" else with_dppl
+        rows = [r for r, _ in points[kind]]
         xs = [r.avg_bpv for r in rows]
-        ys = [r.kld_mean if kind == "kld" else r.delta_ppl_pct for r in rows]
+        ys = [y for _, y in points[kind]]
         ax.scatter(xs, ys, color=["tab:red" if "turbo" in r.label else "tab:blue" for r in rows])
         for x, y, r in zip(xs, ys, rows):
             ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)

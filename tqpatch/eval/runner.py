@@ -111,10 +111,9 @@ def evaluate(
     Failing configurations come back with ok=False; nothing is raised for them.
     """
     progress = progress or Progress()
-    if isinstance(configs, str):
-        configs = parse_configs(configs)
-    configs = [c if isinstance(c, Config) else Config.parse(c) for c in configs]
-    if not configs:
+    wanted = parse_configs(configs) if isinstance(configs, str) else configs
+    cfgs = [c if isinstance(c, Config) else Config.parse(c) for c in wanted]
+    if not cfgs:
         raise TqpatchError("no configuration to evaluate")
     if chunks < 1 or ctx < 16:
         raise TqpatchError("--chunks must be >= 1 and --ctx >= 16")
@@ -135,13 +134,13 @@ def evaluate(
     # the CPU's AMX workaround) comes first; the user's extra arguments can override it
     extra_args = (*backend.e2e.tool_args, *extra_args)
     common = dict(ctx=ctx, chunks=chunks, threads=threads, extra_args=extra_args)
-    bpv = layer_bpvs(configs, model, ctx)
+    bpv = layer_bpvs(cfgs, model, ctx)
     if not kld:
-        results = [_one(binary, model, text, cfg, i, len(configs), progress, common,
-                        bpv=bpv.get(cfg)) for i, cfg in enumerate(configs, 1)]
+        results = [_one(binary, model, text, cfg, i, len(cfgs), progress, common,
+                        bpv=bpv.get(cfg)) for i, cfg in enumerate(cfgs, 1)]
         fill_deltas(results)
     else:
-        results = _with_kld(binary, model, text, configs, progress, common, bpv, chunks, ctx,
+        results = _with_kld(binary, model, text, cfgs, progress, common, bpv, chunks, ctx,
                             workdir)
     if server is not None:
         check_coherence(results, Path(server), model, threads, extra_args, progress)

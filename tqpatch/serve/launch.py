@@ -100,6 +100,13 @@ class Server:
             if echo:
                 echo(line)
 
+    @property
+    def process(self) -> subprocess.Popen:
+        """The server process; TqpatchError outside the `with` block that starts it."""
+        if self.proc is None:
+            raise TqpatchError("llama-server is not started (use Server in a with block)")
+        return self.proc
+
     def stream(self, echo: Callable[[str], None]) -> None:
         """From now on every log line goes to echo."""
         with self._lock:
@@ -116,7 +123,7 @@ class Server:
         """Seconds until /health answered 200; TqpatchError if the server died first."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
+            if self.process.poll() is not None:
                 raise self.crashed()
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
@@ -137,13 +144,13 @@ class Server:
             with urllib.request.urlopen(req, timeout=300) as r:
                 return str(json.loads(r.read()).get("content", ""))
         except (OSError, urllib.error.URLError, ValueError) as exc:
-            if self.proc.poll() is not None:
+            if self.process.poll() is not None:
                 raise self.crashed() from None
             raise TqpatchError(f"llama-server did not answer the self-check: {exc}") from None
 
     def wait(self) -> int:
         """Until the server exits: its status."""
-        rc = self.proc.wait()
+        rc = self.process.wait()
         if self._reader:
             self._reader.join(timeout=5)
         return rc
