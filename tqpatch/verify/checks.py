@@ -107,7 +107,7 @@ def _quantize(x, name: str) -> np.ndarray:
 def _set_rows_check(rng, name: str, x: np.ndarray, labels: list[str], label: str) -> Check:
     n, k = x.shape
     idx = rng.permutation(n).astype("<i8")
-    case = Case("SET_ROWS", name, name, (k, n), 1.0, [x.astype("<f4"), idx])
+    case = Case("SET_ROWS", name, name, (k, n), 1.0, [x.astype("<f4").tobytes(), idx.tobytes()])
     return Check(case, "quantize", label, f"{n}x{k}", n * k,
                  {"x": x, "idx": idx, "labels": labels})
 
@@ -131,7 +131,7 @@ def _get_rows_check(rng, name: str, k: int) -> Check:
     data, labels = _dequant_data(rng, name, k)
     n = data.shape[0]
     idx = np.concatenate([rng.permutation(n), rng.integers(0, n, size=5)]).astype("<i4")
-    case = Case("GET_ROWS", name, name, (k, n, idx.size), 1.0, [data, idx])
+    case = Case("GET_ROWS", name, name, (k, n, idx.size), 1.0, [data.tobytes(), idx.tobytes()])
     return Check(case, "dequantize", "all classes + random bytes", f"{idx.size}x{k}",
                  idx.size * k, {"bytes": data, "idx": idx, "k": k, "labels": labels})
 
@@ -139,7 +139,7 @@ def _get_rows_check(rng, name: str, k: int) -> Check:
 def _cpy_check(rng, name: str, k: int) -> Check:
     data, labels = _dequant_data(rng, name, k)
     n = data.shape[0]
-    case = Case("CPY", name, name, (k, n), 1.0, [data])
+    case = Case("CPY", name, name, (k, n), 1.0, [data.tobytes()])
     return Check(case, "dequantize", "all classes + random bytes", f"{n}x{k}", n * k,
                  {"bytes": data, "idx": np.arange(n), "k": k, "labels": labels})
 
@@ -152,7 +152,8 @@ def _mul_mat_check(rng, name: str, k: int, nk: int, nq: int) -> Check:
         if nk > kx.shape[0] else kx[:nk]
     kb = _quantize(kx, name)
     q = rng.standard_normal((nq, k)).astype(np.float32)
-    case = Case("MUL_MAT", name, name, (k, kx.shape[0], nq), 1.0, [kb, q.astype("<f4")])
+    case = Case("MUL_MAT", name, name, (k, kx.shape[0], nq), 1.0,
+                [kb.tobytes(), q.astype("<f4").tobytes()])
     return Check(case, "dot", "mixed K rows, gaussian Q", f"k={k} nk={kx.shape[0]} nq={nq}",
                  kx.shape[0] * nq, {"kbytes": kb, "q": q, "k": k})
 
@@ -186,7 +187,8 @@ def _fa_check(rng, tk: str, tv: str, d: int, nq: int, nh: int, nkv: int, nh_kv: 
     mask = _fa_mask(rng, nq, nkv)
     scale = float(np.float32(1.0 / math.sqrt(d)))
     case = Case("FLASH_ATTN_EXT", tk, tv, (d, nq, nh, nkv, nh_kv), scale,
-                [q.astype("<f4"), kb, vb, mask.astype("<f2")])
+                [q.astype("<f4").tobytes(), kb.tobytes(), vb.tobytes(),
+                 mask.astype("<f2").tobytes()])
     shape = f"d={d} nq={nq} nh={nh}/{nh_kv} kv={nkv}"
     return Check(case, "attention", "decode" if nq == 1 else "prefill", shape, nh * nq * d,
                  {"q": q, "kbytes": kb, "vbytes": vb, "mask": mask, "scale": scale})
