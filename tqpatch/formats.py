@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from math import lcm
 
-from .errors import TqpatchError
+from .errors import TqpatchError, lookup
 
 
 def _f32(v: float) -> float:
@@ -334,12 +334,7 @@ def cache_pairs(types: tuple[str, ...] = CACHE_TYPES, turbo_only: bool = True) -
 
 def type_info(name: str) -> TypeInfo:
     """Block size, bytes per block, bits per value and ggml id of a cache type."""
-    try:
-        return ALL_TYPES[name]
-    except KeyError:
-        raise TqpatchError(
-            f"unknown type {name!r}; known types: {', '.join(ALL_TYPES)}"
-        ) from None
+    return lookup(ALL_TYPES, name, f"unknown type {name!r}; known types:")
 
 
 def type_name(ggml_id: int) -> str:

@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 
 from . import codebook, formats
-from .errors import TqpatchError
+from .errors import TqpatchError, lookup
 from .formats import type_info  # noqa: F401  (public API)
 
 F16_NAN_BITS = 0x7E00
@@ -354,11 +354,7 @@ def codec(name: str) -> Codec:
     """The reference of a type; TqpatchError for a name formats does not know or one the
     reference does not handle (naming those it does)."""
     type_info(name)  # an unknown name: its error lists every known type
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise TqpatchError(f"the NumPy reference does not handle {name}; it handles "
-                           f"{', '.join(CODECS)}") from None
+    return lookup(CODECS, name, f"the NumPy reference does not handle {name}; it handles")
 
 
 # ---------------------------------------------------------------- public API

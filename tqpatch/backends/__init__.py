@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from ..errors import TqpatchError
+from ..errors import lookup
 from . import cpu, cuda, hip, metal, vulkan
 from .base import Backend, BuildOption
 
@@ -27,12 +27,7 @@ DETECT_ORDER = ("cuda", "hip", "vulkan", "metal")
 
 def get(name: str) -> Backend:
     """The backend named `name` (a --backend value); TqpatchError listing the known ones."""
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise TqpatchError(
-            f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}"
-        ) from None
+    return lookup(BACKENDS, name, f"unknown backend {name!r}; choose one of:")
 
 
 def names() -> list[str]:
