@@ -82,7 +82,6 @@ def command(model, ctx, vram, parallel, unified, overhead, boundary_k, boundary_
     """
     info = plan.read_model(model)
     bkw = dict(boundary_k=boundary_k, boundary_v=boundary_v)
-
     probe = store.cached_probe(model)
     rows = plan.plan_rows(info, ctx, parallel, vram, overhead, unified=unified,
                           configs=_configs(configs),
@@ -102,6 +101,5 @@ def _configs(text: str | None):
     """(K, V) pairs, or (K, V, bk, bv) for a configuration with its own boundary layers."""
     if text is None:
         return CONFIGS
-
     return [(c.k, c.v) if c.label == c.pair else (c.k, c.v, c.bk, c.bv)
             for c in parse_configs(text)]

@@ -19,16 +19,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import __version__, calibrate, formats, fsutil, paths, quality
 from ..backends.base import Backend
 from ..errors import TqpatchError
 from ..model import sha256_file
 from ..plan.recommend import Probe
-
-if TYPE_CHECKING:
-    from ..plan.recommend import Probe
 
 SHA_INDEX = "model-sha256.json"
 CALIB_NAME = "calib.gguf"
