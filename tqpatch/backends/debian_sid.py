@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeGuard
 
 from .. import lock, paths, ui
 from ..errors import TqpatchError
@@ -139,7 +139,8 @@ def ready(root: Path | None = None) -> bool:
     return _current(stamp(root))
 
 
-def _current(s: dict | None) -> bool:
+def _current(s: dict | None) -> TypeGuard[dict]:
+    """A stamp of a finished root with today's package list."""
     return s is not None and s.get("suite") == SUITE and s.get("packages") == list(PACKAGES)
 
 
@@ -198,7 +199,7 @@ def make_root(echo: Callable[[str], None] = print) -> dict:
     root = root_dir()
     with lock.hold(lock.lock_file("toolchain", root), f"the Debian sid root {root}", echo=echo):
         done = stamp(root)
-        if done is not None and _current(done):
+        if _current(done):
             return done
         why = problem(need_mmdebstrap=True)
         if why:
