@@ -1,6 +1,7 @@
 """tqpatch.ui: the one subprocess runner, its tail, the step and progress displays."""
 
 import sys
+import time
 
 import pytest
 
@@ -97,11 +98,22 @@ def test_capture_is_the_probe_helper():
 def test_a_failing_callback_stops_the_program():
     def boom(line):
         raise KeyError(line)
+    t0 = time.monotonic()
     with pytest.raises(KeyError):
         ui.run(_py("print('x', flush=True); import time; time.sleep(30)"), on_line=boom, timeout=20)
     with pytest.raises(KeyError):
         ui.run(_py("import sys, time; print('x', file=sys.stderr, flush=True); time.sleep(30)"),
                merge=False, on_err_line=boom, timeout=20)
+    assert time.monotonic() - t0 < 10  # stopped by the callback's error, not by the timeout
+
+
+def test_a_timeout_stops_what_the_program_started():
+    """A grandchild holding the output pipe must not keep run() (or capture()) waiting."""
+    t0 = time.monotonic()
+    assert ui.capture(["sh", "-c", "sleep 30 & echo hi; sleep 30"], timeout=1) is None
+    r = ui.run(["sh", "-c", "sleep 30 & echo hi; sleep 30"], timeout=1, check=False)
+    assert r.timed_out and r.stdout == "hi\n"
+    assert time.monotonic() - t0 < 10
 
 
 def test_tail():
@@ -143,5 +155,6 @@ def test_progress_on_a_terminal_uses_a_bar():
     with ui.Progress("compile", tty=True) as p:
         for i in range(1, 5):
             p.set(i, 4)
+        assert p._bar is not None  # a bar, not percentage lines
         p.say("a line above the bar")
     assert p.done == 4 and p.total == 4 and p._bar is None

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -103,6 +104,15 @@ def _read(stream, into: list[str], log: _Log, on_line: LineCallback | None) -> N
             on_line(line)
 
 
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill proc and what it started (run() gives it its own process group): a child
+    left holding the output pipe would keep run() reading past a timeout or a Ctrl-C."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
 def _kill_after(proc: subprocess.Popen, timeout: float | None
                 ) -> tuple[threading.Event, threading.Timer | None]:
     """A running timer that kills proc after timeout seconds, and the event it sets then."""
@@ -111,8 +121,9 @@ def _kill_after(proc: subprocess.Popen, timeout: float | None
         return expired, None
 
     def expire() -> None:
-        expired.set()
-        proc.kill()
+        if proc.poll() is None:  # one that exited just now did not time out
+            expired.set()
+        _kill(proc)
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     timer.start()
@@ -143,7 +154,8 @@ def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None 
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge else subprocess.PIPE,
-                text=True, errors="replace", bufsize=1, cwd=cwd, env={**os.environ, **(env or {})})
+                text=True, errors="replace", bufsize=1, cwd=cwd, env={**os.environ, **(env or {})},
+                start_new_session=True)
         except OSError as exc:
             raise TqpatchError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         helpers = []
@@ -156,7 +168,7 @@ def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None 
                     _read(proc.stderr, err, logf, on_err_line)
                 except BaseException as exc:
                     failed.append(exc)
-                    proc.kill()
+                    _kill(proc)
             helpers.append(threading.Thread(target=_read_err, daemon=True))
         timed_out, timer = _kill_after(proc, timeout)
         try:
@@ -169,7 +181,7 @@ def run(cmd: Sequence, *, log: Path | None = None, on_line: LineCallback | None 
             if failed:
                 raise failed[0]
         except BaseException:  # Ctrl-C, SIGTERM (the CLI turns it into an exception), a callback
-            proc.kill()
+            _kill(proc)
             proc.wait()
             raise
         finally:
