@@ -66,8 +66,7 @@ def test_the_template_renders_its_decode_cases_from_the_constant(monkeypatch):
     loop = _fa_loop(render.render_all(backends.all_backends()).files[TBO].decode())
     assert "for (int hs : {64, 96, 512})" in loop
     assert "new test_flash_attn_ext(hs, hs, 2, {8, 2}, 4096, 1, true, true, 0.0f" in loop
-    monkeypatch.setattr(fa, "FA_DECODE", other)
-    rx = re.compile(fa.fa_filter([64], ["f16"], kv=other.kv))
+    rx = re.compile(fa.fa_filter([64], ["f16"], shape=other))
     assert rx.search("hsk=64,hsv=64,nh=2,nr23=[8,2],kv=4096,nb=1,mask=1,sinks=1,x=0,type_K=f16,type_V=f16,")
 
 
@@ -219,7 +218,8 @@ def test_bench_targets_real_and_na():
     look = lb.bench_lookup(runs)
     ratio = look[("q8_0/turbo3", "pp16", 64)]["avg_ts"] / look[("q8_0/q8_0", "pp16", 64)]["avg_ts"]
     assert by["pp16@64 q8_0/turbo3 >= 0.95x q8_0/q8_0"]["ratio"] == pytest.approx(ratio)
-    assert by["pp16@64 q8_0/turbo3 >= 0.95x q8_0/q8_0"]["verdict"] == ("PASS" if ratio >= 0.95 else "MISS")
+    assert ratio == pytest.approx(1.0874, abs=1e-4)  # the recorded runs' figure: over the bar
+    assert by["pp16@64 q8_0/turbo3 >= 0.95x q8_0/q8_0"]["verdict"] == "PASS"
     tg0 = look[("q8_0/turbo3", "tg4", 0)]["avg_ts"] / look[("q8_0/q8_0", "tg4", 0)]["avg_ts"]
     assert by["tg4@0 q8_0/turbo3 >= 0.9x q8_0/q8_0"]["ratio"] == pytest.approx(tg0)
     # turbo3/turbo3 was not run, and depth 32768 was not run: n/a, never PASS
@@ -456,6 +456,7 @@ def test_load_renders_saved_results(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_cpu(tmp_path):
     import cpu_build
+
     from tqpatch import model as tq_model
 
     try:

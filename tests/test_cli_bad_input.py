@@ -276,6 +276,8 @@ ROWS = [
     R("eval-ctx-tiny", "eval", "-m", M, "--ctx", "1"),
     # bench: bad parts, nothing built, saved results that are not, outputs that are not files
     R("bench-parts-bad", "bench", "-b", "cpu", "--parts", "fa,xx", expect="--parts"),
+    R("bench-nothing-built", "bench", "--parts", "fa", expect="nothing built yet"),
+    R("bench-bin-dir-no-backend", "bench", "--bin-dir", "{d}/adir", expect="--bin-dir needs --backend"),
     R("bench-configs-garbage", "bench", "-b", "cpu", "--configs", "turbo9/../x"),
     R("bench-bin-dir-empty", "bench", "-b", "cpu", "--bin-dir", "{d}/adir", "--parts", "fa",
       expect="test-backend-ops is missing"),

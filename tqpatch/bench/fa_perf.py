@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 from .. import formats
 from ..errors import TqpatchError
-from ..perf_cases import FA_DECODE
+from ..perf_cases import FA_DECODE, DecodeShape
 from ..plan import row_size
 from .common import log, pair, save, to_float, to_int
 from .proc import command_line, run_tool, tail
@@ -29,17 +29,17 @@ FA_TARGETS = (
 )
 
 
-def fa_filter(head_sizes: Sequence[int] = FA_DECODE.head_sizes, types: Sequence[str] = FA_TYPES,
-              kv: int = FA_DECODE.kv) -> str:
+def fa_filter(head_sizes: Sequence[int] | None = None, types: Sequence[str] = FA_TYPES,
+              shape: DecodeShape = FA_DECODE) -> str:
     """The -p regex (std::regex_search over the case's vars()) selecting the decode cases.
 
     vars() of test_flash_attn_ext at the pin reads
     'hsk=128,hsv=128,nh=8,nr23=[4,1],kv=16384,nb=1,mask=1,...,type_K=f16,type_V=f16,...'.
     """
-    d = FA_DECODE
-    hs = "|".join(str(h) for h in head_sizes)
+    d = shape
+    hs = "|".join(str(h) for h in (head_sizes or d.head_sizes))
     ts = "|".join(re.escape(t) for t in types)
-    return (rf"^hsk=({hs}),hsv=({hs}),nh={d.n_kv_heads},nr23=\[{d.nr23[0]},{d.nr23[1]}\],kv={kv},"
+    return (rf"^hsk=({hs}),hsv=({hs}),nh={d.n_kv_heads},nr23=\[{d.nr23[0]},{d.nr23[1]}\],kv={d.kv},"
             rf"nb={d.nb},mask={int(d.mask)},sinks={int(d.sinks)},.*,type_K=({ts}),type_V=({ts}),")
 
 

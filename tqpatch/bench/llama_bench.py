@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .. import formats
+from .. import formats, ui
 from .common import log, pair, save, slug, to_float
 from .proc import command_line, run_split, tail
 
@@ -75,6 +75,14 @@ def bench_results(records: Iterable[dict]) -> list[dict]:
             "model_type": r.get("model_type"),
         })
     return out
+
+
+def _progress(prefix: str) -> ui.LineCallback:
+    """Echo llama-bench's --progress lines ("llama-bench: benchmark i/n: ...") under prefix."""
+    def on_line(line: str) -> None:
+        if line.startswith("llama-bench: benchmark"):
+            log(f"  {prefix} {line[len('llama-bench: '):].rstrip()}")
+    return on_line
 
 
 def bench_command(binary: Path, model: Path, k: str, v: str, depths: Sequence[int], *, pp: int,
@@ -147,7 +155,7 @@ def run_bench(binary: Path, models: Sequence[dict], configs: Sequence[tuple[str,
             cmd = bench_command(binary, Path(m["path"]), k, v, depths, pp=pp, tg=tg, reps=reps,
                                 ngl=ngl, threads=threads, backend_args=backend_args)
             log(f"[bench {idx}/{total}] {m['name']} {pair(k, v)}: {command_line(cmd)}")
-            r = run_split(cmd, timeout)
+            r = run_split(cmd, timeout, _progress(f"[bench {idx}/{total}]"))
             stem = f"bench_{slug(m['name'])}_{k}_{v}"
             save(out_dir, stem + ".json", r.out)
             save(out_dir, stem + ".stderr.log", r.err)

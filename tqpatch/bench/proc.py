@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .. import ui
+from .. import plan, ui
 
 TAIL_LINES = 12
 
 # Patch 0010 (boundary layers) reads these; every run sets them to 0 so the
 # caller's environment cannot change what a K/V label means.
-BOUNDARY_ENV = {"LLAMA_TURBO_BOUNDARY_K": "0", "LLAMA_TURBO_BOUNDARY_V": "0"}
+BOUNDARY_ENV = {plan.ENV_BOUNDARY_K: "0", plan.ENV_BOUNDARY_V: "0"}
 
 
 @dataclass
@@ -31,11 +31,12 @@ def command_line(cmd: Sequence[str]) -> str:
     return f"{env} {shlex.join(str(c) for c in cmd)}"
 
 
-def _run(cmd: Sequence[str], timeout: float, merge: bool) -> Run:
+def _run(cmd: Sequence[str], timeout: float, merge: bool,
+         on_err_line: ui.LineCallback | None = None) -> Run:
     t0 = time.monotonic()
-    res = ui.run(cmd, check=False, timeout=timeout, env=BOUNDARY_ENV, merge=merge)
-    rc = -9 if res.timed_out else res.returncode
-    return Run(rc, res.stdout, res.stderr, res.timed_out, time.monotonic() - t0)
+    res = ui.run(cmd, check=False, timeout=timeout, env=BOUNDARY_ENV, merge=merge,
+                 on_err_line=on_err_line)
+    return Run(res.returncode, res.stdout, res.stderr, res.timed_out, time.monotonic() - t0)
 
 
 def run_tool(cmd: Sequence[str], timeout: float) -> Run:
@@ -44,9 +45,10 @@ def run_tool(cmd: Sequence[str], timeout: float) -> Run:
     return _run(cmd, timeout, merge=True)
 
 
-def run_split(cmd: Sequence[str], timeout: float) -> Run:
-    """cmd with stdout and stderr apart (llama-bench's JSON is its stdout alone)."""
-    return _run(cmd, timeout, merge=False)
+def run_split(cmd: Sequence[str], timeout: float, on_err_line: ui.LineCallback | None = None) -> Run:
+    """cmd with stdout and stderr apart (llama-bench's JSON is its stdout alone); on_err_line
+    sees each stderr line as it comes (llama-bench's --progress)."""
+    return _run(cmd, timeout, merge=False, on_err_line=on_err_line)
 
 
 def tail(text: str, n: int = TAIL_LINES) -> str:

@@ -17,7 +17,14 @@ from ..perf_cases import FA_DECODE
 from .common import parse_config_list, parse_int_list
 from .fa_perf import FA_TYPES, run_fa
 from .kv_size import KV_CTX, run_kv
-from .llama_bench import BENCH_CONFIGS, BENCH_DEPTHS, BENCH_PP, BENCH_REPS, BENCH_TG, run_bench
+from .llama_bench import (
+    BENCH_CONFIGS,
+    BENCH_DEPTHS,
+    BENCH_PP,
+    BENCH_REPS,
+    BENCH_TG,
+    run_bench,
+)
 from .model import resolve_models
 from .report import PARTS, SCHEMA
 

@@ -9,13 +9,19 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from .. import fsutil
+from .. import build_record, fsutil
 from ..backends.base import Backend
 from ..bench import report, suite
 from ..bench.common import log, pair
 from ..bench.fa_perf import FA_TYPES
 from ..bench.kv_size import KV_CTX
-from ..bench.llama_bench import BENCH_CONFIGS, BENCH_DEPTHS, BENCH_PP, BENCH_REPS, BENCH_TG
+from ..bench.llama_bench import (
+    BENCH_CONFIGS,
+    BENCH_DEPTHS,
+    BENCH_PP,
+    BENCH_REPS,
+    BENCH_TG,
+)
 from ..errors import TqpatchError
 from ..perf_cases import FA_DECODE
 from .options import backend_option
@@ -56,8 +62,8 @@ def _write(path: Path, text: str) -> None:
 
 
 @click.command("bench")
-@backend_option("Backend of the build (its device for test-backend-ops, its end-to-end arguments).",
-                default="cuda")
+@backend_option("Backend of the build (its device for test-backend-ops, its end-to-end "
+                "arguments; default: the backend built last).")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path),
               help="tqpatch build folder (default: tqpatch's for the backend).")
 @click.option("--bin-dir", type=click.Path(file_okay=False, path_type=Path),
@@ -101,11 +107,11 @@ def command(ctx, backend, no_default_model, json_path, markdown, load, **opts):
     \b
     Parts (--parts, default all three):
       fa     test-backend-ops perf on the patch's flash-attention decode cases
-             (tqpatch.perf_cases.FA_DECODE: 8 KV heads x 4 query heads, kv 16384,
-             one query row, head sizes 128 and 256, every K/V pair of --fa-types),
-             one run: us per run, K+V GB/s, ratios to f16/f16 and q8_0/q8_0
-      bench  llama-bench pp512 / tg128 at depths 0, 8192, 32768 (-fa 1), one run
-             per model and K/V pair
+             (their shape: tqpatch/perf_cases.py FA_DECODE; every K/V pair of
+             --fa-types at --fa-heads), one run: us per run, K+V GB/s, ratios
+             to f16/f16 and q8_0/q8_0
+      bench  llama-bench --pp / --tg at --depths (-fa 1), one run per model
+             and K/V pair
       kv     the KV-cache size llama.cpp reports (llama-cli -lv 4) against
              `tqpatch plan`'s prediction and the formats' bits per value
     \b
@@ -126,6 +132,9 @@ def command(ctx, backend, no_default_model, json_path, markdown, load, **opts):
     if load:
         results = report.merge(load)
     else:
+        if backend is None and opts.get("bin_dir"):
+            raise TqpatchError("--bin-dir needs --backend: which backend those binaries were built for")
+        backend = backend or build_record.last_built(opts.get("build_dir"))
         opts = suite.options(backend, default_model=not no_default_model, **opts)
         results = suite.run_all(opts, " ".join([ctx.command_path, *map(shlex.quote, _given(ctx))]))
     click.echo(report.render(results), nl=False)
